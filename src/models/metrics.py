@@ -1,0 +1,36 @@
+"""Every metric comes from torchmetrics; names are defined here once (val/acc, test/f1_macro, ...)."""
+
+from __future__ import annotations
+
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+
+def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Metrics logged as one number per epoch."""
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
+    }
+    if num_classes > 5:  # top-5 of five or fewer classes is always 1
+        metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+def per_class_metrics(num_classes: int) -> MetricCollection:
+    """Metrics with one value per class: logged per class name, and plotted."""
+    return MetricCollection({
+        "acc_per_class": MulticlassAccuracy(num_classes, average=None),
+        "confusion": MulticlassConfusionMatrix(num_classes),
+    })  # fmt: skip
+
+
+def metric_key(name: str) -> str:
+    """A class name as an MLflow-safe metric-name part."""
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name)

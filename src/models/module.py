@@ -1,0 +1,90 @@
+"""The one LightningModule: a built timm model, a strategy, optimizer/scheduler factories, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+
+from src.models.metrics import metric_key, per_class_metrics, scalar_metrics
+from src.strategies import Strategy
+
+
+class TransferModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: Strategy,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., dict] | None,
+        criterion: nn.Module,
+        class_names: list[str],
+    ):
+        super().__init__()
+        self.model, self.strategy, self.criterion = model, strategy, criterion
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.class_names = class_names
+        self.strategy.setup(self.model)
+        num_classes = len(class_names)
+        self.train_acc = scalar_metrics(num_classes, "train/")["acc"]
+        self.val_metrics = scalar_metrics(num_classes, "val/")
+        self.test_metrics = scalar_metrics(num_classes, "test/")
+        self.val_per_class = per_class_metrics(num_classes)
+        self.test_per_class = per_class_metrics(num_classes)
+        self.confusion: dict[str, torch.Tensor] = {}  # stage -> last epoch's matrix, for plots
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def on_train_epoch_start(self) -> None:
+        self.strategy.on_train_epoch_start(self.model, self.current_epoch)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, stage: str, scalars, per_class) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", self.criterion(logits, labels), on_epoch=True, prog_bar=True)
+        scalars.update(logits, labels)
+        per_class.update(logits, labels)
+        self.log_dict(scalars, on_epoch=True, prog_bar=stage == "val")
+
+    def _log_per_class(self, stage: str, per_class) -> None:
+        values = per_class.compute()
+        per_class.reset()
+        if self.trainer.sanity_checking:
+            return
+        for name, acc in zip(self.class_names, values["acc_per_class"], strict=True):
+            self.log(f"{stage}/acc_class/{metric_key(name)}", acc)
+        self.confusion[stage] = values["confusion"].cpu()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics, self.val_per_class)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_per_class("val", self.val_per_class)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics, self.test_per_class)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_per_class("test", self.test_per_class)
+
+    def configure_optimizers(self):
+        groups = [g for g in self.strategy.param_groups(self.model) if g["params"]]
+        optimizer = self.optimizer_factory(groups)
+        for group in optimizer.param_groups:  # torch schedulers ignore lr_scale: apply it here
+            group["lr"] *= group.pop("lr_scale")
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total_steps)}

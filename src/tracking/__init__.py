@@ -1,0 +1,94 @@
+"""Tracking: run metadata (params, tags, config), plots as artifacts, and the run's final status."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from lightning.pytorch.loggers import Logger, MLFlowLogger
+
+from src.tracking.plots import plot_confusion, plot_learning_curves
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunArtifacts", "git_state", "log_run_metadata", "record_failure", "mlflow_loggers"]
+
+# Per-epoch values kept for the learning-curve plot.
+CURVE_METRICS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
+
+
+def mlflow_loggers(loggers: list[Logger]) -> list[MLFlowLogger]:
+    return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
+
+
+def git_state(root: str | Path = ".") -> dict[str, str]:
+    """The commit this code ran from and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()  # fmt: skip
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain")))}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def log_run_metadata(loggers: list[Logger], params: dict[str, Any], tags: dict[str, str],
+                     config_file: Path) -> None:  # fmt: skip
+    """Every logger gets the flattened config; MLflow also gets the tags and the resolved YAML."""
+    for logger in loggers:
+        logger.log_hyperparams(params)
+    for logger in mlflow_loggers(loggers):
+        for key, value in tags.items():
+            logger.experiment.set_tag(logger.run_id, key, str(value))
+        logger.experiment.log_artifact(logger.run_id, str(config_file))
+        log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
+
+
+def record_failure(loggers: list[Logger], error: BaseException) -> None:
+    """End MLflow runs FAILED (KILLED on Ctrl-C) with the error as a tag, whatever stage failed."""
+    interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
+    status = "KILLED" if interrupted else "FAILED"
+    for logger in mlflow_loggers(loggers):
+        if logger._initialized:
+            logger.experiment.set_tag(logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            logger.experiment.set_terminated(logger.run_id, status)
+
+
+class RunArtifacts(L.Callback):
+    """Learning curves and confusion matrices as PNGs in output_dir/plots, logged to MLflow."""
+
+    def __init__(self, output_dir: str):
+        self.plot_dir = Path(output_dir) / "plots"
+        self.history: dict[str, list[tuple[int, float]]] = {key: [] for key in CURVE_METRICS}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # In Lightning 2 this runs after the epoch's validation, so val/* are this epoch's values.
+        for key in CURVE_METRICS:
+            if key in trainer.callback_metrics:
+                self.history[key].append((trainer.current_epoch, float(trainer.callback_metrics[key])))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        paths = [plot_learning_curves(self.history, self.plot_dir / "learning_curves.png")]
+        if "val" in pl_module.confusion:
+            paths.append(plot_confusion(pl_module.confusion["val"], pl_module.class_names,
+                                        self.plot_dir / "confusion_val.png", "validation (last epoch)"))  # fmt: skip
+        self._log(trainer, paths)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and "test" in pl_module.confusion:
+            path = plot_confusion(pl_module.confusion["test"], pl_module.class_names,
+                                  self.plot_dir / "confusion_test.png", "test")  # fmt: skip
+            self._log(trainer, [path])
+
+    @staticmethod
+    def _log(trainer: L.Trainer, paths: list[Path]) -> None:
+        for logger in mlflow_loggers(trainer.loggers):
+            for path in paths:
+                logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")

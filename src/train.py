@@ -1,0 +1,105 @@
+"""Main job: `python -m src.train backbone=resnet50 strategy=finetune`.
+
+Runs straight through: build (and validate) everything, open the MLflow run, fit, test on the best
+checkpoint, return the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test one configuration; returns every metric of the last epoch and of the test."""
+    import lightning.pytorch as L
+    from hydra.utils import instantiate
+    from timm.data import resolve_model_data_config
+
+    from src.models.module import TransferModule
+    from src.regularisation import eval_transform
+    from src.tracking import git_state, log_run_metadata, record_failure
+
+    L.seed_everything(cfg.seed, workers=True)
+
+    # 1. Everything that can refuse bad input comes before an MLflow run exists.
+    datamodule = instantiate(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup()
+    regularisation = instantiate(cfg.regularisation)
+    backbone = instantiate(cfg.backbone, num_classes=datamodule.num_classes)
+    data_config = resolve_model_data_config(backbone)
+    log.info("Preprocessing from the backbone: %s", data_config)
+    datamodule.set_transforms(regularisation.train_transform(data_config), eval_transform(data_config))
+    strategy = instantiate(cfg.strategy)
+    log.info("Strategy: %s", type(strategy).__name__)
+    module = TransferModule(
+        model=backbone,
+        strategy=strategy,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        criterion=regularisation.criterion(),
+        class_names=datamodule.classes,
+    )
+
+    # 2. Callbacks, loggers, trainer.
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    # 3. The run: config in, fit, test, status out.
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "config.yaml"
+    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        log_run_metadata(loggers, OmegaConf.to_container(cfg, resolve=True), run_tags(cfg), config_file)
+        trainer.fit(module, datamodule=datamodule)
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+            metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best)[0])
+    except BaseException as error:
+        record_failure(loggers, error)
+        raise
+    return metrics
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    """What a researcher filters runs by in the MLflow UI."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.tracking import git_state
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {
+        "backbone": cfg.backbone.name,
+        "pretrained": str(cfg.backbone.pretrained),
+        "strategy": choices.get("strategy", cfg.strategy._target_.rsplit(".", 1)[-1]),
+        "dataset": choices.get("dataset", cfg.dataset.source._target_.rsplit(".", 1)[-1]),
+        "regularisation": choices.get("regularisation", "custom"),
+        "fraction": str(cfg.dataset.fraction),
+        "samples_per_class": str(cfg.dataset.samples_per_class),
+        "seed": str(cfg.seed),
+        **git_state(PROJECT_ROOT),
+    }
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    for key in sorted(k for k in metrics if k.startswith("test/") and "acc_class" not in k):
+        log.info("%s = %.4f", key, metrics[key])
+    return metrics.get(cfg.monitor.metric)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+    main()
