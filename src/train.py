@@ -21,11 +21,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one configuration; returns every metric of the last epoch and of the test."""
     import lightning.pytorch as L
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from timm.data import resolve_model_data_config
 
     from src.models.module import TransferModule
     from src.regularisation import eval_transform
-    from src.tracking import git_state, log_run_metadata, record_failure
+    from src.tracking import log_run_metadata, record_failure
 
     L.seed_everything(cfg.seed, workers=True)
 
@@ -37,7 +38,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     backbone = instantiate(cfg.backbone, num_classes=datamodule.num_classes)
     data_config = resolve_model_data_config(backbone)
     log.info("Preprocessing from the backbone: %s", data_config)
-    datamodule.set_transforms(regularisation.train_transform(data_config), eval_transform(data_config))
+    datamodule.set_transforms(
+        regularisation.train_transform(data_config), eval_transform(data_config)
+    )
     strategy = instantiate(cfg.strategy)
     log.info("Strategy: %s", type(strategy).__name__)
     module = TransferModule(
@@ -50,8 +53,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     # 2. Callbacks, loggers, trainer.
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     # 3. The run: config in, fit, test, status out.
@@ -60,11 +65,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_file = output_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        log_run_metadata(loggers, OmegaConf.to_container(cfg, resolve=True), run_tags(cfg), config_file)
+        log_run_metadata(
+            loggers, OmegaConf.to_container(cfg, resolve=True), run_tags(cfg), config_file
+        )
         trainer.fit(module, datamodule=datamodule)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            best = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
+            best = (
+                "best"
+                if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+                else None
+            )
             metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best)[0])
     except BaseException as error:
         record_failure(loggers, error)

@@ -72,8 +72,13 @@ def create_backbone(
         source = "hub"
         ensure_hub_reachable(name)
         model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
-    log.info("Backbone %s (%s), %d classes, %.1fM params", name, source, num_classes,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info(
+        "Backbone %s (%s), %d classes, %.1fM params",
+        name,
+        source,
+        num_classes,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return model
 
 
@@ -84,8 +89,7 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
     hint = f" Closest timm names: {', '.join(close)}." if close else ""
     raise ValueError(
-        f"backbone.name='{name}' is not a timm model.{hint} "
-        "See timm.list_models() for all names."
+        f"backbone.name='{name}' is not a timm model.{hint} See timm.list_models() for all names."
     )
 
 

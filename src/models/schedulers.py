@@ -10,8 +10,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.1,
-                       min_lr_ratio: float = 0.0) -> dict:  # fmt: skip
+def cosine_with_warmup(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0
+) -> dict:
     """Linear warm-up over warmup_fraction of the steps, then cosine decay to min_lr_ratio."""
     warmup = int(warmup_fraction * total_steps)
 
@@ -24,8 +25,12 @@ def cosine_with_warmup(optimizer: Optimizer, total_steps: int, warmup_fraction: 
     return {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}
 
 
-def step_decay(optimizer: Optimizer, total_steps: int, milestones: Sequence[float] = (0.5, 0.75),
-               gamma: float = 0.1) -> dict:  # fmt: skip
+def step_decay(
+    optimizer: Optimizer,
+    total_steps: int,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+) -> dict:
     """Multiply the lr by gamma at each milestone, given as a fraction of training."""
     steps = sorted(int(m * total_steps) for m in milestones)
     return {

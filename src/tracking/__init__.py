@@ -28,17 +28,22 @@ def git_state(root: str | Path = ".") -> dict[str, str]:
     """The commit this code ran from and whether the tree had uncommitted changes."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain")))}
+        return {
+            "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": str(bool(git("status", "--porcelain"))),
+        }
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
-def log_run_metadata(loggers: list[Logger], params: dict[str, Any], tags: dict[str, str],
-                     config_file: Path) -> None:  # fmt: skip
+def log_run_metadata(
+    loggers: list[Logger], params: dict[str, Any], tags: dict[str, str], config_file: Path
+) -> None:
     """Every logger gets the flattened config; MLflow also gets the tags and the resolved YAML."""
     for logger in loggers:
         logger.log_hyperparams(params)
@@ -55,7 +60,9 @@ def record_failure(loggers: list[Logger], error: BaseException) -> None:
     status = "KILLED" if interrupted else "FAILED"
     for logger in mlflow_loggers(loggers):
         if logger._initialized:
-            logger.experiment.set_tag(logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            logger.experiment.set_tag(
+                logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000]
+            )
             logger.experiment.set_terminated(logger.run_id, status)
 
 
@@ -70,21 +77,33 @@ class RunArtifacts(L.Callback):
         # In Lightning 2 this runs after the epoch's validation, so val/* are this epoch's values.
         for key in CURVE_METRICS:
             if key in trainer.callback_metrics:
-                self.history[key].append((trainer.current_epoch, float(trainer.callback_metrics[key])))
+                self.history[key].append(
+                    (trainer.current_epoch, float(trainer.callback_metrics[key]))
+                )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         paths = [plot_learning_curves(self.history, self.plot_dir / "learning_curves.png")]
         if "val" in pl_module.confusion:
-            paths.append(plot_confusion(pl_module.confusion["val"], pl_module.class_names,
-                                        self.plot_dir / "confusion_val.png", "validation (last epoch)"))  # fmt: skip
+            paths.append(
+                plot_confusion(
+                    pl_module.confusion["val"],
+                    pl_module.class_names,
+                    self.plot_dir / "confusion_val.png",
+                    "validation (last epoch)",
+                )
+            )
         self._log(trainer, paths)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and "test" in pl_module.confusion:
-            path = plot_confusion(pl_module.confusion["test"], pl_module.class_names,
-                                  self.plot_dir / "confusion_test.png", "test")  # fmt: skip
+            path = plot_confusion(
+                pl_module.confusion["test"],
+                pl_module.class_names,
+                self.plot_dir / "confusion_test.png",
+                "test",
+            )
             self._log(trainer, [path])
 
     @staticmethod

@@ -24,8 +24,13 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: Path, tit
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * n + 2), max(4, 0.5 * n + 1.5)))
     image = ax.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix: {title} (n={int(counts.sum())})")  # fmt: skip
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion matrix: {title} (n={int(counts.sum())})",
+    )
     ax.set_xticklabels(class_names, rotation=45, ha="right")
     ax.set_yticklabels(class_names)
     if n <= 20:

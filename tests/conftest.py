@@ -1,0 +1,43 @@
+"""Shared fixtures: compose the real conf/train.yaml and shrink it (lightning-hydra-template style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_train(tmp_path: Path, overrides: list[str] = ()) -> DictConfig:
+    """conf/train.yaml with everything it writes redirected into tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+        cfg.dataset.num_workers = 0
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """Seconds-long real training: digits at 32 px, a few batches."""
+    return [
+        "dataset=digits",
+        "backbone.input_size=[3,32,32]",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]

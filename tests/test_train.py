@@ -1,0 +1,102 @@
+"""The main job end to end: one MLflow run with params, tags, per-epoch metrics, plots, checkpoint."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from hydra.errors import InstantiationException
+from mlflow.tracking import MlflowClient
+
+from src.train import train
+from tests.conftest import compose_train
+
+
+def only_run(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def artifact_paths(client, run_id, path=None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
+    metrics = train(compose_train(tmp_path, tiny_overrides))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert len(run.data.params) >= 20
+    assert run.data.params["backbone/name"] == "tf_efficientnet_lite0"
+    for tag in ("backbone", "strategy", "dataset", "fraction", "seed", "git_commit", "git_dirty"):
+        assert tag in run.data.tags
+    assert run.data.tags["strategy"] == "finetune" and run.data.tags["dataset"] == "digits"
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert (
+        sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 2
+    )
+    for key in (
+        "lr-AdamW/backbone",
+        "lr-AdamW/head",
+        "val/f1_macro",
+        "val/ece",
+        "val/acc_top5",
+        "val/acc_class/0",
+        "test/acc",
+        "test/f1_macro",
+    ):
+        assert key in run.data.metrics, key
+    lrs = run.data.metrics
+    assert lrs["lr-AdamW/backbone"] / lrs["lr-AdamW/head"] == pytest.approx(0.1)
+    artifacts = artifact_paths(client, run.info.run_id)
+    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_test.png"} <= artifacts
+    assert any(a.endswith(".ckpt") for a in artifacts), artifacts
+
+
+def test_exception_ends_the_run_failed_with_the_error(tmp_path, tiny_overrides, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom in training_step")
+
+    monkeypatch.setattr("src.models.module.TransferModule.training_step", explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(compose_train(tmp_path, tiny_overrides))
+    _, run = only_run(tmp_path)
+    assert run.info.status == "FAILED"
+    assert "boom in training_step" in run.data.tags["error"]
+
+
+def test_bad_input_is_refused_before_any_run_exists(tmp_path, tiny_overrides):
+    # Hydra wraps errors raised in a constructor; the message is kept.
+    with pytest.raises((ValueError, InstantiationException), match="dataset.fraction=2.0"):
+        train(compose_train(tmp_path, [*tiny_overrides, "dataset.fraction=2.0"]))
+    with pytest.raises((ValueError, InstantiationException), match="not a timm model"):
+        train(compose_train(tmp_path, [*tiny_overrides, "backbone.name=resnet05"]))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    assert (
+        not (tmp_path / "mlflow.db").exists()
+        or not mlflow.search_runs(search_all_experiments=True).shape[0]
+    )
+
+
+@pytest.mark.parametrize("logger", ["csv", "none"])
+def test_train_runs_with_other_loggers(tmp_path, tiny_overrides, logger):
+    metrics = train(
+        compose_train(tmp_path, [*tiny_overrides, f"logger={logger}", "strategy=linear_probe"])
+    )
+    assert "test/acc" in metrics
+
+
+def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
+    overrides = [
+        *tiny_overrides,
+        "backbone=resnet50",
+        "backbone.pretrained=false",
+        "backbone.input_size=[3,32,32]",
+        "trainer.max_epochs=1",
+        "logger=none",
+    ]
+    assert "test/acc" in train(compose_train(tmp_path, overrides))
