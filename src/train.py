@@ -28,20 +28,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.regularisation import eval_transform
     from src.tracking import log_run_metadata, record_failure
 
+    # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
+    logging.getLogger("lightning").handlers.clear()
     L.seed_everything(cfg.seed, workers=True)
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
-    datamodule = instantiate(cfg.dataset)
+    datamodule = build(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup()
-    regularisation = instantiate(cfg.regularisation)
-    backbone = instantiate(cfg.backbone, num_classes=datamodule.num_classes)
+    regularisation = build(cfg.regularisation)
+    backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
     data_config = resolve_model_data_config(backbone)
     log.info("Preprocessing from the backbone: %s", data_config)
     datamodule.set_transforms(
         regularisation.train_transform(data_config), eval_transform(data_config)
     )
-    strategy = instantiate(cfg.strategy)
+    strategy = build(cfg.strategy)
     log.info("Strategy: %s", type(strategy).__name__)
     module = TransferModule(
         model=backbone,
@@ -81,6 +83,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         record_failure(loggers, error)
         raise
     return metrics
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra's instantiate, re-raising a constructor's own error: Hydra's wrapper prints its repr,
+    escaping the newlines of a message written to be read."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as wrapped:
+        if wrapped.__cause__ is None:
+            raise
+        raise wrapped.__cause__ from None
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:

@@ -1,0 +1,154 @@
+"""Data: sources of real images, stratified seeded splits and low-data subsets, one DataModule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cached_property
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.sources import LabelledImages, Source
+from src.data.splits import SplitIndices, carve_test, split_pool
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TransferDataModule"]
+
+# Held-out test splits carved from sources without one use this seed, whatever the run's seed,
+# so every run of a study is scored on the same images.
+TEST_SPLIT_SEED = 0
+
+
+class TransformedSubset(Dataset):
+    def __init__(self, images: LabelledImages, indices: np.ndarray, transform: Callable | None):
+        self.images, self.indices, self.transform = images, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.images[int(self.indices[index])]
+        return (self.transform(image) if self.transform else image), label
+
+
+class TransferDataModule(L.LightningDataModule):
+    """Labelled pool -> (samples_per_class, fraction) -> stratified train/val. Test stays apart."""
+
+    def __init__(
+        self,
+        source: Callable[[], Source],
+        batch_size: int = 64,
+        num_workers: int = 2,
+        fraction: float = 1.0,
+        samples_per_class: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        _check_range("dataset.fraction", fraction, 0.0, 1.0, low_open=True)
+        _check_range("dataset.val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        _check_range(
+            "dataset.test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True
+        )
+        if samples_per_class is not None and samples_per_class < 2:
+            raise ValueError(
+                f"dataset.samples_per_class={samples_per_class}: must be >= 2 (or null)."
+            )
+        if batch_size < 1:
+            raise ValueError(f"dataset.batch_size={batch_size}: must be >= 1.")
+        self.source_factory = source
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.fraction, self.samples_per_class = fraction, samples_per_class
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.train_transform: Callable | None = None
+        self.eval_transform: Callable | None = None
+
+    @cached_property
+    def source(self) -> Source:
+        return self.source_factory()
+
+    @cached_property
+    def splits(self) -> SplitIndices:
+        """Indices into the pool (train, val) and into the test images; computed once."""
+        pool, test = self.source.pool, self.source.test
+        pool_idx, test_idx = np.arange(len(pool)), None
+        if test is None:
+            pool_idx, test_idx = carve_test(pool.targets, self.test_fraction, TEST_SPLIT_SEED)
+        else:
+            test_idx = np.arange(len(test))
+        splits = split_pool(
+            pool.targets,
+            pool_idx,
+            test_idx,
+            self.fraction,
+            self.samples_per_class,
+            self.val_fraction,
+            self.seed,
+        )
+        log.info(
+            "Data: %d classes | train %d, val %d, test %d",
+            self.num_classes,
+            len(splits.train),
+            len(splits.val),
+            len(splits.test),
+        )
+        return splits
+
+    @property
+    def classes(self) -> list[str]:
+        return self.source.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.source.classes)
+
+    def set_transforms(self, train: Callable, eval: Callable) -> None:
+        """The backbone decides size, mean and std, so transforms arrive after it is built."""
+        self.train_transform, self.eval_transform = train, eval
+
+    def prepare_data(self) -> None:
+        self.source  # noqa: B018  (downloads, where a source downloads, happen once here)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.splits  # noqa: B018
+
+    def _loader(self, split: str, transform: Callable | None, shuffle: bool) -> DataLoader:
+        images = (
+            self.source.test
+            if split == "test" and self.source.test is not None
+            else self.source.pool
+        )
+        dataset = TransformedSubset(images, getattr(self.splits, split), transform)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle and len(dataset) > self.batch_size,  # no size-1 BatchNorm batch
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.train_transform, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_transform, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_transform, shuffle=False)
+
+
+def _check_range(
+    key: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{key}={value} is outside the valid range {interval}.")

