@@ -44,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         regularisation.train_transform(data_config), eval_transform(data_config)
     )
     strategy = build(cfg.strategy)
+    strategy.check(cfg.trainer.max_epochs)
     log.info("Strategy: %s", type(strategy).__name__)
     module = TransferModule(
         model=backbone,

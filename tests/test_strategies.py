@@ -1,4 +1,5 @@
-"""Frozen means frozen to the bit, with no backward pass; per-group learning rates are as configured."""
+"""Every strategy on a tiny timm model: frozen is frozen to the bit, with no backward pass;
+trainable groups move; every group's LR is exactly the configured one, at the right epochs."""
 
 from __future__ import annotations
 
@@ -6,95 +7,208 @@ import functools
 
 import lightning.pytorch as L
 import pytest
+import timm
 import torch
 from timm.data import resolve_model_data_config
 
-from src.backbones import create_backbone
 from src.data import TransferDataModule
 from src.data.sources import digits
 from src.models.module import TransferModule
-from src.models.schedulers import cosine_with_warmup
 from src.regularisation import eval_transform
-from src.strategies import Finetune, LinearProbe, split_head
+from src.strategies import (
+    LPFT,
+    Finetune,
+    GradualUnfreeze,
+    LayerDecay,
+    LinearProbe,
+    Partial,
+    Scratch,
+    Surgical,
+)
+from src.strategies.groups import stage_groups
+
+LR = 0.02
+STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]  # test_resnet, from timm's group_matcher
 
 
-def build(strategy, lr=1e-2):
-    model = create_backbone(
-        "tf_efficientnet_lite0",
-        num_classes=10,
-        weights="package",
-        input_size=[3, 32, 32],
-        drop_rate=0.2,
+def build(strategy, seed=0):
+    torch.manual_seed(seed)
+    model = timm.create_model(
+        "test_resnet", num_classes=10, pretrained_cfg_overlay={"input_size": (3, 32, 32)}
     )
-    datamodule = TransferDataModule(digits, batch_size=16, num_workers=0, samples_per_class=10)
+    datamodule = TransferDataModule(
+        digits, batch_size=16, num_workers=0, samples_per_class=10, seed=seed
+    )
     transform = eval_transform(resolve_model_data_config(model))
     datamodule.set_transforms(transform, transform)
+    optimizer = functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.01)
     module = TransferModule(
-        model,
-        strategy,
-        functools.partial(torch.optim.AdamW, lr=lr),
-        functools.partial(cosine_with_warmup, warmup_fraction=0.0, min_lr_ratio=0.01),
-        torch.nn.CrossEntropyLoss(),
-        datamodule.classes,
+        model, strategy, optimizer, None, torch.nn.CrossEntropyLoss(), datamodule.classes
     )
     return module, datamodule
 
 
-def fit(module, datamodule, steps=3):
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=steps,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+class RecordGroups(L.Callback):
+    """Per epoch: which groups train and each group's lr, as seen by the first step of the epoch."""
+
+    def __init__(self):
+        self.trains, self.lrs = {}, {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:
+            groups = trainer.optimizers[0].param_groups
+            self.trains[trainer.current_epoch] = {
+                g["name"] for g in groups if all(p.requires_grad for p in g["params"])
+            }
+            self.lrs[trainer.current_epoch] = {g["name"]: g["lr"] for g in groups}
+
+
+def fit(module, datamodule, epochs=1, steps=3, **trainer_kwargs):
+    recorder = RecordGroups()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=steps, limit_val_batches=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[recorder], **trainer_kwargs)  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
-    return trainer
+    return trainer, recorder
 
 
-def snapshot(module):
-    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+def group_state(module) -> dict[str, dict[str, torch.Tensor]]:
+    """Per group: its parameters and the buffers (BatchNorm statistics) of the same modules."""
+    by_param = {id(p): name for name, params in stage_groups(module.model) for p in params}
+    state = {name: {} for name, _ in stage_groups(module.model)}
+    for module_name, sub in module.model.named_modules():
+        own = list(sub.named_parameters(recurse=False))
+        if not own:
+            continue
+        group = by_param[id(own[0][1])]
+        for key, value in [*own, *sub.named_buffers(recurse=False)]:
+            state[group][f"{module_name}.{key}"] = value.detach().clone()
+    return state
 
 
-def test_linear_probe_leaves_backbone_bit_identical_and_trains_head():
-    module, datamodule = build(LinearProbe())
-    before = snapshot(module)
-    head_keys = {f"classifier.{k}" for k in module.model.get_classifier().state_dict()}
+def changed_groups(before, after) -> set[str]:
+    return {g for g in before if any(not torch.equal(before[g][k], after[g][k]) for k in before[g])}
+
+
+CASES = {
+    "scratch": (Scratch(), set()),
+    "linear_probe": (LinearProbe(), set(STAGES)),
+    "finetune": (Finetune(backbone_lr_mult=0.1), set()),
+    "partial": (Partial(freeze_stages=2), {"stem", "stage1"}),
+    "partial_all_but_last": (Partial(freeze_stages=-1), {"stem", "stage1", "stage2", "stage3"}),
+    "surgical": (Surgical(block=1), {"stem", "stage2", "stage3", "stage4"}),
+    "gradual_unfreeze": (GradualUnfreeze(milestones=[1, 2]), set(STAGES)),  # epoch 0: head only
+    "lp_ft": (LPFT(probe_epochs=1), set(STAGES)),
+    "layer_decay": (LayerDecay(decay=0.5), set()),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_frozen_groups_are_bit_identical_and_trainable_ones_move(case):
+    strategy, frozen = CASES[case]
+    module, datamodule = build(strategy)
+    before = group_state(module)
     fit(module, datamodule)
-    after = snapshot(module)
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == head_keys  # weights *and* BatchNorm running statistics unchanged
-    backbone, head = split_head(module.model)
-    assert all(p.grad is None for p in backbone)  # no backward pass through frozen layers
-    assert all(not p.requires_grad for p in backbone) and all(p.requires_grad for p in head)
+    assert changed_groups(before, group_state(module)) == set(before) - frozen
+    for name, params in stage_groups(module.model):
+        if name in frozen:  # no backward pass through frozen layers, so no gradient either
+            assert all(p.grad is None and not p.requires_grad for p in params), name
 
 
-def test_linear_probe_optimizer_holds_only_the_head():
-    module, datamodule = build(LinearProbe())
-    trainer = fit(module, datamodule, steps=1)
+def test_frozen_groups_stay_in_the_optimizer_with_zero_lr():
+    module, datamodule = build(Partial(freeze_stages=2, backbone_lr_mult=0.1))
+    trainer, recorder = fit(module, datamodule)
+    assert [g["name"] for g in trainer.optimizers[0].param_groups] == [*STAGES, "head"]
+    lrs = recorder.lrs[0]
+    assert lrs["stem"] == lrs["stage1"] == 0.0
+    assert lrs["stage2"] == pytest.approx(LR * 0.1) and lrs["head"] == pytest.approx(LR)
+    state = trainer.optimizers[0].state
+    assert all(
+        p not in state for p in trainer.optimizers[0].param_groups[0]["params"]
+    )  # no momentum
+
+
+def test_layer_decay_scales_follow_timm_and_reach_the_optimizer():
+    module, datamodule = build(LayerDecay(decay=0.5))
+    trainer, recorder = fit(module, datamodule, steps=1)
     groups = trainer.optimizers[0].param_groups
-    assert [g["name"] for g in groups] == ["head"]
+    lrs = recorder.lrs[0]
+    assert lrs["head"] == pytest.approx(LR)
+    layers = sorted({g["name"].removesuffix("_no_wd") for g in groups} - {"head"})
+    for depth, name in enumerate(reversed(layers), start=1):
+        assert lrs[name] == pytest.approx(LR * 0.5**depth), name
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["name"].endswith("_no_wd"))
+    assert all(g["weight_decay"] == 0.01 for g in groups if not g["name"].endswith("_no_wd"))
 
 
-@pytest.mark.parametrize("mult", [0.1, 0.25])
-def test_finetune_groups_get_the_configured_learning_rates(mult):
-    module, datamodule = build(Finetune(backbone_lr_mult=mult), lr=0.02)
-    before = snapshot(module)
-    trainer = fit(module, datamodule, steps=2)
-    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
-    assert set(groups) == {"backbone", "head"}
-    assert groups["head"]["initial_lr"] == pytest.approx(0.02)
-    assert groups["backbone"]["initial_lr"] == pytest.approx(0.02 * mult)
-    assert groups["backbone"]["lr"] / groups["head"]["lr"] == pytest.approx(
-        mult
-    )  # schedule keeps it
-    after = snapshot(module)
-    assert not torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])
+def test_gradual_unfreezing_happens_exactly_at_its_milestones():
+    strategy = GradualUnfreeze(
+        milestones=[1, 3], start_lr_fraction=0.25, ramp_epochs=1.0, backbone_lr_mult=0.5
+    )
+    module, datamodule = build(strategy)
+    _, recorder = fit(module, datamodule, epochs=5, steps=2)
+    assert recorder.trains == {0: {"head"}, 1: {"head", "stage4"}, 2: {"head", "stage4"},
+                               3: {"head", "stage4", "stage3"}, 4: {"head", "stage4", "stage3"}}  # fmt: skip
+    assert recorder.lrs[0]["stage4"] == 0.0
+    assert recorder.lrs[1]["stage4"] == pytest.approx(LR * 0.5 * 0.25)  # starts at the fraction
+    assert recorder.lrs[2]["stage4"] == pytest.approx(LR * 0.5)  # ramped to full after one epoch
+    assert recorder.lrs[3]["stage3"] == pytest.approx(LR * 0.5 * 0.25)
+    assert recorder.lrs[4]["stem"] == 0.0
 
 
-def test_backbone_lr_mult_must_be_positive():
-    with pytest.raises(ValueError, match="backbone_lr_mult=0"):
-        Finetune(backbone_lr_mult=0)
+def test_lp_ft_probes_then_fine_tunes():
+    module, datamodule = build(LPFT(probe_epochs=2, backbone_lr_mult=0.1))
+    _, recorder = fit(module, datamodule, epochs=3, steps=2)
+    assert recorder.trains[0] == recorder.trains[1] == {"head"}
+    assert recorder.trains[2] == {*STAGES, "head"}
+    assert recorder.lrs[2]["stem"] == pytest.approx(LR * 0.1)
+
+
+def test_freeze_stats_keeps_batchnorm_statistics_while_weights_train():
+    module, datamodule = build(Finetune(bn="freeze_stats"))
+    norms = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = [
+        (m.running_mean.clone(), m.running_var.clone(), m.weight.detach().clone()) for m in norms
+    ]
+    fit(module, datamodule)
+    assert all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+               for m, (mean, var, _) in zip(norms, stats, strict=True))  # fmt: skip
+    assert any(
+        not torch.equal(m.weight, weight) for m, (_, _, weight) in zip(norms, stats, strict=True)
+    )
+
+
+def test_bn_frozen_keeps_affine_parameters_too():
+    module, datamodule = build(Finetune(bn="frozen"))
+    norms = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    weights = [m.weight.detach().clone() for m in norms]
+    conv = module.model.layer1[0].conv1.weight
+    conv_before = conv.detach().clone()
+    fit(module, datamodule)
+    assert all(torch.equal(m.weight, w) for m, w in zip(norms, weights, strict=True))
+    assert not torch.equal(conv, conv_before)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: GradualUnfreeze(milestones=[2, 1]), "strictly increasing"),
+        (lambda: Finetune(backbone_lr_mult=0), "backbone_lr_mult=0"),
+        (lambda: Finetune(bn="sometimes"), "strategy.bn='sometimes'"),
+        (lambda: LayerDecay(decay=1.5), r"strategy.decay=1.5: valid range \(0, 1\]"),
+        (lambda: LPFT(probe_epochs=0), "probe_epochs=0"),
+    ],
+)
+def test_invalid_strategy_values_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_schedules_that_cannot_happen_are_refused():
+    with pytest.raises(
+        ValueError,
+        match=r"milestones \[5\] are not before trainer.max_epochs=5; valid range \[1, 4\]",
+    ):
+        GradualUnfreeze(milestones=[2, 5]).check(max_epochs=5)
+    with pytest.raises(ValueError, match="probe_epochs=3"):
+        LPFT(probe_epochs=3).check(max_epochs=3)

@@ -39,7 +39,8 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
         sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 2
     )
     for key in (
-        "lr-AdamW/backbone",
+        "lr-AdamW/stem",
+        "lr-AdamW/stage1",
         "lr-AdamW/head",
         "val/f1_macro",
         "val/ece",
@@ -50,7 +51,7 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     ):
         assert key in run.data.metrics, key
     lrs = run.data.metrics
-    assert lrs["lr-AdamW/backbone"] / lrs["lr-AdamW/head"] == pytest.approx(0.1)
+    assert lrs["lr-AdamW/stem"] / lrs["lr-AdamW/head"] == pytest.approx(0.1)
     artifacts = artifact_paths(client, run.info.run_id)
     assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_test.png"} <= artifacts
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts

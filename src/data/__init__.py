@@ -9,7 +9,7 @@ from functools import cached_property
 import lightning.pytorch as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.sources import LabelledImages, Source
 from src.data.splits import SplitIndices, carve_test, split_pool
@@ -33,6 +33,28 @@ class TransformedSubset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.images[int(self.indices[index])]
         return (self.transform(image) if self.transform else image), label
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation per epoch, drawn from (seed, epoch) alone.
+
+    torch's RandomSampler draws from the global RNG, which checkpoints do not restore; this order
+    depends only on the epoch (Lightning calls set_epoch), so a resumed run sees exactly the batches
+    an uninterrupted one would.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        yield from torch.randperm(self.size, generator=generator).tolist()
 
 
 class TransferDataModule(L.LightningDataModule):
@@ -127,7 +149,7 @@ class TransferDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

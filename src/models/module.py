@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from src.models.metrics import metric_key, per_class_metrics, scalar_metrics
+from src.models.schedulers import Schedule, constant
 from src.strategies import Strategy
 
 
@@ -18,15 +19,14 @@ class TransferModule(L.LightningModule):
         model: nn.Module,
         strategy: Strategy,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., dict] | None,
+        scheduler: Callable[[int], Schedule] | None,
         criterion: nn.Module,
         class_names: list[str],
     ):
         super().__init__()
         self.model, self.strategy, self.criterion = model, strategy, criterion
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler or constant
         self.class_names = class_names
-        self.strategy.setup(self.model)
         num_classes = len(class_names)
         self.train_acc = scalar_metrics(num_classes, "train/")["acc"]
         self.val_metrics = scalar_metrics(num_classes, "val/")
@@ -39,7 +39,8 @@ class TransferModule(L.LightningModule):
         return self.model(images)
 
     def on_train_epoch_start(self) -> None:
-        self.strategy.on_train_epoch_start(self.model, self.current_epoch)
+        # Also runs first thing after a resume, so the restored epoch gets its own freeze state.
+        self.strategy.apply(self.model, self.trainer.optimizers[0].param_groups, self.current_epoch)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -82,14 +83,23 @@ class TransferModule(L.LightningModule):
         self._log_per_class("test", self.test_per_class)
 
     def configure_optimizers(self):
+        """All named groups at once; one LambdaLR multiplies schedule x strategy factor per group."""
         groups = [g for g in self.strategy.param_groups(self.model) if g["params"]]
         optimizer = self.optimizer_factory(groups)
         for group in optimizer.param_groups:  # torch schedulers ignore lr_scale: apply it here
             group["lr"] *= group.pop("lr_scale")
-        if self.scheduler_factory is None:
-            return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        schedule = self.scheduler_factory(total_steps)
+
+        def group_factor(name: str) -> Callable[[int], float]:
+            return lambda step: (
+                schedule(step) * self.strategy.lr_factor(name, step / steps_per_epoch)
+            )
+
+        factors = [group_factor(g["name"]) for g in optimizer.param_groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": self.scheduler_factory(optimizer, total_steps),
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }

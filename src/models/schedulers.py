@@ -1,18 +1,21 @@
-"""LR schedules as LambdaLR factors, so every named group keeps its ratio to the others
-(CosineAnnealingLR's absolute eta_min would not). Each factory returns Lightning's scheduler dict."""
+"""LR schedules as pure functions of the optimizer step, returning a factor of each group's lr.
+
+The LightningModule multiplies this factor with the strategy's per-group factor (freezing,
+unfreeze ramps) inside one LambdaLR, so every group keeps its ratio to the others and a resumed
+run recomputes exactly the same rates from the restored step count.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+Schedule = Callable[[int], float]
 
 
 def cosine_with_warmup(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0
-) -> dict:
+    total_steps: int, warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0
+) -> Schedule:
     """Linear warm-up over warmup_fraction of the steps, then cosine decay to min_lr_ratio."""
     warmup = int(warmup_fraction * total_steps)
 
@@ -22,18 +25,16 @@ def cosine_with_warmup(
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}
+    return factor
 
 
 def step_decay(
-    optimizer: Optimizer,
-    total_steps: int,
-    milestones: Sequence[float] = (0.5, 0.75),
-    gamma: float = 0.1,
-) -> dict:
+    total_steps: int, milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1
+) -> Schedule:
     """Multiply the lr by gamma at each milestone, given as a fraction of training."""
     steps = sorted(int(m * total_steps) for m in milestones)
-    return {
-        "scheduler": LambdaLR(optimizer, lambda step: gamma ** sum(step >= s for s in steps)),
-        "interval": "step",
-    }
+    return lambda step: gamma ** sum(step >= s for s in steps)
+
+
+def constant(total_steps: int) -> Schedule:
+    return lambda step: 1.0

@@ -1,14 +1,33 @@
-"""Strategies decide what trains and at which rate (conf/strategy/*.yaml, one class each).
+"""Strategies decide what trains, when, and at which rate (conf/strategy/*.yaml, one class each).
 
-A strategy never builds the optimizer: it returns *named* parameter groups with an `lr_scale`
-relative to the optimizer's lr, which the LightningModule multiplies in.
+Every named parameter group (stem, stage1, ..., head) exists from the moment the optimizer is built;
+freezing and unfreezing only flip `requires_grad` and scale the group's LR, both pure functions of
+the epoch. The optimizer's groups never change, so LR schedulers keep working, and a resumed run
+re-applies exactly the state of its epoch (Lightning's BackboneFinetuning re-freezes on resume).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
-__all__ = ["Strategy", "Finetune", "LinearProbe", "split_head"]
+from src.strategies.groups import HEAD, layer_decay_groups, stage_groups
+
+__all__ = [
+    "Strategy",
+    "Finetune",
+    "Scratch",
+    "LinearProbe",
+    "Partial",
+    "GradualUnfreeze",
+    "LPFT",
+    "LayerDecay",
+    "Surgical",
+    "split_head",
+]
+
+BN_POLICIES = ("train", "freeze_stats", "frozen")
 
 
 def split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -20,62 +39,199 @@ def split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
 
 
 class Strategy:
-    """Base: everything trainable at the optimizer's lr."""
+    """Base: every group trains at the optimizer's lr.
 
-    def setup(self, model: nn.Module) -> None:
-        """Called once, before the optimizer exists: set requires_grad."""
+    bn: `train` (BatchNorm learns where its stage trains; a frozen stage keeps its statistics),
+    `freeze_stats` (running statistics fixed everywhere, affine parameters train with their stage),
+    `frozen` (statistics and affine parameters fixed everywhere).
+    """
 
+    def __init__(self, bn: str = "train"):
+        if bn not in BN_POLICIES:
+            raise ValueError(f"strategy.bn='{bn}': choose one of {BN_POLICIES}.")
+        self.bn = bn
+        self.stage_names: list[str] = []  # backbone groups, input side first; set by param_groups
+
+    # --- what subclasses override -------------------------------------------------------------
+    def trainable(self, group: str, epoch: int) -> bool:
+        return True
+
+    def lr_scale(self, group: str) -> float:
+        """Constant multiplier of the optimizer's lr for this group."""
+        return 1.0
+
+    def lr_factor(self, group: str, epoch: float) -> float:
+        """Time-varying multiplier (epoch is fractional): 0 while the group is frozen."""
+        return 1.0 if self.trainable(group, int(epoch)) else 0.0
+
+    def check(self, max_epochs: int) -> None:
+        """Refuse a schedule that cannot happen within max_epochs."""
+
+    # --- shared machinery ---------------------------------------------------------------------
     def param_groups(self, model: nn.Module) -> list[dict]:
-        backbone, head = split_head(model)
-        return [
-            {"name": "backbone", "params": backbone, "lr_scale": 1.0},
-            {"name": "head", "params": head, "lr_scale": 1.0},
-        ]
+        groups = stage_groups(model)
+        self.stage_names = [name for name, _ in groups if name != HEAD]
+        return [{"name": n, "params": p, "lr_scale": self.lr_scale(n)} for n, p in groups]
 
-    def on_train_epoch_start(self, model: nn.Module, epoch: int) -> None:
-        """Called every epoch after Lightning puts the model in train mode."""
-        freeze_norm_statistics(model)
+    def stage_index(self, k: int) -> int:
+        """A stage count or index; negative counts from the top (-1: the last stage)."""
+        n = len(self.stage_names)
+        index = k + n if k < 0 else k
+        if not 0 <= index <= n:
+            raise ValueError(
+                f"stage {k} out of range for a backbone with {n} stages ({self.stage_names})."
+            )
+        return index
 
-
-def freeze_norm_statistics(model: nn.Module) -> None:
-    """A norm layer whose parameters are all frozen runs in eval mode: its running statistics stay
-    the pretrained ones, and the frozen layer computes exactly what it did before training."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
+    def apply(self, model: nn.Module, groups: Sequence[dict], epoch: int) -> None:
+        """Set requires_grad and BatchNorm modes for `epoch`; called at every train epoch start."""
+        bn_param_ids = {
+            id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)
+        }  # fmt: skip
+        for group in groups:
+            trains = self.trainable(group["name"], epoch)
+            for param in group["params"]:
+                param.requires_grad_(
+                    trains and not (self.bn == "frozen" and id(param) in bn_param_ids)
+                )
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                params = list(module.parameters(recurse=False))
+                frozen_layer = bool(params) and not any(p.requires_grad for p in params)
+                if self.bn != "train" or frozen_layer:
+                    module.eval()  # running statistics stay as they are
 
 
 class Finetune(Strategy):
     """Everything trainable; the pretrained backbone at backbone_lr_mult x the head's lr."""
 
-    def __init__(self, backbone_lr_mult: float = 1.0):
+    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train"):
+        super().__init__(bn)
         if backbone_lr_mult <= 0:
             raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: must be > 0.")
         self.backbone_lr_mult = backbone_lr_mult
 
-    def setup(self, model: nn.Module) -> None:
-        model.requires_grad_(True)
+    def lr_scale(self, group: str) -> float:
+        return 1.0 if group == HEAD else self.backbone_lr_mult
 
-    def param_groups(self, model: nn.Module) -> list[dict]:
-        backbone, head = split_head(model)
-        return [
-            {"name": "backbone", "params": backbone, "lr_scale": self.backbone_lr_mult},
-            {"name": "head", "params": head, "lr_scale": 1.0},
-        ]
+
+class Scratch(Finetune):
+    """Random initialisation (its config sets backbone.pretrained=false), everything at one lr."""
+
+    def __init__(self, bn: str = "train"):
+        super().__init__(backbone_lr_mult=1.0, bn=bn)
 
 
 class LinearProbe(Strategy):
     """Frozen backbone (no gradients, no backward pass through it, BatchNorm in eval); head trains."""
 
-    def setup(self, model: nn.Module) -> None:
-        backbone, head = split_head(model)
-        for param in backbone:
-            param.requires_grad_(False)
-        for param in head:
-            param.requires_grad_(True)
+    def trainable(self, group: str, epoch: int) -> bool:
+        return group == HEAD
+
+
+class Partial(Finetune):
+    """The first `freeze_stages` backbone groups (stem first) frozen; negative counts from the top,
+    so -1 freezes all but the last stage."""
+
+    def __init__(self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
+        super().__init__(backbone_lr_mult, bn)
+        self.freeze_stages = freeze_stages
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        if group == HEAD:
+            return True
+        return self.stage_names.index(group) >= self.stage_index(self.freeze_stages)
+
+
+class Surgical(Strategy):
+    """Only backbone group `block` (0 = stem, -1 = the last stage) and the head train (Lee et al. 2023)."""
+
+    def __init__(self, block: int, bn: str = "train"):
+        super().__init__(bn)
+        self.block = block
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        return group == HEAD or self.stage_names.index(group) == self.stage_index(self.block)
+
+
+class GradualUnfreeze(Finetune):
+    """Head first; at each milestone epoch the next stage from the top unfreezes (ULMFiT).
+
+    A stage unfrozen at epoch m starts at start_lr_fraction of its lr and ramps linearly to its
+    full lr over ramp_epochs. Stages below the last milestone's stay frozen.
+    """
+
+    def __init__(self, milestones: Sequence[int], start_lr_fraction: float = 0.1,
+                 ramp_epochs: float = 1.0, backbone_lr_mult: float = 1.0, bn: str = "train"):  # fmt: skip
+        super().__init__(backbone_lr_mult, bn)
+        self.milestones = list(milestones)
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
+            raise ValueError(
+                f"strategy.milestones={self.milestones}: strictly increasing epochs >= 1."
+            )
+        if not 0 < start_lr_fraction <= 1:
+            raise ValueError(f"strategy.start_lr_fraction={start_lr_fraction}: valid range (0, 1].")
+        self.start_lr_fraction, self.ramp_epochs = start_lr_fraction, ramp_epochs
+
+    def check(self, max_epochs: int) -> None:
+        late = [m for m in self.milestones if m >= max_epochs]
+        if late:
+            raise ValueError(
+                f"strategy.milestones {late} are not before trainer.max_epochs={max_epochs}; "
+                f"valid range [1, {max_epochs - 1}]."
+            )
+
+    def unfreeze_epoch(self, group: str) -> float:
+        """The epoch `group` starts training (inf: never)."""
+        if group == HEAD:
+            return 0
+        from_top = len(self.stage_names) - 1 - self.stage_names.index(group)
+        return self.milestones[from_top] if from_top < len(self.milestones) else float("inf")
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        return epoch >= self.unfreeze_epoch(group)
+
+    def lr_factor(self, group: str, epoch: float) -> float:
+        start = self.unfreeze_epoch(group)
+        if epoch < start or not self.trainable(group, int(epoch)):
+            return 0.0
+        if group == HEAD or self.ramp_epochs <= 0:
+            return 1.0
+        progress = min(1.0, (epoch - start) / self.ramp_epochs)
+        return self.start_lr_fraction + (1 - self.start_lr_fraction) * progress
+
+
+class LPFT(Finetune):
+    """Linear probe for probe_epochs, then everything trains (Kumar et al. 2022)."""
+
+    def __init__(self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
+        super().__init__(backbone_lr_mult, bn)
+        if probe_epochs < 1:
+            raise ValueError(f"strategy.probe_epochs={probe_epochs}: must be >= 1.")
+        self.probe_epochs = probe_epochs
+
+    def check(self, max_epochs: int) -> None:
+        if self.probe_epochs >= max_epochs:
+            raise ValueError(
+                f"strategy.probe_epochs={self.probe_epochs} leaves no fine-tuning epoch within "
+                f"trainer.max_epochs={max_epochs}; valid range [1, {max_epochs - 1}]."
+            )
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        return group == HEAD or epoch >= self.probe_epochs
+
+
+class LayerDecay(Strategy):
+    """Layer-wise lr decay: lr x decay^(depth from the head), timm's per-block groups; norms and
+    biases get no weight decay."""
+
+    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train"):
+        super().__init__(bn)
+        if not 0 < decay <= 1:
+            raise ValueError(f"strategy.decay={decay}: valid range (0, 1].")
+        self.decay, self.min_scale = decay, min_scale
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        _, head = split_head(model)
-        return [{"name": "head", "params": head, "lr_scale": 1.0}]
+        super().param_groups(model)  # records stage names
+        return layer_decay_groups(model, self.decay, self.min_scale)

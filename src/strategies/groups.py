@@ -1,0 +1,52 @@
+"""Named parameter groups from timm's `group_matcher`, ordered from the input to the head.
+
+Stages are never guessed from parameter names: timm's coarse matcher defines them. The new
+classifier (`get_classifier()`) is always its own group, `head`.
+"""
+
+from __future__ import annotations
+
+from timm.models import group_parameters
+from timm.optim import param_groups_layer_decay
+from torch import nn
+
+HEAD = "head"
+
+
+def stage_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    """[("stem", ...), ("stage1", ...), ..., ("head", classifier params)]."""
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    params = dict(model.named_parameters())
+    by_layer = group_parameters(model, model.group_matcher(coarse=True))
+    stages = []
+    for layer in sorted(by_layer):
+        members = [params[name] for name in by_layer[layer] if id(params[name]) not in head_ids]
+        if members:
+            stages.append(members)
+    names = ["stem"] + [f"stage{i}" for i in range(1, len(stages))]
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    groups = [*zip(names, stages, strict=True), (HEAD, head)]
+    assert sum(len(g) for _, g in groups) == len(params), "every parameter in exactly one group"
+    return groups
+
+
+def layer_decay_groups(model: nn.Module, decay: float, min_scale: float = 0.0) -> list[dict]:
+    """timm's layer-wise decay groups (lr_scale = decay^depth from the head), named.
+
+    timm also splits each layer into weight-decayed and not (norms and biases): those groups get
+    weight_decay=0 and a `_no_wd` suffix; the others inherit the optimizer's weight decay.
+    """
+    groups = param_groups_layer_decay(
+        model, weight_decay=1.0, layer_decay=decay, min_scale=min_scale
+    )
+    head_ids = {id(p) for p in model.get_classifier().parameters()}
+    depth = {scale: i for i, scale in enumerate(sorted({g["lr_scale"] for g in groups}))}
+    named = []
+    for group in groups:
+        is_head = any(id(p) in head_ids for p in group["params"])
+        name = HEAD if is_head else f"layer{depth[group['lr_scale']]:02d}"
+        entry = {"name": name, "params": group["params"], "lr_scale": group["lr_scale"]}
+        if group["weight_decay"] == 0.0:
+            entry.update(name=f"{name}_no_wd", weight_decay=0.0)
+        named.append(entry)
+    return named
