@@ -71,15 +71,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_run_metadata(
             loggers, OmegaConf.to_container(cfg, resolve=True), run_tags(cfg), config_file
         )
-        trainer.fit(module, datamodule=datamodule)
+        strategy.fit(trainer, module, datamodule)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            best = (
-                "best"
-                if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-                else None
-            )
-            metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best)[0])
+            metrics.update(strategy.test(trainer, module, datamodule))
     except BaseException as error:
         record_failure(loggers, error)
         raise

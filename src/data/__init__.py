@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from collections.abc import Callable
 from functools import cached_property
@@ -155,6 +157,23 @@ class TransferDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle and len(dataset) > self.batch_size,  # no size-1 BatchNorm batch
         )
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """Any split in order, with the evaluation transform (feature extraction reads train so)."""
+        return self._loader(split, self.eval_transform, shuffle=False)
+
+    def identity(self, split: str) -> dict:
+        """What determines a split's images: the source and the exact indices (which already
+        encode fraction, samples_per_class, val_fraction and seed)."""
+        factory = self.source_factory
+        func = factory.func if isinstance(factory, functools.partial) else factory
+        keywords = factory.keywords if isinstance(factory, functools.partial) else {}
+        indices = getattr(self.splits, split)
+        return {
+            "source": f"{func.__module__}.{func.__qualname__}",
+            "source_args": {k: str(v) for k, v in sorted(keywords.items())},
+            "indices": hashlib.sha1(np.ascontiguousarray(indices).tobytes()).hexdigest(),
+        }
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.train_transform, shuffle=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import lightning.pytorch as L
 from torch import nn
 
 from src.strategies.groups import HEAD, layer_decay_groups, stage_groups
@@ -24,6 +25,7 @@ __all__ = [
     "LPFT",
     "LayerDecay",
     "Surgical",
+    "FeatureExtract",
     "split_head",
 ]
 
@@ -66,6 +68,19 @@ class Strategy:
 
     def check(self, max_epochs: int) -> None:
         """Refuse a schedule that cannot happen within max_epochs."""
+
+    def fit(
+        self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+    ) -> None:
+        trainer.fit(module, datamodule=datamodule)
+
+    def test(
+        self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+    ) -> dict:
+        """Test metrics of the best checkpoint (the last weights when nothing was checkpointed)."""
+        checkpoint = trainer.checkpoint_callback
+        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        return trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
 
     # --- shared machinery ---------------------------------------------------------------------
     def param_groups(self, model: nn.Module) -> list[dict]:
@@ -235,3 +250,62 @@ class LayerDecay(Strategy):
     def param_groups(self, model: nn.Module) -> list[dict]:
         super().param_groups(model)  # records stage names
         return layer_decay_groups(model, self.decay, self.min_scale)
+
+
+class FeatureExtract(Strategy):
+    """Frozen features into a new classifier: the backbone runs once per split, its pooled features
+    are cached on disk (src/strategies/features.py), and `classifier` trains on them:
+    `logistic`, `linear_svm`, `svm` (RBF) from scikit-learn, or `linear` (a torch layer trained by
+    Lightning with the run's optimizer, schedule and epochs). Training images are not augmented."""
+
+    CLASSIFIERS = ("logistic", "linear_svm", "svm", "linear")
+
+    def __init__(self, classifier: str = "logistic", C: float = 1.0, max_iter: int = 2000,
+                 cache_dir: str = "cache/features", bn: str = "train"):  # fmt: skip
+        super().__init__(bn)
+        if classifier not in self.CLASSIFIERS:
+            raise ValueError(
+                f"strategy.classifier='{classifier}': choose one of {self.CLASSIFIERS}."
+            )
+        if C <= 0:
+            raise ValueError(f"strategy.C={C}: must be > 0.")
+        self.classifier, self.C, self.max_iter, self.cache_dir = classifier, C, max_iter, cache_dir
+        self.head_module: L.LightningModule | None = None
+        self.features = None
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        return group == HEAD
+
+    def fit(self, trainer, module, datamodule) -> None:
+        from src.strategies.features import (
+            FeatureDataModule,
+            LinearHead,
+            SklearnHead,
+            cached_features,
+            sklearn_classifier,
+        )
+
+        device = trainer.strategy.root_device
+        features, stats = cached_features(module.model, datamodule, self.cache_dir, device)
+        for logger in trainer.loggers:
+            logger.log_metrics(stats, step=0)
+        self.features = FeatureDataModule(features, datamodule.batch_size, datamodule.seed)
+        num_features, num_classes = features["train"][0].shape[1], len(module.class_names)
+        if self.classifier == "linear":
+            head = LinearHead(
+                num_features, num_classes, dropout=getattr(module.model, "drop_rate", 0.0)
+            )
+        else:
+            fitted = sklearn_classifier(self.classifier, self.C, self.max_iter, datamodule.seed)
+            fitted.fit(features["train"][0].numpy(), features["train"][1].numpy())
+            head = SklearnHead(fitted, num_classes)
+        self.head_module = type(module)(head, Strategy(), module.optimizer_factory,
+                                        module.scheduler_factory, module.criterion, module.class_names)  # fmt: skip
+        if self.classifier == "linear":
+            trainer.fit(self.head_module, datamodule=self.features)
+        else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
+            trainer.validate(self.head_module, datamodule=self.features)
+
+    def test(self, trainer, module, datamodule) -> dict:
+        assert self.head_module is not None, "fit() first"
+        return super().test(trainer, self.head_module, self.features)

@@ -17,13 +17,16 @@ def stage_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
     """[("stem", ...), ("stage1", ...), ..., ("head", classifier params)]."""
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     params = dict(model.named_parameters())
-    by_layer = group_parameters(model, model.group_matcher(coarse=True))
+    if not hasattr(model, "group_matcher"):  # a bare head on cached features
+        by_layer = {0: list(params)}
+    else:
+        by_layer = group_parameters(model, model.group_matcher(coarse=True))
     stages = []
     for layer in sorted(by_layer):
         members = [params[name] for name in by_layer[layer] if id(params[name]) not in head_ids]
         if members:
             stages.append(members)
-    names = ["stem"] + [f"stage{i}" for i in range(1, len(stages))]
+    names = (["stem"] + [f"stage{i}" for i in range(1, len(stages))])[: len(stages)]
     head = [p for p in model.parameters() if id(p) in head_ids]
     groups = [*zip(names, stages, strict=True), (HEAD, head)]
     assert sum(len(g) for _, g in groups) == len(params), "every parameter in exactly one group"

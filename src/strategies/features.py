@@ -1,0 +1,166 @@
+"""Frozen backbone features, computed once per (backbone, weights, data, split, transform) and cached
+on disk, plus the heads that train on them (scikit-learn classifiers or a torch linear layer)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """Hash of every tensor in the state dict: two runs share a cache only with identical weights."""
+    digest = hashlib.sha1()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :24
+    ]
+
+
+@torch.inference_mode()
+def extract(
+    model: nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled pre-logits features (timm's forward_head(pre_logits=True)), backbone in eval mode."""
+    model.eval().to(device)
+    features, labels = [], []
+    for images, targets in loader:
+        pooled = model.forward_head(model.forward_features(images.to(device)), pre_logits=True)
+        features.append(pooled.float().cpu())
+        labels.append(targets)
+    return torch.cat(features), torch.cat(labels)
+
+
+def cached_features(
+    model: nn.Module, datamodule, cache_dir: str | Path, device: torch.device
+) -> dict:
+    """{split: (features, labels)}; each split is computed at most once per identity."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    weights = weights_fingerprint(model)
+    loaders = {"train": datamodule.eval_loader("train"), "val": datamodule.val_dataloader(),
+               "test": datamodule.test_dataloader()}  # fmt: skip
+    result, hits, seconds = {}, 0, 0.0
+    for split in SPLITS:
+        identity = {
+            "architecture": model.pretrained_cfg.get("architecture"),
+            "weights": weights,
+            "data": datamodule.identity(split),
+            "split": split,
+            "transform": repr(datamodule.eval_transform),
+        }
+        path = cache_dir / f"{cache_key(identity)}.pt"
+        if path.is_file():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            result[split] = (stored["features"], stored["labels"])
+            hits += 1
+            continue
+        start = time.perf_counter()
+        features, labels = extract(model, loaders[split], device)
+        seconds += time.perf_counter() - start
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"features": features, "labels": labels, "identity": json.dumps(identity)}, tmp)
+        os.replace(tmp, path)  # atomic: a parallel run never reads half a file
+        log.info(
+            "Features %s: %s in %.1fs -> %s",
+            split,
+            tuple(features.shape),
+            time.perf_counter() - start,
+            path,
+        )
+        result[split] = (features, labels)
+    log.info("Feature cache: %d of %d splits reused from %s", hits, len(SPLITS), cache_dir)
+    return result, {"feature_cache/hits": hits, "feature_cache/extract_seconds": seconds}
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Cached (features, labels) per split, served as tensors."""
+
+    def __init__(self, features: dict, batch_size: int, seed: int):
+        super().__init__()
+        self.features, self.batch_size, self.seed = features, batch_size, seed
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(TensorDataset(*self.features[split]), batch_size=self.batch_size,
+                          shuffle=shuffle, generator=generator)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class LinearHead(nn.Module):
+    """A linear classifier on cached features (timm's get_classifier contract, for the groups)."""
+
+    def __init__(self, num_features: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout, self.fc = nn.Dropout(dropout), nn.Linear(num_features, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features))
+
+
+class SklearnHead(nn.Module):
+    """A fitted scikit-learn classifier behind a torch forward, so it is scored, logged and plotted
+    by the same metrics and callbacks as every other run. Returns class probabilities where the
+    classifier has them, decision scores otherwise (SVMs)."""
+
+    def __init__(self, classifier, num_classes: int):
+        super().__init__()
+        self.classifier, self.num_classes = classifier, num_classes
+        self.fc = nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.cpu().numpy()
+        scores = (self.classifier.predict_proba(x) if hasattr(self.classifier, "predict_proba")
+                  else self.classifier.decision_function(x))  # fmt: skip
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.ndim == 1:  # binary decision_function: one margin per sample
+            scores = np.stack([-scores, scores], axis=1)
+        return torch.from_numpy(scores).to(features.device)
+
+
+def sklearn_classifier(kind: str, C: float, max_iter: int, seed: int):
+    """Standardised features into logistic regression, a linear SVM or an RBF SVM."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+
+    classifiers = {
+        "logistic": lambda: LogisticRegression(C=C, max_iter=max_iter, random_state=seed),
+        "linear_svm": lambda: LinearSVC(C=C, max_iter=max_iter, random_state=seed),
+        "svm": lambda: SVC(C=C, kernel="rbf", random_state=seed),
+    }
+    return make_pipeline(StandardScaler(), classifiers[kind]())
