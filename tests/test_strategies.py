@@ -212,3 +212,39 @@ def test_schedules_that_cannot_happen_are_refused():
         GradualUnfreeze(milestones=[2, 5]).check(max_epochs=5)
     with pytest.raises(ValueError, match="probe_epochs=3"):
         LPFT(probe_epochs=3).check(max_epochs=3)
+
+
+class CrashAt(L.Callback):
+    """Stand-in for a killed job: dies in the middle of `epoch`."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(directory, extra_callbacks=(), ckpt_path=None):
+        module, datamodule = build(GradualUnfreeze(milestones=[1, 2, 3], start_lr_fraction=0.5))
+        checkpoint = ModelCheckpoint(dirpath=directory, save_last=True)
+        trainer = L.Trainer(accelerator="cpu", max_epochs=5, limit_train_batches=3, limit_val_batches=1,
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[checkpoint, *extra_callbacks])  # fmt: skip
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        return module
+
+    uninterrupted = run(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "b", [CrashAt(epoch=2, batch=1)])  # stage4 unfrozen, stage3 about to be
+    resumed = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    expected, actual = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(
+        expected["layer3.0.conv1.weight"],
+        build(Finetune())[0].model.state_dict()["layer3.0.conv1.weight"],
+    )

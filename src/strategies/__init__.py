@@ -114,8 +114,8 @@ class Strategy:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 params = list(module.parameters(recurse=False))
                 frozen_layer = bool(params) and not any(p.requires_grad for p in params)
-                if self.bn != "train" or frozen_layer:
-                    module.eval()  # running statistics stay as they are
+                # Both ways: a stage unfrozen this epoch must learn its statistics again.
+                module.train(self.bn == "train" and not frozen_layer)
 
 
 class Finetune(Strategy):
