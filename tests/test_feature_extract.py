@@ -11,8 +11,14 @@ from tests.conftest import compose_train
 
 
 def feature_run(tmp_path, cache, *overrides):
-    base = ["dataset=digits", "strategy=feature_extract", f"strategy.cache_dir={cache}",
-            "backbone.input_size=[3,32,32]", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]  # fmt: skip
+    base = [
+        "dataset=digits",
+        "strategy=feature_extract",
+        f"strategy.cache_dir={cache}",
+        "backbone.input_size=[3,32,32]",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+    ]
     return train(compose_train(tmp_path, [*base, *overrides]))
 
 
@@ -21,7 +27,8 @@ def cache_hits(tmp_path) -> list[float]:
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], order_by=["start_time ASC"]
     )
-    return [run.data.metrics["feature_cache/hits"] for run in runs]
+    metrics = [run.data.metrics for run in runs]
+    return [m["feature_cache/hits/train_val"] + m["feature_cache/hits/test"] for m in metrics]
 
 
 def test_second_run_reuses_the_cache_and_gets_the_same_result(tmp_path):

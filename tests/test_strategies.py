@@ -65,9 +65,18 @@ class RecordGroups(L.Callback):
 
 def fit(module, datamodule, epochs=1, steps=3, **trainer_kwargs):
     recorder = RecordGroups()
-    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, limit_train_batches=steps, limit_val_batches=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[recorder], **trainer_kwargs)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        limit_train_batches=steps,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+        **trainer_kwargs,
+    )
     trainer.fit(module, datamodule=datamodule)
     return trainer, recorder
 
@@ -147,8 +156,13 @@ def test_gradual_unfreezing_happens_exactly_at_its_milestones():
     )
     module, datamodule = build(strategy)
     _, recorder = fit(module, datamodule, epochs=5, steps=2)
-    assert recorder.trains == {0: {"head"}, 1: {"head", "stage4"}, 2: {"head", "stage4"},
-                               3: {"head", "stage4", "stage3"}, 4: {"head", "stage4", "stage3"}}  # fmt: skip
+    assert recorder.trains == {
+        0: {"head"},
+        1: {"head", "stage4"},
+        2: {"head", "stage4"},
+        3: {"head", "stage4", "stage3"},
+        4: {"head", "stage4", "stage3"},
+    }
     assert recorder.lrs[0]["stage4"] == 0.0
     assert recorder.lrs[1]["stage4"] == pytest.approx(LR * 0.5 * 0.25)  # starts at the fraction
     assert recorder.lrs[2]["stage4"] == pytest.approx(LR * 0.5)  # ramped to full after one epoch
@@ -171,8 +185,10 @@ def test_freeze_stats_keeps_batchnorm_statistics_while_weights_train():
         (m.running_mean.clone(), m.running_var.clone(), m.weight.detach().clone()) for m in norms
     ]
     fit(module, datamodule)
-    assert all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
-               for m, (mean, var, _) in zip(norms, stats, strict=True))  # fmt: skip
+    assert all(
+        torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        for m, (mean, var, _) in zip(norms, stats, strict=True)
+    )
     assert any(
         not torch.equal(m.weight, weight) for m, (_, _, weight) in zip(norms, stats, strict=True)
     )
@@ -231,9 +247,16 @@ def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
     def run(directory, extra_callbacks=(), ckpt_path=None):
         module, datamodule = build(GradualUnfreeze(milestones=[1, 2, 3], start_lr_fraction=0.5))
         checkpoint = ModelCheckpoint(dirpath=directory, save_last=True)
-        trainer = L.Trainer(accelerator="cpu", max_epochs=5, limit_train_batches=3, limit_val_batches=1,
-                            logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[checkpoint, *extra_callbacks])  # fmt: skip
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_epochs=5,
+            limit_train_batches=3,
+            limit_val_batches=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[checkpoint, *extra_callbacks],
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return module
 

@@ -101,9 +101,11 @@ class Strategy:
     def apply(self, model: nn.Module, groups: Sequence[dict], epoch: int) -> None:
         """Set requires_grad and BatchNorm modes for `epoch`; called at every train epoch start."""
         bn_param_ids = {
-            id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            id(p)
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
             for p in m.parameters(recurse=False)
-        }  # fmt: skip
+        }
         for group in groups:
             trains = self.trainable(group["name"], epoch)
             for param in group["params"]:
@@ -177,8 +179,14 @@ class GradualUnfreeze(Finetune):
     full lr over ramp_epochs. Stages below the last milestone's stay frozen.
     """
 
-    def __init__(self, milestones: Sequence[int], start_lr_fraction: float = 0.1,
-                 ramp_epochs: float = 1.0, backbone_lr_mult: float = 1.0, bn: str = "train"):  # fmt: skip
+    def __init__(
+        self,
+        milestones: Sequence[int],
+        start_lr_fraction: float = 0.1,
+        ramp_epochs: float = 1.0,
+        backbone_lr_mult: float = 1.0,
+        bn: str = "train",
+    ):
         super().__init__(backbone_lr_mult, bn)
         self.milestones = list(milestones)
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
@@ -260,8 +268,14 @@ class FeatureExtract(Strategy):
 
     CLASSIFIERS = ("logistic", "linear_svm", "svm", "linear")
 
-    def __init__(self, classifier: str = "logistic", C: float = 1.0, max_iter: int = 2000,
-                 cache_dir: str = "cache/features", bn: str = "train"):  # fmt: skip
+    def __init__(
+        self,
+        classifier: str = "logistic",
+        C: float = 1.0,
+        max_iter: int = 2000,
+        cache_dir: str = "cache/features",
+        bn: str = "train",
+    ):
         super().__init__(bn)
         if classifier not in self.CLASSIFIERS:
             raise ValueError(
@@ -281,14 +295,10 @@ class FeatureExtract(Strategy):
             FeatureDataModule,
             LinearHead,
             SklearnHead,
-            cached_features,
             sklearn_classifier,
         )
 
-        device = trainer.strategy.root_device
-        features, stats = cached_features(module.model, datamodule, self.cache_dir, device)
-        for logger in trainer.loggers:
-            logger.log_metrics(stats, step=0)
+        features, stats = self._features(trainer, module, datamodule, ("train", "val"))
         self.features = FeatureDataModule(features, datamodule.batch_size, datamodule.seed)
         num_features, num_classes = features["train"][0].shape[1], len(module.class_names)
         if self.classifier == "linear":
@@ -299,8 +309,14 @@ class FeatureExtract(Strategy):
             fitted = sklearn_classifier(self.classifier, self.C, self.max_iter, datamodule.seed)
             fitted.fit(features["train"][0].numpy(), features["train"][1].numpy())
             head = SklearnHead(fitted, num_classes)
-        self.head_module = type(module)(head, Strategy(), module.optimizer_factory,
-                                        module.scheduler_factory, module.criterion, module.class_names)  # fmt: skip
+        self.head_module = type(module)(
+            head,
+            Strategy(),
+            module.optimizer_factory,
+            module.scheduler_factory,
+            module.criterion,
+            module.class_names,
+        )
         if self.classifier == "linear":
             trainer.fit(self.head_module, datamodule=self.features)
         else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
@@ -308,4 +324,17 @@ class FeatureExtract(Strategy):
 
     def test(self, trainer, module, datamodule) -> dict:
         assert self.head_module is not None, "fit() first"
+        self.features.features.update(self._features(trainer, module, datamodule, ("test",))[0])
         return super().test(trainer, self.head_module, self.features)
+
+    def _features(self, trainer, module, datamodule, splits: tuple[str, ...]) -> tuple[dict, dict]:
+        """Cached features of `splits` (test only when testing), cache statistics logged."""
+        from src.strategies.features import cached_features
+
+        device = trainer.strategy.root_device
+        features, stats = cached_features(module.model, datamodule, self.cache_dir, device, splits)
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"{key}/{'_'.join(splits)}": value for key, value in stats.items()}, step=0
+            )
+        return features, stats

@@ -18,8 +18,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
 
 def weights_fingerprint(model: nn.Module) -> str:
     """Hash of every tensor in the state dict: two runs share a cache only with identical weights."""
@@ -51,16 +49,18 @@ def extract(
 
 
 def cached_features(
-    model: nn.Module, datamodule, cache_dir: str | Path, device: torch.device
-) -> dict:
-    """{split: (features, labels)}; each split is computed at most once per identity."""
+    model: nn.Module,
+    datamodule,
+    cache_dir: str | Path,
+    device: torch.device,
+    splits: tuple[str, ...],
+) -> tuple[dict, dict[str, float]]:
+    """({split: (features, labels)}, stats); each split is computed at most once per identity."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     weights = weights_fingerprint(model)
-    loaders = {"train": datamodule.eval_loader("train"), "val": datamodule.val_dataloader(),
-               "test": datamodule.test_dataloader()}  # fmt: skip
     result, hits, seconds = {}, 0, 0.0
-    for split in SPLITS:
+    for split in splits:
         identity = {
             "architecture": model.pretrained_cfg.get("architecture"),
             "weights": weights,
@@ -75,20 +75,14 @@ def cached_features(
             hits += 1
             continue
         start = time.perf_counter()
-        features, labels = extract(model, loaders[split], device)
+        features, labels = extract(model, datamodule.eval_loader(split), device)
         seconds += time.perf_counter() - start
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save({"features": features, "labels": labels, "identity": json.dumps(identity)}, tmp)
         os.replace(tmp, path)  # atomic: a parallel run never reads half a file
-        log.info(
-            "Features %s: %s in %.1fs -> %s",
-            split,
-            tuple(features.shape),
-            time.perf_counter() - start,
-            path,
-        )
+        log.info("Features %s: %s in %.1fs -> %s", split, tuple(features.shape), seconds, path)
         result[split] = (features, labels)
-    log.info("Feature cache: %d of %d splits reused from %s", hits, len(SPLITS), cache_dir)
+    log.info("Feature cache: %d of %d splits reused from %s", hits, len(splits), cache_dir)
     return result, {"feature_cache/hits": hits, "feature_cache/extract_seconds": seconds}
 
 
@@ -101,8 +95,12 @@ class FeatureDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(TensorDataset(*self.features[split]), batch_size=self.batch_size,
-                          shuffle=shuffle, generator=generator)  # fmt: skip
+        return DataLoader(
+            TensorDataset(*self.features[split]),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -143,8 +141,11 @@ class SklearnHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features.cpu().numpy()
-        scores = (self.classifier.predict_proba(x) if hasattr(self.classifier, "predict_proba")
-                  else self.classifier.decision_function(x))  # fmt: skip
+        scores = (
+            self.classifier.predict_proba(x)
+            if hasattr(self.classifier, "predict_proba")
+            else self.classifier.decision_function(x)
+        )
         scores = np.asarray(scores, dtype=np.float32)
         if scores.ndim == 1:  # binary decision_function: one margin per sample
             scores = np.stack([-scores, scores], axis=1)

@@ -1,0 +1,194 @@
+"""`python -m src.bench strategies` (= freeze + probe_cache): one table plus JSON.
+
+freeze       training-step throughput, all but the last stage frozen (`partial`, freeze_stages=-1)
+             against full fine-tuning, same model, batch and optimizer; goal >= 1.5x on CPU.
+probe_cache  wall time of a 10-epoch linear_probe run against a feature_extract run (cold cache,
+             backbone run once, torch linear head for the same 10 epochs); goal >= 10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def step_throughput(
+    backbone: str, strategy, batch: int, size: int, steps: int, rounds: int
+) -> float:
+    """Images per second of forward + backward + AdamW step under `strategy` (median of rounds)."""
+    from src.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone(backbone, num_classes=10, weights="package", input_size=[3, size, size])
+    groups = strategy.param_groups(model)
+    for group in groups:
+        group["lr"] = 1e-3 * group.pop("lr_scale")
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    model.train()
+    strategy.apply(model, optimizer.param_groups, epoch=0)
+    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            criterion(model(images), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return batch * n / (time.perf_counter() - start)
+
+    run(2)  # warm-up: allocator, optimizer state
+    return statistics.median(run(steps) for _ in range(rounds))
+
+
+def suite_freeze(args) -> list[dict]:
+    from src.strategies import Finetune, Partial
+
+    rows = []
+    results = {"finetune": [], "partial": []}
+    for _ in range(args.rounds):  # interleaved, so drift hits both alike
+        results["finetune"].append(
+            step_throughput(
+                args.backbone, Finetune(), args.batch_size, args.image_size, args.steps, 1
+            )
+        )
+        results["partial"].append(
+            step_throughput(
+                args.backbone,
+                Partial(freeze_stages=-1),
+                args.batch_size,
+                args.image_size,
+                args.steps,
+                1,
+            )
+        )
+    full, partial = statistics.median(results["finetune"]), statistics.median(results["partial"])
+    rows.append(
+        {
+            "suite": "freeze",
+            "measure": f"partial(all but last stage) / finetune img/s, {args.backbone} {args.image_size}px b{args.batch_size}",
+            "a": partial,
+            "b": full,
+            "ratio": partial / full,
+            "goal": 1.5,
+            "unit": "img/s",
+        }
+    )
+    return rows
+
+
+def timed_train(overrides: list[str], root: Path) -> float:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
+        del cfg.hydra
+    start = time.perf_counter()
+    train(cfg)
+    return time.perf_counter() - start
+
+
+def suite_probe_cache(args) -> list[dict]:
+    common = [
+        f"dataset={args.dataset}",
+        f"backbone.input_size=[3,{args.image_size},{args.image_size}]",
+        "trainer.max_epochs=10",
+        "logger=none",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.model_checkpoint.save_last=false",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = timed_train([*common, "strategy=linear_probe"], Path(tmp) / "probe")
+        cache = Path(tmp) / "cache"  # cold: the feature run pays for its one extraction
+        extract = timed_train(
+            [
+                *common,
+                "strategy=feature_extract",
+                "strategy.classifier=linear",
+                f"strategy.cache_dir={cache}",
+            ],
+            Path(tmp) / "features",
+        )
+    return [
+        {
+            "suite": "probe_cache",
+            "measure": f"linear_probe / feature_extract wall time, 10 epochs, {args.dataset}",
+            "a": probe,
+            "b": extract,
+            "ratio": probe / extract,
+            "goal": 10.0,
+            "unit": "s",
+        }
+    ]
+
+
+SUITES = {
+    "freeze": [suite_freeze],
+    "probe_cache": [suite_probe_cache],
+    "strategies": [suite_freeze, suite_probe_cache],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("suites", nargs="+", choices=sorted(SUITES))
+    parser.add_argument(
+        "--backbone",
+        default="tf_efficientnet_lite0",
+        help="freeze: a backbone with packaged weights",
+    )
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="freeze: steps per timing round")
+    parser.add_argument("--rounds", type=int, default=3, help="freeze: interleaved rounds (median)")
+    parser.add_argument("--dataset", default="digits", help="probe_cache: a dataset config")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+
+    rows = [row for name in args.suites for suite in SUITES[name] for row in suite(args)]
+    print(f"\n{'suite':<12} {'ratio':>7} {'goal':>6}  {'a':>9} {'b':>9}  measure")
+    for row in rows:
+        ok = "ok" if row["ratio"] >= row["goal"] else "BELOW"
+        print(
+            f"{row['suite']:<12} {row['ratio']:>6.2f}x {row['goal']:>5.1f}x  {row['a']:>9.2f} "
+            f"{row['b']:>9.2f}  {row['measure']} [{row['unit']}] {ok}"
+        )
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"cpu x{torch.get_num_threads()} threads"
+    )
+    print(json.dumps({"device": device, "rows": rows}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
