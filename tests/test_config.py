@@ -92,16 +92,7 @@ def test_help_lists_groups_and_options():
         timeout=120,
         check=True,
     ).stdout
-    for group in [
-        "backbone",
-        "strategy",
-        "dataset",
-        "regularisation",
-        "optimizer",
-        "scheduler",
-        "trainer",
-        "logger",
-    ]:
+    for group in GROUPS:
         assert f"{group}:" in out
     for option in [
         "efficientnet_lite0",
