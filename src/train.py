@@ -44,20 +44,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         regularisation.train_transform(data_config), eval_transform(data_config)
     )
     strategy = build(cfg.strategy)
-    strategy.check(cfg.trainer.max_epochs)
+    strategy.check(cfg.trainer.max_epochs, regularisation)
+    regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
     log.info("Strategy: %s", type(strategy).__name__)
     module = TransferModule(
         model=backbone,
         strategy=strategy,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        criterion=regularisation.criterion(),
+        regularisation=regularisation,
         class_names=datamodule.classes,
     )
 
     # 2. Callbacks, loggers, trainer.
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
     if not loggers:  # Lightning refuses an LR monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

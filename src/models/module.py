@@ -10,7 +10,9 @@ from torch import nn
 
 from src.models.metrics import metric_key, per_class_metrics, scalar_metrics
 from src.models.schedulers import Schedule, constant
+from src.regularisation import Regularisation
 from src.strategies import Strategy
+from src.strategies.groups import stage_of
 
 
 class TransferModule(L.LightningModule):
@@ -20,11 +22,14 @@ class TransferModule(L.LightningModule):
         strategy: Strategy,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[[int], Schedule] | None,
-        criterion: nn.Module,
+        regularisation: Regularisation,
         class_names: list[str],
     ):
         super().__init__()
-        self.model, self.strategy, self.criterion = model, strategy, criterion
+        self.model, self.strategy, self.regularisation = model, strategy, regularisation
+        self.criterion = regularisation.criterion()  # training loss (soft targets under mixup)
+        self.eval_criterion = nn.CrossEntropyLoss()  # val/test loss: hard labels, no smoothing
+        self.mixup = regularisation.mixup(len(class_names))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler or constant
         self.class_names = class_names
         num_classes = len(class_names)
@@ -46,8 +51,19 @@ class TransferModule(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = self.criterion(logits, labels)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        features = None
+        if self.regularisation.needs_features:  # BSS acts on the pooled features
+            features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+            logits = self.model.get_classifier()(features)
+        else:
+            logits = self(images)
+        loss = self.criterion(logits, targets)
+        for name, term in self.regularisation.penalties(self.model, features).items():
+            self.log(f"train/{name}", term, on_step=False, on_epoch=True)
+            loss = loss + term
         self.train_acc(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
@@ -56,7 +72,7 @@ class TransferModule(L.LightningModule):
     def _evaluate(self, batch, stage: str, scalars, per_class) -> None:
         images, labels = batch
         logits = self(images)
-        self.log(f"{stage}/loss", self.criterion(logits, labels), on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", self.eval_criterion(logits, labels), on_epoch=True, prog_bar=True)
         scalars.update(logits, labels)
         per_class.update(logits, labels)
         self.log_dict(scalars, on_epoch=True, prog_bar=stage == "val")
@@ -93,8 +109,9 @@ class TransferModule(L.LightningModule):
         schedule = self.scheduler_factory(total_steps)
 
         def group_factor(name: str) -> Callable[[int], float]:
+            stage = stage_of(name)
             return lambda step: (
-                schedule(step) * self.strategy.lr_factor(name, step / steps_per_epoch)
+                schedule(step) * self.strategy.lr_factor(stage, step / steps_per_epoch)
             )
 
         factors = [group_factor(g["name"]) for g in optimizer.param_groups]

@@ -1,8 +1,8 @@
-"""Regularisation: one object per preset (conf/regularisation/*.yaml).
+"""Regularisation: one object per preset (conf/regularisation/*.yaml), each knob overridable.
 
 head_dropout and drop_path_rate reach the backbone (timm's drop_rate / drop_path_rate) and
-weight_decay the optimizer through config interpolation; this object owns the data augmentation
-and the loss.
+weight_decay the optimizer through config interpolation; this object owns the data augmentation,
+mixup/cutmix, the loss and the penalties (L2-SP, BSS), and the early-stopping patience.
 """
 
 from __future__ import annotations
@@ -11,10 +11,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from timm.data import create_transform
+import torch
+from timm.data import Mixup, create_transform
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-AUGMENTATIONS = ("none", "basic")
+from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
+
+# name -> timm auto_augment policy (None: none); trivialaugment comes from torchvision.
+AUGMENTATIONS = {
+    "none": None,
+    "basic": None,
+    "randaugment": "rand-m9-mstd0.5-inc1",
+    "autoaugment": "original",
+    "trivialaugment": None,
+}
 
 
 @dataclass
@@ -26,37 +37,121 @@ class Regularisation:
     augmentation: str = "none"
     crop_scale: Sequence[float] = (0.6, 1.0)
     hflip: float = 0.5
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    l2sp_alpha: float = 0.0
+    l2sp_beta: float = 0.0
+    bss_eta: float = 0.0
+    bss_k: int = 1
+    early_stopping_patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(
-                f"regularisation.augmentation='{self.augmentation}': choose one of {AUGMENTATIONS}."
+                f"regularisation.augmentation='{self.augmentation}': choose one of {list(AUGMENTATIONS)}."
             )
-        for key in ("head_dropout", "drop_path_rate", "label_smoothing", "hflip"):
+        for key in ("head_dropout", "drop_path_rate", "label_smoothing", "hflip", "random_erasing"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ValueError(f"regularisation.{key}={getattr(self, key)}: valid range [0, 1).")
-        if self.weight_decay < 0:
-            raise ValueError(f"regularisation.weight_decay={self.weight_decay}: must be >= 0.")
+        for key in (
+            "weight_decay",
+            "mixup_alpha",
+            "cutmix_alpha",
+            "l2sp_alpha",
+            "l2sp_beta",
+            "bss_eta",
+        ):
+            if getattr(self, key) < 0:
+                raise ValueError(f"regularisation.{key}={getattr(self, key)}: must be >= 0.")
+        self.l2sp: L2SP | None = None
 
+    # --- data ---------------------------------------------------------------------------------
     def train_transform(self, data_config: dict[str, Any]) -> Callable:
-        """Training preprocessing at the backbone's size, mean and std (timm's transforms)."""
+        """Training preprocessing at the backbone's size, mean and std (timm's transforms).
+
+        Grey images arrive as 3-channel RGB, so every policy applies unchanged; the colour ops of
+        RandAugment/AutoAugment are no-ops on grey, the geometric ones are not.
+        """
         if self.augmentation == "none":
             return eval_transform(data_config)
-        return create_transform(
+        primary, secondary, final = create_transform(
             input_size=data_config["input_size"],
             is_training=True,
             scale=tuple(self.crop_scale),
             hflip=self.hflip,
             color_jitter=None,
+            auto_augment=AUGMENTATIONS[self.augmentation],
             interpolation=data_config["interpolation"],
             mean=data_config["mean"],
             std=data_config["std"],
+            re_prob=self.random_erasing,
+            separate=True,
         )
+        if self.augmentation == "trivialaugment":
+            from torchvision.transforms import TrivialAugmentWide
 
+            secondary = TrivialAugmentWide()
+        from torchvision.transforms import Compose
+
+        return Compose([primary, secondary, final])
+
+    def mixup(self, num_classes: int) -> Mixup | None:
+        """timm's Mixup/CutMix (soft targets, label smoothing folded in), or None when off."""
+        if not (self.mixup_alpha or self.cutmix_alpha):
+            return None
+        return Mixup(mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha,
+                     label_smoothing=self.label_smoothing, num_classes=num_classes)  # fmt: skip
+
+    # --- loss and penalties -------------------------------------------------------------------
     def criterion(self) -> nn.Module:
+        if self.mixup_alpha or self.cutmix_alpha:
+            return SoftTargetCrossEntropy()  # the targets already carry the smoothing
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    @property
+    def needs_pretrained_weights(self) -> bool:
+        return self.l2sp_alpha > 0
+
+    @property
+    def trains_by_gradient(self) -> bool:
+        """Knobs that act only inside gradient training of the backbone."""
+        return bool(self.mixup_alpha or self.cutmix_alpha or self.l2sp_alpha or self.bss_eta)
+
+    def bind(self, model: nn.Module, pretrained: bool) -> None:
+        """Snapshot w0 for L2-SP; refuse L2-SP without pretrained weights to pull towards."""
+        if self.l2sp_alpha or self.l2sp_beta:
+            if self.needs_pretrained_weights and not pretrained:
+                raise ValueError(
+                    f"regularisation.l2sp_alpha={self.l2sp_alpha} pulls weights towards the pretrained "
+                    "ones, but backbone.pretrained=false (strategy=scratch?). Use regularisation=default "
+                    "or none, or a pretrained backbone."
+                )
+            self.l2sp = L2SP(model, self.l2sp_alpha, self.l2sp_beta)
+
+    def penalties(self, model: nn.Module, features: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Each extra loss term by name (logged separately, summed into the loss)."""
+        terms = {}
+        if self.l2sp is not None:
+            terms["l2sp"] = self.l2sp(model)
+        if self.bss_eta and features is not None:
+            terms["bss"] = self.bss_eta * batch_spectral_shrinkage(features, self.bss_k)
+        return terms
+
+    @property
+    def needs_features(self) -> bool:
+        return self.bss_eta > 0
 
 
 def eval_transform(data_config: dict[str, Any]) -> Callable:
     """Resize + centre crop (crop_pct) + normalise, exactly as the backbone expects."""
     return create_transform(**data_config, is_training=False)
+
+
+def early_stopping(monitor: str, mode: str, patience: int | None):
+    """Lightning's EarlyStopping on the run's monitored metric, or None (off) without a patience."""
+    if patience is None:
+        return None
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    return EarlyStopping(monitor=monitor, mode=mode, patience=patience)

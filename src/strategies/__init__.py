@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import lightning.pytorch as L
 from torch import nn
 
-from src.strategies.groups import HEAD, layer_decay_groups, stage_groups
+from src.strategies.groups import (
+    HEAD,
+    layer_decay_groups,
+    split_weight_decay,
+    stage_groups,
+    stage_of,
+)
 
 __all__ = [
     "Strategy",
@@ -66,8 +72,8 @@ class Strategy:
         """Time-varying multiplier (epoch is fractional): 0 while the group is frozen."""
         return 1.0 if self.trainable(group, int(epoch)) else 0.0
 
-    def check(self, max_epochs: int) -> None:
-        """Refuse a schedule that cannot happen within max_epochs."""
+    def check(self, max_epochs: int, regularisation=None) -> None:
+        """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
     def fit(
         self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
@@ -86,7 +92,7 @@ class Strategy:
     def param_groups(self, model: nn.Module) -> list[dict]:
         groups = stage_groups(model)
         self.stage_names = [name for name, _ in groups if name != HEAD]
-        return [{"name": n, "params": p, "lr_scale": self.lr_scale(n)} for n, p in groups]
+        return [g for n, p in groups for g in split_weight_decay(n, p, self.lr_scale(n))]
 
     def stage_index(self, k: int) -> int:
         """A stage count or index; negative counts from the top (-1: the last stage)."""
@@ -107,7 +113,7 @@ class Strategy:
             for p in m.parameters(recurse=False)
         }
         for group in groups:
-            trains = self.trainable(group["name"], epoch)
+            trains = self.trainable(stage_of(group["name"]), epoch)
             for param in group["params"]:
                 param.requires_grad_(
                     trains and not (self.bn == "frozen" and id(param) in bn_param_ids)
@@ -197,7 +203,7 @@ class GradualUnfreeze(Finetune):
             raise ValueError(f"strategy.start_lr_fraction={start_lr_fraction}: valid range (0, 1].")
         self.start_lr_fraction, self.ramp_epochs = start_lr_fraction, ramp_epochs
 
-    def check(self, max_epochs: int) -> None:
+    def check(self, max_epochs: int, regularisation=None) -> None:
         late = [m for m in self.milestones if m >= max_epochs]
         if late:
             raise ValueError(
@@ -234,7 +240,7 @@ class LPFT(Finetune):
             raise ValueError(f"strategy.probe_epochs={probe_epochs}: must be >= 1.")
         self.probe_epochs = probe_epochs
 
-    def check(self, max_epochs: int) -> None:
+    def check(self, max_epochs: int, regularisation=None) -> None:
         if self.probe_epochs >= max_epochs:
             raise ValueError(
                 f"strategy.probe_epochs={self.probe_epochs} leaves no fine-tuning epoch within "
@@ -290,6 +296,14 @@ class FeatureExtract(Strategy):
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD
 
+    def check(self, max_epochs: int, regularisation=None) -> None:
+        if regularisation is not None and regularisation.trains_by_gradient:
+            raise ValueError(
+                "strategy=feature_extract trains a classifier on cached, frozen features: mixup/cutmix, "
+                "L2-SP and BSS cannot act there. Use regularisation=none, light or default, or a "
+                "fine-tuning strategy."
+            )
+
     def fit(self, trainer, module, datamodule) -> None:
         from src.strategies.features import (
             FeatureDataModule,
@@ -314,7 +328,7 @@ class FeatureExtract(Strategy):
             Strategy(),
             module.optimizer_factory,
             module.scheduler_factory,
-            module.criterion,
+            module.regularisation,
             module.class_names,
         )
         if self.classifier == "linear":

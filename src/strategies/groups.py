@@ -11,6 +11,23 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 HEAD = "head"
+NO_WD = "_no_wd"  # suffix of a group's norms and biases, which get no weight decay
+
+
+def stage_of(group_name: str) -> str:
+    """The stage a (possibly _no_wd) optimizer group belongs to."""
+    return group_name.removesuffix(NO_WD)
+
+
+def split_weight_decay(name: str, params: list[nn.Parameter], lr_scale: float) -> list[dict]:
+    """Weights keep the optimizer's weight decay; norms and biases (1-D, timm's rule) get none."""
+    groups = [{"name": name, "params": [p for p in params if p.ndim > 1], "lr_scale": lr_scale}]
+    no_decay = [p for p in params if p.ndim <= 1]
+    if no_decay:
+        groups.append(
+            {"name": name + NO_WD, "params": no_decay, "lr_scale": lr_scale, "weight_decay": 0.0}
+        )
+    return groups
 
 
 def stage_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
@@ -50,6 +67,6 @@ def layer_decay_groups(model: nn.Module, decay: float, min_scale: float = 0.0) -
         name = HEAD if is_head else f"layer{depth[group['lr_scale']]:02d}"
         entry = {"name": name, "params": group["params"], "lr_scale": group["lr_scale"]}
         if group["weight_decay"] == 0.0:
-            entry.update(name=f"{name}_no_wd", weight_decay=0.0)
+            entry.update(name=name + NO_WD, weight_decay=0.0)
         named.append(entry)
     return named

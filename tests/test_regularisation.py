@@ -1,0 +1,136 @@
+"""Each regularisation knob has an effect, and the right one; every preset composes with every
+strategy, or is refused clearly where the combination makes no sense."""
+
+from __future__ import annotations
+
+import lightning.pytorch as L
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from src.regularisation import Regularisation
+from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
+from src.strategies import Finetune, LinearProbe
+from src.train import train
+from tests.conftest import CONF_DIR, compose_train
+
+
+def tiny_model(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=4, **kwargs)
+
+
+def test_l2sp_is_zero_at_start_and_its_gradient_is_alpha_times_displacement():
+    model = tiny_model()
+    penalty = L2SP(model, alpha=0.3, beta=0.0)
+    assert penalty(model).item() == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.zero_grad()
+    penalty(model).backward()
+    weight = model.layer1[0].conv1.weight
+    expected = 0.3 * (weight.detach() - penalty.reference["layer1.0.conv1.weight"])
+    torch.testing.assert_close(weight.grad, expected)
+    assert model.get_classifier().weight.grad is None  # the head is not pulled to w0
+
+
+def test_l2sp_skips_frozen_parameters_and_decays_the_head_with_beta():
+    model = tiny_model()
+    penalty = L2SP(model, alpha=1.0, beta=0.5)
+    groups = LinearProbe().param_groups(model)
+    LinearProbe().apply(model, groups, epoch=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    head = model.get_classifier().weight
+    assert penalty(model).item() == pytest.approx(0.5 * 0.5 * head.pow(2).sum().item(), rel=1e-5)
+
+
+def test_l2sp_penalty_grows_with_training_and_is_logged(tmp_path, tiny_overrides):
+    overrides = [*tiny_overrides, "regularisation=l2sp", "logger=csv"]
+    metrics = train(compose_train(tmp_path, overrides))
+    assert metrics["train/l2sp"] > 0
+
+
+def test_mixup_targets_are_soft_and_sum_to_one():
+    mixup = Regularisation(mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1).mixup(
+        num_classes=5
+    )
+    images, labels = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
+    mixed, targets = mixup(images.clone(), labels)  # timm mixes in place
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+    assert (targets.max(dim=1).values < 1).all() and not torch.equal(mixed, images)
+
+
+@pytest.mark.parametrize("policy", ["basic", "randaugment", "trivialaugment", "autoaugment"])
+def test_augmentation_is_reproducible_with_a_seed_and_random_without(policy):
+    config = {
+        "input_size": (3, 32, 32),
+        "interpolation": "bicubic",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+    }
+    transform = Regularisation(augmentation=policy, random_erasing=0.5).train_transform(config)
+    image = Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
+    ).convert("RGB")
+    L.seed_everything(7)
+    first = transform(image)
+    L.seed_everything(7)
+    assert torch.equal(transform(image), first)
+    assert first.shape == (3, 32, 32)
+    assert any(not torch.equal(transform(image), first) for _ in range(5))
+
+
+def test_head_dropout_is_active_in_train_and_off_in_eval():
+    model = tiny_model(drop_rate=0.5)
+    images = torch.randn(4, 3, 32, 32)
+    model.train()
+    for m in model.modules():  # isolate dropout: BatchNorm in train mode also changes outputs
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    assert not torch.equal(model(images), model(images))
+    model.eval()
+    assert torch.equal(model(images), model(images))
+
+
+def test_weight_decay_skips_norms_and_biases():
+    model = tiny_model()
+    groups = [g for g in Finetune(0.1).param_groups(model) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        assert decay_of[id(param)] == (0.0 if param.ndim <= 1 else 0.05), name
+
+
+def test_bss_penalises_the_smallest_singular_values():
+    features = torch.diag(torch.tensor([3.0, 2.0, 0.5]))
+    assert batch_spectral_shrinkage(features, k=1).item() == pytest.approx(0.25)
+    assert batch_spectral_shrinkage(features, k=2).item() == pytest.approx(4.25)
+
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "regularisation").glob("*.yaml"))
+STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
+REFUSED = {
+    ("l2sp", "scratch"): "pulls weights towards the pretrained",
+    ("strong", "feature_extract"): "cannot act there",
+    ("l2sp", "feature_extract"): "cannot act there",
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):
+    overrides = ["dataset=digits", "dataset.samples_per_class=16", "backbone.input_size=[3,32,32]",
+                 f"regularisation={preset}", f"strategy={strategy}", f"strategy.cache_dir={tmp_path}/cache"
+                 if strategy == "feature_extract" else "seed=0", "trainer.max_epochs=4",
+                 "trainer.fast_dev_run=true", "logger=none", "dataset.batch_size=8"]  # fmt: skip
+    cfg = compose_train(tmp_path, overrides)
+    if (preset, strategy) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[(preset, strategy)]):
+            train(cfg)
+    else:
+        assert "test/acc" in train(cfg)
