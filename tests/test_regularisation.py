@@ -134,3 +134,20 @@ def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):
             train(cfg)
     else:
         assert "test/acc" in train(cfg)
+
+
+def test_early_stopping_follows_the_monitored_metric_and_is_off_without_patience(tmp_path):
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    cfg = compose_train(tmp_path, ["regularisation=strong"])
+    stopper = instantiate(cfg.callbacks.early_stopping)
+    assert (
+        isinstance(stopper, EarlyStopping)
+        and stopper.monitor == "val/acc"
+        and stopper.patience == 5
+    )
+    assert (
+        instantiate(compose_train(tmp_path, ["regularisation=default"]).callbacks.early_stopping)
+        is None
+    )
