@@ -68,7 +68,7 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
         assert isinstance(instantiate(node), L.Trainer)
     elif group in ("logger", "callbacks"):
         built = [instantiate(c) for c in (node or {}).values()]
-        assert all(isinstance(b, L.Callback | L.loggers.Logger) for b in built)
+        assert all(isinstance(b, L.Callback | L.loggers.Logger) for b in built if b is not None)
     elif group == "strategy":
         strategy = instantiate(node)
         strategy.check(cfg.trainer.max_epochs)
