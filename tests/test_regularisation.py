@@ -124,10 +124,18 @@ REFUSED = {
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):
-    overrides = ["dataset=digits", "dataset.samples_per_class=16", "backbone.input_size=[3,32,32]",
-                 f"regularisation={preset}", f"strategy={strategy}", f"strategy.cache_dir={tmp_path}/cache"
-                 if strategy == "feature_extract" else "seed=0", "trainer.max_epochs=4",
-                 "trainer.fast_dev_run=true", "logger=none", "dataset.batch_size=8"]  # fmt: skip
+    overrides = [
+        "dataset=digits",
+        "dataset.samples_per_class=16",
+        "backbone.input_size=[3,32,32]",
+        f"regularisation={preset}",
+        f"strategy={strategy}",
+        f"strategy.cache_dir={tmp_path}/cache" if strategy == "feature_extract" else "seed=0",
+        "trainer.max_epochs=4",
+        "trainer.fast_dev_run=true",
+        "logger=none",
+        "dataset.batch_size=8",
+    ]
     cfg = compose_train(tmp_path, overrides)
     if (preset, strategy) in REFUSED:
         with pytest.raises(ValueError, match=REFUSED[(preset, strategy)]):

@@ -100,8 +100,12 @@ class Regularisation:
         """timm's Mixup/CutMix (soft targets, label smoothing folded in), or None when off."""
         if not (self.mixup_alpha or self.cutmix_alpha):
             return None
-        return Mixup(mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha,
-                     label_smoothing=self.label_smoothing, num_classes=num_classes)  # fmt: skip
+        return Mixup(
+            mixup_alpha=self.mixup_alpha,
+            cutmix_alpha=self.cutmix_alpha,
+            label_smoothing=self.label_smoothing,
+            num_classes=num_classes,
+        )
 
     # --- loss and penalties -------------------------------------------------------------------
     def criterion(self) -> nn.Module:

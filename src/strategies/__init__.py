@@ -32,18 +32,9 @@ __all__ = [
     "LayerDecay",
     "Surgical",
     "FeatureExtract",
-    "split_head",
 ]
 
 BN_POLICIES = ("train", "freeze_stats", "frozen")
-
-
-def split_head(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone, head) parameters, the head being timm's `get_classifier()` (the new layer)."""
-    head_ids = {id(p) for p in model.get_classifier().parameters()}
-    backbone = [p for p in model.parameters() if id(p) not in head_ids]
-    head = [p for p in model.parameters() if id(p) in head_ids]
-    return backbone, head
 
 
 class Strategy:
