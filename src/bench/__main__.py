@@ -9,6 +9,7 @@ probe_cache  wall time of a 10-epoch linear_probe run against a feature_extract 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,13 +28,11 @@ def step_throughput(
 ) -> float:
     """Images per second of forward + backward + AdamW step under `strategy` (median of rounds)."""
     from src.backbones import create_backbone
+    from src.models.module import build_optimizer
 
     torch.manual_seed(0)
     model = create_backbone(backbone, num_classes=10, weights="package", input_size=[3, size, size])
-    groups = strategy.param_groups(model)
-    for group in groups:
-        group["lr"] = 1e-3 * group.pop("lr_scale")
-    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    optimizer = build_optimizer(functools.partial(torch.optim.AdamW, lr=1e-3), strategy, model)
     model.train()
     strategy.apply(model, optimizer.param_groups, epoch=0)
     images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))

@@ -15,6 +15,17 @@ from src.strategies import Strategy
 from src.strategies.groups import stage_of
 
 
+def build_optimizer(
+    factory: Callable[..., torch.optim.Optimizer], strategy: Strategy, model: nn.Module
+) -> torch.optim.Optimizer:
+    """The strategy's named groups, each at the optimizer's lr x its lr_scale."""
+    groups = [g for g in strategy.param_groups(model) if g["params"]]
+    optimizer = factory(groups)
+    for group in optimizer.param_groups:  # torch schedulers ignore lr_scale: apply it here
+        group["lr"] *= group.pop("lr_scale")
+    return optimizer
+
+
 class TransferModule(L.LightningModule):
     def __init__(
         self,
@@ -100,10 +111,7 @@ class TransferModule(L.LightningModule):
 
     def configure_optimizers(self):
         """All named groups at once; one LambdaLR multiplies schedule x strategy factor per group."""
-        groups = [g for g in self.strategy.param_groups(self.model) if g["params"]]
-        optimizer = self.optimizer_factory(groups)
-        for group in optimizer.param_groups:  # torch schedulers ignore lr_scale: apply it here
-            group["lr"] *= group.pop("lr_scale")
+        optimizer = build_optimizer(self.optimizer_factory, self.strategy, self.model)
         total_steps = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
         schedule = self.scheduler_factory(total_steps)

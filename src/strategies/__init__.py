@@ -214,7 +214,7 @@ class GradualUnfreeze(Finetune):
 
     def lr_factor(self, group: str, epoch: float) -> float:
         start = self.unfreeze_epoch(group)
-        if epoch < start or not self.trainable(group, int(epoch)):
+        if epoch < start:
             return 0.0
         if group == HEAD or self.ramp_epochs <= 0:
             return 1.0

@@ -76,11 +76,12 @@ def cached_features(
             continue
         start = time.perf_counter()
         features, labels = extract(model, datamodule.eval_loader(split), device)
-        seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        seconds += elapsed
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save({"features": features, "labels": labels, "identity": json.dumps(identity)}, tmp)
         os.replace(tmp, path)  # atomic: a parallel run never reads half a file
-        log.info("Features %s: %s in %.1fs -> %s", split, tuple(features.shape), seconds, path)
+        log.info("Features %s: %s in %.1fs -> %s", split, tuple(features.shape), elapsed, path)
         result[split] = (features, labels)
     log.info("Feature cache: %d of %d splits reused from %s", hits, len(splits), cache_dir)
     return result, {"feature_cache/hits": hits, "feature_cache/extract_seconds": seconds}
