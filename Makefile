@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup train test test-all lint ui clean
+.PHONY: setup train test test-all lint ui bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+# Side-by-side ratios (suites 1-5 of the performance issue); JSON lands in outputs/bench/.
+bench: $(STAMP)
+	$(PY) -m src.bench overhead freeze probe_cache data startup $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

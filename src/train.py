@@ -25,7 +25,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from timm.data import resolve_model_data_config
 
     from src.models.module import TransferModule
-    from src.regularisation import eval_transform
     from src.tracking import log_run_metadata, record_failure
 
     # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
@@ -40,9 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
     data_config = resolve_model_data_config(backbone)
     log.info("Preprocessing from the backbone: %s", data_config)
-    datamodule.set_transforms(
-        regularisation.train_transform(data_config), eval_transform(data_config)
-    )
+    datamodule.set_transforms(*regularisation.transforms(data_config))
     strategy = build(cfg.strategy)
     strategy.check(cfg.trainer.max_epochs, regularisation)
     regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)

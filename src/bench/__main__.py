@@ -1,152 +1,97 @@
-"""`python -m src.bench strategies` (= freeze + probe_cache): one table plus JSON.
+"""`python -m src.bench SUITE ...`: one table of side-by-side ratios, plus JSON.
 
-freeze       training-step throughput, all but the last stage frozen (`partial`, freeze_stages=-1)
-             against full fine-tuning, same model, batch and optimizer; goal >= 1.5x on CPU.
-probe_cache  wall time of a 10-epoch linear_probe run against a feature_extract run (cold cache,
-             backbone run once, torch linear head for the same 10 epochs); goal >= 10x.
+overhead     our full training step (TransferModule, strategy groups, metrics, MLflow logging)
+             against a raw PyTorch loop; same model, batch, optimizer, precision. Goal >= 0.95 CPU,
+             >= 0.98 GPU.
+freeze       partial (all but the last stage frozen) against full fine-tuning; goal >= 1.5 on CPU.
+probe_cache  10-epoch linear_probe run against a feature_extract run (cold cache); goal >= 10.
+data         training-loader throughput (model-ready, on the device) against the model's step
+             throughput, for the default job and an image folder; goal >= 1.2.
+startup      `src.train --help` against its 3 s budget; import and first-step times reported.
+gpu          overhead, freeze, probe_cache and data at ResNet-50 scale (224 px, batch 256,
+             bf16-mixed, channels_last, compile, cudnn.benchmark) on a lent GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from src.bench import jobs, steps
+
+CPU_SUITES = ("overhead", "freeze", "probe_cache", "data", "startup")
+SUITES = (*CPU_SUITES, "gpu", "strategies")
 
 
-def step_throughput(
-    backbone: str, strategy, batch: int, size: int, steps: int, rounds: int
-) -> float:
-    """Images per second of forward + backward + AdamW step under `strategy` (median of rounds)."""
-    from src.backbones import create_backbone
-    from src.models.module import build_optimizer
-
-    torch.manual_seed(0)
-    model = create_backbone(backbone, num_classes=10, weights="package", input_size=[3, size, size])
-    optimizer = build_optimizer(functools.partial(torch.optim.AdamW, lr=1e-3), strategy, model)
-    model.train()
-    strategy.apply(model, optimizer.param_groups, epoch=0)
-    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            criterion(model(images), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return batch * n / (time.perf_counter() - start)
-
-    run(2)  # warm-up: allocator, optimizer state
-    return statistics.median(run(steps) for _ in range(rounds))
-
-
-def suite_freeze(args) -> list[dict]:
-    from src.strategies import Finetune, Partial
-
-    rows = []
-    results = {"finetune": [], "partial": []}
-    for _ in range(args.rounds):  # interleaved, so drift hits both alike
-        results["finetune"].append(
-            step_throughput(
-                args.backbone, Finetune(), args.batch_size, args.image_size, args.steps, 1
-            )
-        )
-        results["partial"].append(
-            step_throughput(
-                args.backbone,
-                Partial(freeze_stages=-1),
-                args.batch_size,
-                args.image_size,
-                args.steps,
-                1,
-            )
-        )
-    full, partial = statistics.median(results["finetune"]), statistics.median(results["partial"])
-    rows.append(
-        {
-            "suite": "freeze",
-            "measure": f"partial(all but last stage) / finetune img/s, {args.backbone} {args.image_size}px b{args.batch_size}",
-            "a": partial,
-            "b": full,
-            "ratio": partial / full,
-            "goal": 1.5,
-            "unit": "img/s",
-        }
+def run_suites(names: list[str], args):
+    """Yields each suite's rows as it finishes."""
+    on_gpu = args.device.type == "cuda"
+    setup = steps.StepSetup(
+        backbone=args.backbone,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        pretrained_weights="package" if args.backbone in PACKAGED else None,
     )
-    return rows
+    job = args.job_overrides
+    timing = (args.steps, args.warmup, args.rounds)
+    for name in names:
+        rows = []
+        if name == "overhead":
+            rows += steps.suite_overhead(setup, *timing, goal=0.98 if on_gpu else 0.95)
+        elif name == "freeze":
+            rows += steps.suite_freeze(setup, *timing, goal=1.5)
+        elif name == "probe_cache":
+            rows += jobs.suite_probe_cache(job, goal=10.0)
+        elif name == "data":
+            rows += jobs.suite_data(job, setup, epochs=args.data_epochs, goal=1.2)
+        elif name == "startup":
+            rows += jobs.suite_startup()
+        yield rows
 
 
-def timed_train(overrides: list[str], root: Path) -> float:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from src.train import train
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
-        del cfg.hydra
-    start = time.perf_counter()
-    train(cfg)
-    return time.perf_counter() - start
+PACKAGED = ("tf_efficientnet_lite0", "mobilenetv2_100", "efficientnet_lite0", "mobilenetv2")
 
 
-def suite_probe_cache(args) -> list[dict]:
-    common = [
-        f"dataset={args.dataset}",
-        f"backbone.input_size=[3,{args.image_size},{args.image_size}]",
-        "trainer.max_epochs=10",
-        "logger=none",
-        "test=false",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "callbacks.model_checkpoint.save_last=false",
-    ]
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = timed_train([*common, "strategy=linear_probe"], Path(tmp) / "probe")
-        cache = Path(tmp) / "cache"  # cold: the feature run pays for its one extraction
-        extract = timed_train(
-            [
-                *common,
-                "strategy=feature_extract",
-                "strategy.classifier=linear",
-                f"strategy.cache_dir={cache}",
-            ],
-            Path(tmp) / "features",
+def gpu_defaults(args) -> None:
+    """The issue's GPU protocol: ResNet-50, 224 px, batch 256, bf16-mixed, channels_last, compile,
+    cudnn.benchmark set explicitly; real Fashion-MNIST images held in memory for the job suites."""
+    if args.device.type != "cuda":
+        raise SystemExit(
+            "gpu: no CUDA device here. Run it on a GPU machine (see README, Benchmarks)."
         )
-    return [
-        {
-            "suite": "probe_cache",
-            "measure": f"linear_probe / feature_extract wall time, 10 epochs, {args.dataset}",
-            "a": probe,
-            "b": extract,
-            "ratio": probe / extract,
-            "goal": 10.0,
-            "unit": "s",
-        }
+    torch.backends.cudnn.benchmark = True
+    args.backbone, args.image_size, args.batch_size = "resnet50", 224, 256
+    args.precision, args.channels_last, args.compile = "bf16-mixed", True, True
+    args.job_overrides = [
+        "backbone=resnet50",
+        "backbone.pretrained=false",
+        "trainer=gpu",
+        "callbacks.speed.compile=true",
+        "dataset.batch_size=256",
+        "dataset.num_workers=8",
+        *args.job_overrides,
     ]
 
 
-SUITES = {
-    "freeze": [suite_freeze],
-    "probe_cache": [suite_probe_cache],
-    "strategies": [suite_freeze, suite_probe_cache],
-}
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'suite':<12} {'ratio':>7} {'goal':>6}  {'a':>9} {'b':>9}  measure")
+    for r in rows:
+        goal = "-" if r["goal"] is None else f"{r['goal']:.2f}x"
+        verdict = {None: "", True: "ok", False: "BELOW GOAL"}[r["ok"]]
+        print(
+            f"{r['suite']:<12} {r['ratio']:>6.2f}x {goal:>6}  {r['a']:>9.2f} {r['b']:>9.2f}  "
+            f"{r['measure']} [{r['unit']}] {verdict}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,38 +100,54 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("suites", nargs="+", choices=sorted(SUITES))
-    parser.add_argument(
-        "--backbone",
-        default="tf_efficientnet_lite0",
-        help="freeze: a backbone with packaged weights",
-    )
+    parser.add_argument("suites", nargs="+", choices=SUITES)
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="overhead, freeze")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10, help="freeze: steps per timing round")
-    parser.add_argument("--rounds", type=int, default=3, help="freeze: interleaved rounds (median)")
-    parser.add_argument("--dataset", default="digits", help="probe_cache: a dataset config")
-    parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
-
-    rows = [row for name in args.suites for suite in SUITES[name] for row in suite(args)]
-    print(f"\n{'suite':<12} {'ratio':>7} {'goal':>6}  {'a':>9} {'b':>9}  measure")
-    for row in rows:
-        ok = "ok" if row["ratio"] >= row["goal"] else "BELOW"
-        print(
-            f"{row['suite']:<12} {row['ratio']:>6.2f}x {row['goal']:>5.1f}x  {row['a']:>9.2f} "
-            f"{row['b']:>9.2f}  {row['measure']} [{row['unit']}] {ok}"
-        )
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"cpu x{torch.get_num_threads()} threads"
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--precision", default=None, help="default: bf16-mixed on GPU, else 32-true"
     )
-    print(json.dumps({"device": device, "rows": rows}, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=1))
-    return 0
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--data-epochs", type=int, default=2, help="data: timed loader epochs")
+    parser.add_argument(
+        "--job",
+        dest="job_overrides",
+        action="append",
+        default=[],
+        help="probe_cache, data: a Hydra override of the job (repeatable); default: the default job",
+    )
+    parser.add_argument("--json", type=Path, help="write the rows here (default outputs/bench/)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PROJECT_ROOT", str(jobs.PROJECT_ROOT))
+    args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.precision = args.precision or ("bf16-mixed" if args.device.type == "cuda" else "32-true")
+
+    names = list(args.suites)
+    if "strategies" in names:  # the strategies issue's pair
+        names = [n for n in names if n != "strategies"] + ["freeze", "probe_cache"]
+    if "gpu" in names:
+        gpu_defaults(args)
+        names = [n for n in names if n != "gpu"] + ["overhead", "freeze", "probe_cache", "data"]
+    names = list(dict.fromkeys(names))
+
+    device = torch.cuda.get_device_name() if args.device.type == "cuda" else "cpu"
+    report = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.json or jobs.PROJECT_ROOT / "outputs" / "bench" / f"{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for suite_rows in run_suites(names, args):  # written as each suite ends: a kill keeps the rest
+        rows += suite_rows
+        print_table(suite_rows)
+        path.write_text(json.dumps({**report, "rows": rows}, indent=1))
+    print(f"\nAll suites on {device} ({report['threads']} threads, torch {torch.__version__}):")
+    print_table(rows)
+    print(f"JSON: {path}")
+    return 1 if any(r["ok"] is False for r in rows) and os.environ.get("BENCH_STRICT") else 0
 
 
 if __name__ == "__main__":

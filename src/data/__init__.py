@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from functools import cached_property
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from src.data.sources import LabelledImages, Source
+from src.data.batch_transforms import BatchTransform, Uint8Square
+from src.data.sources import ArrayImages, LabelledImages, Source
 from src.data.splits import SplitIndices, carve_test, split_pool
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,29 @@ class TransformedSubset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.images[int(self.indices[index])]
         return (self.transform(image) if self.transform else image), label
+
+
+class TensorSubset(Dataset):
+    """uint8 images held as one tensor: a batch is one indexing operation, no per-image Python."""
+
+    def __init__(self, images: torch.Tensor, targets: np.ndarray, indices: np.ndarray):
+        self.images, self.indices = images, torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        self.targets = torch.from_numpy(targets)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.indices[positions]
+        return self.images[rows], self.targets[rows]
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        row = int(self.indices[position])
+        return self.images[row], int(self.targets[row])
+
+
+def _already_batched(batch):
+    return batch
 
 
 class EpochShuffle(Sampler[int]):
@@ -66,12 +91,13 @@ class TransferDataModule(L.LightningDataModule):
         self,
         source: Callable[[], Source],
         batch_size: int = 64,
-        num_workers: int = 2,
+        num_workers: int | str = "auto",
         fraction: float = 1.0,
         samples_per_class: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         seed: int = 0,
+        transforms_on_device: bool | str = "auto",
     ):
         super().__init__()
         _check_range("dataset.fraction", fraction, 0.0, 1.0, low_open=True)
@@ -86,11 +112,22 @@ class TransferDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"dataset.batch_size={batch_size}: must be >= 1.")
         self.source_factory = source
-        self.batch_size, self.num_workers = batch_size, num_workers
+        if num_workers != "auto" and not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ValueError(f"dataset.num_workers={num_workers!r}: an integer >= 0, or auto.")
+        # auto: every core but the one that trains (decoding files is the per-image work left).
+        auto_workers = min(16, max(1, (os.cpu_count() or 2) - 1))
+        self.batch_size = batch_size
+        self.num_workers = auto_workers if num_workers == "auto" else num_workers
         self.fraction, self.samples_per_class = fraction, samples_per_class
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        if transforms_on_device not in (True, False, "auto"):
+            raise ValueError(
+                f"dataset.transforms_on_device={transforms_on_device!r}: choose auto, true or false."
+            )
+        self.transforms_on_device = transforms_on_device
         self.train_transform: Callable | None = None
         self.eval_transform: Callable | None = None
+        self.batch_transforms: tuple[BatchTransform, BatchTransform] | None = None
 
     @cached_property
     def source(self) -> Source:
@@ -131,9 +168,43 @@ class TransferDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.source.classes)
 
-    def set_transforms(self, train: Callable, eval: Callable) -> None:
-        """The backbone decides size, mean and std, so transforms arrive after it is built."""
+    def set_transforms(
+        self,
+        train: Callable,
+        eval: Callable,
+        batch_train: BatchTransform | None = None,
+        batch_eval: BatchTransform | None = None,
+    ) -> None:
+        """The backbone decides size, mean and std, so transforms arrive after it is built.
+
+        Per-image transforms (train, eval) always work. The batch ones replace them when the data is
+        held in memory (`transforms_on_device: auto`), or must (`true`)."""
         self.train_transform, self.eval_transform = train, eval
+        available = batch_train is not None and batch_eval is not None
+        if self.transforms_on_device is True and not available:
+            raise ValueError(
+                "dataset.transforms_on_device=true needs an augmentation that runs on batches "
+                "(regularisation.augmentation none or basic, random_erasing 0). Use auto or false."
+            )
+        # auto: always for images in memory; for files only with a GPU, since on a CPU-only
+        # machine the batch work would land on the process that also trains.
+        wanted = self.transforms_on_device is True or (
+            self.transforms_on_device == "auto" and (self.in_memory or torch.cuda.is_available())
+        )
+        use = available and wanted
+        self.batch_transforms = (batch_train, batch_eval) if use else None
+        if use and not self.in_memory:  # workers decode and square-resize; the rest per batch
+            self.train_transform = self.eval_transform = Uint8Square(batch_eval.storage_size)
+        log.info(
+            "Data: %s",
+            "uint8 batches, transformed on the device" if use else "per-image transforms",
+        )
+
+    @property
+    def in_memory(self) -> bool:
+        return all(
+            isinstance(part, ArrayImages | None) for part in (self.source.pool, self.source.test)
+        )
 
     def prepare_data(self) -> None:
         self.source  # noqa: B018  (downloads, where a source downloads, happen once here)
@@ -147,6 +218,17 @@ class TransferDataModule(L.LightningDataModule):
             if split == "test" and self.source.test is not None
             else self.source.pool
         )
+        if self.batch_transforms is not None and self.in_memory:  # one indexing op per batch
+            return DataLoader(
+                TensorSubset(images.as_tensor(), images.targets, getattr(self.splits, split)),
+                batch_size=self.batch_size,
+                sampler=EpochShuffle(len(getattr(self.splits, split)), self.seed)
+                if shuffle
+                else None,
+                collate_fn=_already_batched,
+                pin_memory=torch.cuda.is_available(),
+                drop_last=shuffle and len(getattr(self.splits, split)) > self.batch_size,
+            )
         dataset = TransformedSubset(images, getattr(self.splits, split), transform)
         return DataLoader(
             dataset,
@@ -161,6 +243,32 @@ class TransferDataModule(L.LightningDataModule):
     def eval_loader(self, split: str) -> DataLoader:
         """Any split in order, with the evaluation transform (feature extraction reads train so)."""
         return self._loader(split, self.eval_transform, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.batch_transforms is None:
+            return batch
+        images, labels = batch
+        train_transform, eval_transform = self.batch_transforms
+        if self.trainer is not None and self.trainer.training:
+            loop = self.trainer.fit_loop.epoch_loop  # (seed, epoch, batch): resumes draw alike
+            seed = (self.seed * 100_003 + self.trainer.current_epoch) * 100_003 + loop.batch_idx
+            return train_transform(images, seed), labels
+        return eval_transform(images), labels
+
+    def eval_batches(self, split: str, device: torch.device):
+        """(model-ready images on device, labels) for any split, in order, evaluation transform."""
+        for images, labels in self.eval_loader(split):
+            images = images.to(device, non_blocking=True)
+            if self.batch_transforms is not None:
+                images = self.batch_transforms[1](images)
+            yield images, labels
+
+    @property
+    def eval_transform_repr(self) -> str:
+        """What evaluation preprocessing is in force (part of a feature-cache key)."""
+        if self.batch_transforms is not None:
+            return f"{self.eval_transform!r} -> {self.batch_transforms[1]!r}"
+        return repr(self.eval_transform)
 
     def identity(self, split: str) -> dict:
         """What determines a split's images: the source and the exact indices (which already

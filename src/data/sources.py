@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -33,9 +34,19 @@ class ArrayImages(LabelledImages):
     def __init__(self, images: np.ndarray, targets: np.ndarray):
         assert images.dtype == np.uint8 and len(images) == len(targets)
         self.images, self.targets = images, np.asarray(targets, dtype=np.int64)
+        self._tensor: torch.Tensor | None = None
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.images[index]).convert("RGB"), int(self.targets[index])
+
+    def as_tensor(self) -> torch.Tensor:
+        """uint8 [N, C, H, W], C = 1 for grey; built once."""
+        if self._tensor is None:
+            # Arrays read straight from a file buffer are read-only, which torch will not share.
+            images = torch.from_numpy(np.require(self.images, requirements=["W"]))
+            images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+            self._tensor = images.contiguous()
+        return self._tensor
 
 
 class WrappedImages(LabelledImages):

@@ -75,7 +75,7 @@ class TransferModule(L.LightningModule):
         for name, term in self.regularisation.penalties(self.model, features).items():
             self.log(f"train/{name}", term, on_step=False, on_epoch=True)
             loss = loss + term
-        self.train_acc(logits, labels)
+        self.train_acc.update(logits, labels)  # epoch value only: no per-step compute
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss

@@ -16,6 +16,7 @@ from timm.data import Mixup, create_transform
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
+from src.data.batch_transforms import BatchTransform
 from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 
 # name -> timm auto_augment policy (None: none); trivialaugment comes from torchvision.
@@ -96,6 +97,32 @@ class Regularisation:
 
         return Compose([primary, secondary, final])
 
+    def batch_train_transform(self, data_config: dict[str, Any]) -> BatchTransform | None:
+        """The same crop-and-flip on whole batches on the device, or None for policies that need
+        per-image PIL ops (RandAugment, AutoAugment, TrivialAugment, random erasing)."""
+        if self.augmentation == "none":
+            return batch_eval_transform(data_config)
+        if self.augmentation != "basic" or self.random_erasing > 0:
+            return None
+        return BatchTransform(
+            data_config["input_size"],
+            data_config["mean"],
+            data_config["std"],
+            interpolation=data_config["interpolation"],
+            crop_scale=self.crop_scale,
+            hflip=self.hflip,
+        )
+
+    def transforms(self, data_config: dict[str, Any]) -> tuple:
+        """(per-image train, per-image eval, batch train or None, batch eval): the data module
+        picks per-image or batch preprocessing by where its images live."""
+        return (
+            self.train_transform(data_config),
+            eval_transform(data_config),
+            self.batch_train_transform(data_config),
+            batch_eval_transform(data_config),
+        )
+
     def mixup(self, num_classes: int) -> Mixup | None:
         """timm's Mixup/CutMix (soft targets, label smoothing folded in), or None when off."""
         if not (self.mixup_alpha or self.cutmix_alpha):
@@ -150,6 +177,17 @@ class Regularisation:
 def eval_transform(data_config: dict[str, Any]) -> Callable:
     """Resize + centre crop (crop_pct) + normalise, exactly as the backbone expects."""
     return create_transform(**data_config, is_training=False)
+
+
+def batch_eval_transform(data_config: dict[str, Any]) -> BatchTransform:
+    """eval_transform's resize + centre crop + normalise, on uint8 batches."""
+    return BatchTransform(
+        data_config["input_size"],
+        data_config["mean"],
+        data_config["std"],
+        interpolation=data_config["interpolation"],
+        crop_pct=data_config["crop_pct"],
+    )
 
 
 def early_stopping(monitor: str, mode: str, patience: int | None):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -36,12 +37,12 @@ def cache_key(identity: dict) -> str:
 
 @torch.inference_mode()
 def extract(
-    model: nn.Module, loader: DataLoader, device: torch.device
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled pre-logits features (timm's forward_head(pre_logits=True)), backbone in eval mode."""
     model.eval().to(device)
     features, labels = [], []
-    for images, targets in loader:
+    for images, targets in batches:
         pooled = model.forward_head(model.forward_features(images.to(device)), pre_logits=True)
         features.append(pooled.float().cpu())
         labels.append(targets)
@@ -66,7 +67,7 @@ def cached_features(
             "weights": weights,
             "data": datamodule.identity(split),
             "split": split,
-            "transform": repr(datamodule.eval_transform),
+            "transform": datamodule.eval_transform_repr,
         }
         path = cache_dir / f"{cache_key(identity)}.pt"
         if path.is_file():
@@ -75,7 +76,7 @@ def cached_features(
             hits += 1
             continue
         start = time.perf_counter()
-        features, labels = extract(model, datamodule.eval_loader(split), device)
+        features, labels = extract(model, datamodule.eval_batches(split, device), device)
         elapsed = time.perf_counter() - start
         seconds += elapsed
         tmp = path.with_suffix(f".tmp{os.getpid()}")

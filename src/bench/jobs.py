@@ -1,0 +1,216 @@
+"""Benchmarks over real jobs composed from conf/: probe_cache (whole runs), data (loader against
+model step) and startup (CLI and time to the first step)."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from src.bench.steps import StepSetup, raw_loop, row
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose(overrides: list[str], root: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
+        del cfg.hydra
+    return cfg
+
+
+def timed_train(overrides: list[str], root: Path) -> float:
+    from src.train import train
+
+    cfg = compose(overrides, root)
+    start = time.perf_counter()
+    train(cfg)
+    return time.perf_counter() - start
+
+
+def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
+    """10-epoch linear_probe run against a feature_extract run with a cold cache (it pays for its one
+    extraction) and a torch linear head for the same 10 epochs."""
+    common = [
+        *job_overrides,
+        "trainer.max_epochs=10",
+        "logger=none",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.model_checkpoint.save_last=false",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = timed_train([*common, "strategy=linear_probe"], Path(tmp) / "probe")
+        features = [
+            *common,
+            "strategy=feature_extract",
+            "strategy.classifier=linear",
+            f"strategy.cache_dir={Path(tmp) / 'cache'}",
+        ]
+        cold = timed_train(features, Path(tmp) / "cold")
+        warm = timed_train(features, Path(tmp) / "warm")  # the next run of a study: cache hit
+    job = " ".join(job_overrides) or "default job"
+    return [
+        row(
+            "probe_cache",
+            f"linear_probe / feature_extract cold cache, 10 epochs, {job}",
+            probe,
+            cold,
+            goal,
+            "s",
+        ),
+        row(
+            "probe_cache",
+            f"linear_probe / feature_extract warm cache, 10 epochs, {job}",
+            probe,
+            warm,
+            goal,
+            "s",
+        ),
+    ]
+
+
+def loader_throughput(datamodule, device: torch.device, epochs: int) -> float:
+    """Images/s the training loader delivers to the device, model-ready (batch transforms applied)."""
+    count, start = 0, None
+    loader = datamodule.train_dataloader()  # once, as Lightning does: workers persist
+    for epoch in range(epochs + 1):  # epoch 0 warms workers and caches
+        if epoch == 1:
+            _sync(device)
+            start = time.perf_counter()
+        loader.sampler.set_epoch(epoch)
+        for step, (images, labels) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            if datamodule.batch_transforms is not None:
+                images = datamodule.batch_transforms[0](images, step)
+            count += len(labels) if epoch else 0
+    _sync(device)
+    return count / (time.perf_counter() - start)
+
+
+def data_row(name: str, overrides: list[str], setup: StepSetup, epochs: int, goal: float) -> dict:
+    from hydra.utils import instantiate
+    from timm.data import resolve_model_data_config
+
+    from src.strategies import Finetune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([*overrides, "logger=none"], Path(tmp))
+        datamodule = instantiate(cfg.dataset)
+        datamodule.prepare_data()
+        datamodule.setup()
+        regularisation = instantiate(cfg.regularisation)
+        backbone = instantiate(cfg.backbone, num_classes=datamodule.num_classes)
+        data_config = resolve_model_data_config(backbone)
+        datamodule.set_transforms(*regularisation.transforms(data_config))
+        loader = loader_throughput(datamodule, setup.device, epochs)
+        size = data_config["input_size"][-1]
+    model_setup = StepSetup(**{**setup.__dict__, "image_size": size})
+    model_setup.batch_size = cfg.dataset.batch_size
+    step = raw_loop(model_setup, Finetune(), steps=10, warmup=3)
+    path = (
+        "uint8 batches transformed on the device"
+        if datamodule.batch_transforms is not None
+        else f"per-image PIL, {cfg.dataset.num_workers} workers"
+    )
+    return row(
+        "data",
+        f"loader / model step, {name} ({path}), "
+        f"{cfg.backbone.name} {size}px b{cfg.dataset.batch_size}",
+        loader,
+        step,
+        goal,
+        "img/s",
+    )
+
+
+def write_image_folder(source, root: Path, per_class: int) -> Path:
+    """Real images as PNG files in class folders: the first per_class of 5 Fashion-MNIST classes."""
+    from PIL import Image
+
+    pool = source().pool
+    for label, name in enumerate(["tshirt", "trouser", "pullover", "dress", "coat"]):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, index in enumerate((pool.targets == label).nonzero()[0][:per_class]):
+            Image.fromarray(pool.images[index]).save(folder / f"{i}.png")
+    return root
+
+
+def suite_data(job_overrides: list[str], setup: StepSetup, epochs: int, goal: float) -> list:
+    from hydra.utils import instantiate
+
+    rows = [data_row("default job", job_overrides, setup, epochs, goal)]
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [*job_overrides, "dataset=fashion_mnist"]  # its images, wherever they are
+        source = instantiate(compose(overrides, Path(tmp)).dataset.source)
+        folder = write_image_folder(source, Path(tmp) / "images", per_class=400)
+        overrides = [*job_overrides, "dataset=imagefolder", f"dataset.source.root={folder}"]
+        rows.append(data_row("imagefolder", overrides, setup, epochs, goal))
+    return rows
+
+
+def _wall(command: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def suite_startup(budget_s: float = 3.0) -> list[dict]:
+    """--help against its budget, and the import of the whole stack it avoids; time to a first
+    training step is reported (a 1-step job of the default config, no logger)."""
+    python = sys.executable
+    help_s = _wall([python, "-m", "src.train", "--help"], repeats=3)
+    stack = "import torch, lightning.pytorch, timm, torchmetrics, hydra, mlflow, src.models.module"
+    stack_s = _wall([python, "-c", stack], repeats=1)
+    first_step_s = _wall(
+        [
+            python,
+            "-m",
+            "src.train",
+            "logger=none",
+            "test=false",
+            "trainer.max_steps=1",
+            "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false",
+            "callbacks.model_checkpoint.save_last=false",
+            f"paths.root_dir={tempfile.mkdtemp()}",
+        ],
+        repeats=1,
+    )
+    return [
+        row(
+            "startup",
+            f"budget {budget_s:.0f} s / `src.train --help` wall",
+            budget_s,
+            help_s,
+            1.0,
+            "s",
+        ),
+        row("startup", "full-stack import / --help wall", stack_s, help_s, None, "s"),
+        row("startup", "1-step default job wall / --help wall", first_step_s, help_s, None, "s"),
+    ]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
