@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -25,7 +25,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from timm.data import resolve_model_data_config
 
     from src.models.module import TransferModule
-    from src.tracking import log_run_metadata, record_failure
+    from src.tracking import log_run_metadata, mlflow_loggers, record_failure
+    from src.tracking.resume import (
+        config_fingerprint,
+        find_resume_point,
+        process_tags,
+        reopen,
+    )
 
     # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
     logging.getLogger("lightning").handlers.clear()
@@ -53,8 +59,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         class_names=datamodule.classes,
     )
 
-    # 2. Callbacks, loggers, trainer.
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    # 2. Callbacks, loggers, trainer; a resumed job writes on in its old folder and MLflow run.
+    # Unresolved: ${paths.output_dir} differs per launch, the choices behind it do not.
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
+    point = None
+    if cfg.get("resume"):
+        point = find_resume_point(
+            str(cfg.resume), cfg.paths.tracking_uri, cfg.experiment_name, fingerprint
+        )
+    if point is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(point.output_dir)
+    loggers = [
+        instantiate(c, **({"run_id": point.run_id} if point and "MLFlow" in c._target_ else {}))
+        for c in (cfg.get("logger") or {}).values()
+    ]
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
     if not loggers:  # Lightning refuses an LR monitor with nothing to log to
@@ -67,10 +86,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_file = output_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        log_run_metadata(
-            loggers, OmegaConf.to_container(cfg, resolve=True), run_tags(cfg), config_file
-        )
-        strategy.fit(trainer, module, datamodule)
+        tags = {**run_tags(cfg), **process_tags(output_dir, fingerprint)}
+        # A resumed run keeps the params it was started with (MLflow refuses to change them).
+        params = {} if point else OmegaConf.to_container(cfg, resolve=True)
+        log_run_metadata(loggers, params, tags, config_file)
+        for logger in mlflow_loggers(loggers) if point else ():
+            reopen(logger, point)
+        strategy.fit(trainer, module, datamodule, ckpt_path=point and str(point.checkpoint))
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):
             metrics.update(strategy.test(trainer, module, datamodule))

@@ -54,6 +54,15 @@ class TransferModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Dropout, mixup and per-image augmentation draw from the global generators: a resumed
+        # run only repeats an uninterrupted one if they continue from where the checkpoint was.
+        checkpoint["rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
     def on_train_epoch_start(self) -> None:
         # Also runs first thing after a resume, so the restored epoch gets its own freeze state.
         self.strategy.apply(self.model, self.trainer.optimizers[0].param_groups, self.current_epoch)
@@ -128,3 +137,35 @@ class TransferModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _rng_states() -> dict:
+    import random
+
+    import numpy as np
+
+    states = {
+        "torch": torch.get_rng_state(),
+        # Only tensors and plain Python values, so the checkpoint still loads with weights_only.
+        "numpy": [
+            value.tolist() if isinstance(value, np.ndarray) else value
+            for value in np.random.get_state()
+        ],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -67,9 +67,14 @@ class Strategy:
         """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
     def fit(
-        self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        ckpt_path: str | None = None,
     ) -> None:
-        trainer.fit(module, datamodule=datamodule)
+        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG)."""
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     def test(
         self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
@@ -295,7 +300,8 @@ class FeatureExtract(Strategy):
                 "fine-tuning strategy."
             )
 
-    def fit(self, trainer, module, datamodule) -> None:
+    def fit(self, trainer, module, datamodule, ckpt_path: str | None = None) -> None:
+        # Cached features make a rerun cheap: a resumed feature_extract job simply runs again.
         from src.strategies.features import (
             FeatureDataModule,
             LinearHead,

@@ -1,0 +1,18 @@
+"""A callback that SIGKILLs its own process at (epoch, batch) given by TRANSFERLAB_KILL_AT="e:b".
+
+Driven by the environment, so the killed launch and the resuming one share one config (and thus
+one config fingerprint), exactly as a researcher re-running the same command would."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning.pytorch as L
+
+
+class KillFromEnv(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        target = os.environ.get("TRANSFERLAB_KILL_AT")
+        if target and (trainer.current_epoch, batch_idx) == tuple(map(int, target.split(":"))):
+            os.kill(os.getpid(), signal.SIGKILL)
