@@ -24,7 +24,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.callbacks import LearningRateMonitor
     from timm.data import resolve_model_data_config
 
-    from src.models.module import TransferModule
+    from src.errors import refuse_bad_input
+    from src.models.module import TransferModule, check_optimizer
     from src.tracking import log_run_metadata, mlflow_loggers, record_failure
     from src.tracking.resume import (
         config_fingerprint,
@@ -38,22 +39,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
-    datamodule = build(cfg.dataset)
-    datamodule.prepare_data()
-    datamodule.setup()
-    regularisation = build(cfg.regularisation)
-    backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
-    data_config = resolve_model_data_config(backbone)
-    log.info("Preprocessing from the backbone: %s", data_config)
-    datamodule.set_transforms(*regularisation.transforms(data_config))
-    strategy = build(cfg.strategy)
-    strategy.check(cfg.trainer.max_epochs, regularisation)
-    regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
+    with refuse_bad_input():
+        datamodule = build(cfg.dataset)
+        datamodule.prepare_data()
+        datamodule.setup()
+        regularisation = build(cfg.regularisation)
+        backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
+        data_config = resolve_model_data_config(backbone)
+        log.info("Preprocessing from the backbone: %s", data_config)
+        datamodule.set_transforms(*regularisation.transforms(data_config))
+        strategy = build(cfg.strategy)
+        strategy.check(cfg.trainer.max_epochs, regularisation)
+        regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
+        optimizer = check_optimizer(build(cfg.optimizer))
     log.info("Strategy: %s", type(strategy).__name__)
     module = TransferModule(
         model=backbone,
         strategy=strategy,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         regularisation=regularisation,
         class_names=datamodule.classes,
@@ -138,7 +141,13 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    from src.errors import InvalidInput
+
+    try:
+        metrics = train(cfg)
+    except InvalidInput as error:  # the message names the key and what is valid: no traceback
+        log.error("Invalid input: %s", error)
+        raise SystemExit(2) from None
     for key in sorted(k for k in metrics if k.startswith("test/") and "acc_class" not in k):
         log.info("%s = %.4f", key, metrics[key])
     return metrics.get(cfg.monitor.metric)

@@ -14,13 +14,14 @@ import timm
 from torch import nn
 
 from src.backbones.offline import OFFLINE_BACKBONES, load_packaged_weights
+from src.errors import AssetUnavailable
 
 log = logging.getLogger(__name__)
 
 __all__ = ["create_backbone", "PretrainedWeightsUnavailable", "OFFLINE_BACKBONES"]
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(AssetUnavailable):
     """Hub weights were asked for but cannot be fetched from here."""
 
 

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from src.errors import AssetUnavailable
+
 OFFLINE_DATASETS = "fashion_mnist, fashion_mnist_3k, mnist, digits, textures, imagefolder"
 
 
@@ -117,7 +119,7 @@ def _torchvision_fashion_mnist(root: str, download_dir: str) -> Source:
         train = FashionMNIST(download_dir, train=True, download=True)
         test = FashionMNIST(download_dir, train=False, download=True)
     except Exception as err:  # urllib / socket errors vary by platform
-        raise RuntimeError(
+        raise AssetUnavailable(
             f"Fashion-MNIST is neither at {root} (Debian: apt-get install dataset-fashion-mnist) "
             f"nor downloadable into {download_dir}: {err}. Offline data sets: {OFFLINE_DATASETS}."
         ) from err
@@ -228,7 +230,7 @@ def torchvision_dataset(name: str, root: str = "data", download: bool = True) ->
         try:
             parts = [cls(root, download=download, **kwargs) for kwargs in kwargs_list]
         except Exception as err:  # urllib / socket / integrity errors vary
-            raise RuntimeError(
+            raise AssetUnavailable(
                 f"Could not load or download '{name}' into {root}: {err}\n"
                 f"Offline data sets: {OFFLINE_DATASETS} (dataset=<name>)."
             ) from err

@@ -26,6 +26,23 @@ def build_optimizer(
     return optimizer
 
 
+def check_optimizer(
+    factory: Callable[..., torch.optim.Optimizer],
+) -> Callable[..., torch.optim.Optimizer]:
+    """Build it once on a dummy parameter, so torch's own checks (lr, betas, eps, weight decay)
+    refuse bad values before any work, with the keys they concern."""
+    lr = getattr(factory, "keywords", {}).get("lr")
+    if lr is not None and lr <= 0:  # torch accepts 0, which trains nothing
+        raise ValueError(f"optimizer.lr={lr}: must be > 0.")
+    try:
+        factory([nn.Parameter(torch.zeros(1))])
+    except ValueError as error:
+        raise ValueError(
+            f"optimizer: {error}. Check optimizer.lr (> 0) and its other keys."
+        ) from None
+    return factory
+
+
 class TransferModule(L.LightningModule):
     def __init__(
         self,

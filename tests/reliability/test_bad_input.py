@@ -1,0 +1,84 @@
+"""Bad input is refused before any work, with a message that names the key and what is valid:
+no MLflow run is created, nothing is written. On the command line: exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from src.errors import InvalidInput
+from src.train import train
+from tests.conftest import compose_train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# (overrides, a fragment the message must contain)
+REFUSED_BY_TRAIN = [
+    (["backbone=resnet18", "backbone.name=resnet_5O"], "resnet50"),  # closest timm names
+    (["dataset.fraction=0"], "dataset.fraction=0"),
+    (["dataset.fraction=1.5"], "valid range (0.0, 1.0]"),
+    (["dataset.samples_per_class=100000"], "valid range [2,"),
+    (["dataset.samples_per_class=1"], "must be >= 2"),
+    (["dataset.val_fraction=1.0"], "dataset.val_fraction"),
+    (["dataset.batch_size=0"], "dataset.batch_size"),
+    (["optimizer.lr=-0.1"], "optimizer.lr"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["strategy=gradual_unfreeze", "strategy.milestones=[1,2,9]"], "max_epochs"),
+    (["regularisation.augmentation=sharpen"], "regularisation.augmentation"),
+    (["regularisation.label_smoothing=1.5"], "regularisation.label_smoothing"),
+    (["regularisation.mixup_alpha=-1"], "regularisation.mixup_alpha"),
+    (["dataset=imagefolder", "dataset.source.root=/no/such/folder"], "/no/such/folder"),
+    (["backbone.weights=/no/such/weights.pth"], "/no/such/weights.pth"),
+    (["dataset.transforms_on_device=maybe"], "transforms_on_device"),
+]
+
+
+@pytest.mark.parametrize("overrides,fragment", REFUSED_BY_TRAIN, ids=lambda v: str(v)[:40])
+def test_bad_value_is_refused_before_any_run(tmp_path, tiny_overrides, overrides, fragment):
+    cfg = compose_train(tmp_path, [*tiny_overrides, *overrides])
+    with pytest.raises(InvalidInput) as refused:
+        train(cfg)
+    assert fragment in str(refused.value)
+    store = mlflow.MlflowClient(cfg.paths.tracking_uri)
+    assert store.search_experiments() == [] or not store.search_runs(
+        [e.experiment_id for e in store.search_experiments()]
+    )
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["strategy=fine_tune"], "Available options in 'strategy'"),
+        (["dataset=fashionmnist"], "Available options in 'dataset'"),
+        (["regularisation=heavy"], "Available options in 'regularisation'"),
+        (["trainer.max_epoch=3"], "max_epoch"),
+    ],
+)
+def test_unknown_option_lists_the_valid_ones(tmp_path, overrides, fragment):
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose_train(tmp_path, overrides)
+    message = str(refused.value) + str(refused.value.__cause__)
+    assert fragment in message
+
+
+def test_command_line_exits_2_without_a_traceback(tmp_path):
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "dataset=digits", "dataset.fraction=2",
+         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert "dataset.fraction=2 is outside the valid range (0.0, 1.0]" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "mlflow.db").exists() or not mlflow.MlflowClient(
+        f"sqlite:///{tmp_path}/mlflow.db"
+    ).search_runs(["0"])
