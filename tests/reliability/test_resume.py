@@ -26,7 +26,7 @@ def launch(tmp: Path, name: str, launch_dir: str, extra=(), kill_at: str | None 
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "test=false", "logger.mlflow.log_model=false",
         f"experiment_name={name}", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / launch_dir}",
-        "+callbacks.kill._target_=tests.reliability.kill.KillFromEnv",
+        "+callbacks.kill._target_=tests.reliability.faults.KillFromEnv",
         *extra,
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

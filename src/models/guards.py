@@ -1,0 +1,58 @@
+"""A non-finite training loss stops the run with a message that says what to try (or, with
+policy=skip, drops that step's update). Checked without a device sync per step."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as L
+import torch
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("stop", "skip")
+
+
+class FiniteLoss(L.Callback):
+    """stop: a device-side flag collects every step's verdict, read every check_every_n_steps
+    (one sync there, as logging does anyway). skip: each step is checked before the optimizer
+    acts (a sync per step) and a non-finite one updates nothing."""
+
+    def __init__(self, policy: str = "stop", check_every_n_steps: int = 10):
+        if policy not in POLICIES:
+            raise ValueError(f"callbacks.finite_loss.policy={policy!r}: choose one of {POLICIES}.")
+        if check_every_n_steps < 1:
+            raise ValueError(
+                f"callbacks.finite_loss.check_every_n_steps={check_every_n_steps}: must be >= 1."
+            )
+        self.policy, self.every = policy, check_every_n_steps
+        self.bad: torch.Tensor | None = None
+        self.skipped = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if self.policy == "skip" or loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self.bad = bad if self.bad is None else self.bad | bad
+        if (trainer.global_step % self.every == 0 or trainer.is_last_batch) and self.bad.item():
+            raise FloatingPointError(
+                f"train/loss became non-finite by step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}). Try a lower optimizer.lr, "
+                "trainer.gradient_clip_val=1.0, or callbacks.finite_loss.policy=skip."
+            )
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.policy != "skip":
+            return
+        finite = all(
+            torch.isfinite(p.grad).all() for g in optimizer.param_groups for p in g["params"]
+            if p.grad is not None
+        )  # fmt: skip
+        if not finite:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None  # AdamW/SGD leave parameters without a gradient alone
+            self.skipped += 1
+            pl_module.log("train/skipped_steps", float(self.skipped), on_step=False, on_epoch=True)
+            log.warning("Non-finite gradients at step %d: update skipped", trainer.global_step)
