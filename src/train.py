@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         process_tags,
         reopen,
     )
+    from src.tracking.secrets import redact
 
     # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
     logging.getLogger("lightning").handlers.clear()
@@ -90,8 +91,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         tags = {**run_tags(cfg), **process_tags(output_dir, fingerprint)}
+        tags["skipped_images"] = str(len(datamodule.source.skipped))
         # A resumed run keeps the params it was started with (MLflow refuses to change them).
-        params = {} if point else OmegaConf.to_container(cfg, resolve=True)
+        params = {} if point else redact(OmegaConf.to_container(cfg, resolve=True))
         log_run_metadata(loggers, params, tags, config_file)
         for logger in mlflow_loggers(loggers) if point else ():
             reopen(logger, point)

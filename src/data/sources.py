@@ -8,7 +8,9 @@ become 3 channels here, once, for every backbone.
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from src.errors import AssetUnavailable
+
+log = logging.getLogger(__name__)
 
 OFFLINE_DATASETS = "fashion_mnist, fashion_mnist_3k, mnist, digits, textures, imagefolder"
 
@@ -70,6 +74,7 @@ class Source:
     pool: LabelledImages
     test: LabelledImages | None
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out
 
 
 # ---- offline sources: real images shipped by Debian / PyPI packages --------------------------
@@ -171,9 +176,14 @@ def textures(patch_size: int = 64) -> Source:
 # ---- user images ------------------------------------------------------------------------------
 
 
-def image_folder(root: str, test_root: str | None = None) -> Source:
-    """root/<class>/<image>; every class folder must hold at least one image."""
+def image_folder(root: str, test_root: str | None = None, on_bad_image: str = "error") -> Source:
+    """root/<class>/<image>; every class folder must hold at least one image. Every image is
+    decoded once up front: unreadable ones are listed and refused (error) or left out (skip)."""
     from torchvision.datasets import ImageFolder
+
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"dataset.source.on_bad_image={on_bad_image!r}: choose error or skip.")
+    skipped: list[str] = []
 
     def load(path: str, key: str) -> ImageFolder:
         folder = Path(path)
@@ -182,7 +192,20 @@ def image_folder(root: str, test_root: str | None = None) -> Source:
         empty = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and not any(d.iterdir())]
         if empty:
             raise ValueError(f"dataset.source.{key}: empty class folder(s) {empty} in '{folder}'.")
-        return ImageFolder(str(folder))
+        images = ImageFolder(str(folder))
+        bad = unreadable_images([p for p, _ in images.samples])
+        if bad and on_bad_image == "error":
+            raise ValueError(
+                f"dataset.source.{key}: {len(bad)} unreadable image(s) in '{folder}': "
+                f"{[str(Path(p).relative_to(folder)) for p in bad[:20]]}. Remove them, or set "
+                "dataset.source.on_bad_image=skip to leave them out."
+            )
+        if bad:
+            log.warning("Skipping %d unreadable image(s) in %s: %s", len(bad), folder, bad[:20])
+            skipped.extend(bad)
+            images.samples = [s for s in images.samples if s[0] not in set(bad)]
+            images.imgs, images.targets = images.samples, [t for _, t in images.samples]
+        return images
 
     pool = load(root, "root")
     test = None
@@ -193,7 +216,26 @@ def image_folder(root: str, test_root: str | None = None) -> Source:
                 f"test_root classes {loaded.classes} differ from root's {pool.classes}."
             )
         test = WrappedImages([loaded], np.array(loaded.targets))
-    return Source(WrappedImages([pool], np.array(pool.targets)), test, list(pool.classes))
+    return Source(WrappedImages([pool], np.array(pool.targets)), test, list(pool.classes), skipped)
+
+
+def unreadable_images(paths: list[str]) -> list[str]:
+    """The files PIL cannot fully decode (corrupt, truncated, not an image), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def readable(path: str) -> bool:
+        try:
+            with Image.open(path) as image:
+                image.load()  # verify() misses truncated data; load() decodes every byte
+            return True
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            return False
+
+    with ThreadPoolExecutor(
+        max_workers=min(8, os.cpu_count() or 1)
+    ) as pool:  # decoding frees the GIL
+        verdicts = list(pool.map(readable, paths))
+    return [path for path, ok in zip(paths, verdicts, strict=True) if not ok]
 
 
 # ---- torchvision sets for online users --------------------------------------------------------

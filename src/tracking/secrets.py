@@ -1,0 +1,17 @@
+"""Keep credentials out of logged params: a config key naming a token, key, secret or password
+(e.g. `+db.password=${oc.env:PGPASSWORD}`) is dropped before MLflow sees the config."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+SECRET_KEY = re.compile(r"token|key|secret|password|passwd|credential", re.IGNORECASE)
+
+
+def redact(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {k: redact(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
+    if isinstance(config, list):
+        return [redact(v) for v in config]
+    return config

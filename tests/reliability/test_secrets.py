@@ -1,0 +1,29 @@
+"""Credentials in the config never reach MLflow's params; the rest of the config does."""
+
+from __future__ import annotations
+
+import mlflow
+
+from src.train import train
+from tests.conftest import compose_train
+
+
+def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
+    monkeypatch.setenv("TRANSFERLAB_TEST_TOKEN", "hunter2")
+    cfg = compose_train(
+        tmp_path,
+        [
+            *tiny_overrides,
+            "+api_token=${oc.env:TRANSFERLAB_TEST_TOKEN}",
+            "+store.password=hunter2",
+            "+store.host=db.example",
+            "test=false",
+        ],
+    )
+    train(cfg)
+    client = mlflow.MlflowClient(cfg.paths.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    params = run.data.params
+    assert "hunter2" not in params.values()
+    assert not any("token" in k or "password" in k for k in params)
+    assert params["store/host"] == "db.example" and params["optimizer/lr"] == "0.001"
