@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         reopen,
     )
     from src.tracking.secrets import redact
+    from src.tracking.store import prepare_store
 
     # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
     logging.getLogger("lightning").handlers.clear()
@@ -74,8 +75,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if point is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(point.output_dir)
+    mlflow_configs = [c for c in (cfg.get("logger") or {}).values() if "MLFlow" in c._target_]
+    for c in mlflow_configs:
+        prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
     loggers = [
-        instantiate(c, **({"run_id": point.run_id} if point and "MLFlow" in c._target_ else {}))
+        instantiate(c, **({"run_id": point.run_id} if point and c in mlflow_configs else {}))
         for c in (cfg.get("logger") or {}).values()
     ]
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

@@ -1,0 +1,55 @@
+"""Four training jobs at once on one sqlite MLflow store: four FINISHED runs, no point lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_four_concurrent_jobs_on_one_sqlite_store(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PROJECT_ROOT=str(ROOT), OMP_NUM_THREADS="1")
+    jobs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "src.train",
+                "dataset=digits",
+                "backbone.input_size=[3,32,32]",
+                "dataset.num_workers=0",
+                "trainer.max_epochs=3",
+                "trainer.limit_train_batches=4",
+                "trainer.limit_val_batches=2",
+                "trainer.log_every_n_steps=1",
+                "trainer.enable_progress_bar=false",
+                "test=false",
+                "logger.mlflow.log_model=false",
+                f"seed={seed}",
+                f"paths.root_dir={tmp_path}",
+                f"hydra.run.dir={tmp_path / str(seed)}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for seed in range(4)
+    ]
+    for job in jobs:
+        _, stderr = job.communicate(timeout=900)
+        assert job.returncode == 0, stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("transferlab").experiment_id])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["0", "1", "2", "3"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 3
+        assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == 12
