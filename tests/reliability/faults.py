@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import lightning.pytorch as L
 
 
 class KillFromEnv(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        time.sleep(float(os.environ.get("TRANSFERLAB_STEP_SLEEP", 0)))  # time to send a signal
         target = os.environ.get("TRANSFERLAB_KILL_AT")
         if target and (trainer.current_epoch, batch_idx) == tuple(map(int, target.split(":"))):
             os.kill(os.getpid(), signal.SIGKILL)

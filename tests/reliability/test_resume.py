@@ -15,10 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(tmp: Path, name: str, launch_dir: str, extra=(), kill_at: str | None = None):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PROJECT_ROOT"] = str(ROOT)
+    command, env = job(tmp, name, launch_dir, extra)
     if kill_at:
         env["TRANSFERLAB_KILL_AT"] = kill_at
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def job(tmp: Path, name: str, launch_dir: str, extra=()) -> tuple[list[str], dict]:
+    """The command line of a small real job (5 epochs of digits) and its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PROJECT_ROOT"] = str(ROOT)
     command = [
         sys.executable, "-m", "src.train",
         "dataset=digits", "backbone.input_size=[3,32,32]", "dataset.num_workers=0",
@@ -29,7 +35,7 @@ def launch(tmp: Path, name: str, launch_dir: str, extra=(), kill_at: str | None 
         "+callbacks.kill._target_=tests.reliability.faults.KillFromEnv",
         *extra,
     ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return command, env
 
 
 def weights(checkpoint: Path) -> dict:
