@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,16 +34,16 @@ class Worker:
     def __init__(self, sweeper, sweep_dir: Path):
         self.s, self.sweep_dir = sweeper, sweep_dir
         self.n_trials = sweeper.n_trials
-        self.storage = open_storage(sweeper.storage, *sweeper.heartbeat)
+        self.counted = COUNTED
         self.study = self._open_study()
 
     def _open_study(self) -> optuna.Study:
         s = self.s
         pruner = _build(s.pruner_cfg) if s.pruner_cfg else optuna.pruners.NopPruner()
-        with study_lock(s.storage):
+        with study_lock(s.storage):  # the first worker creates the tables and the study
             study = optuna.create_study(
                 study_name=s.study_name,
-                storage=self.storage,
+                storage=open_storage(s.storage, *s.heartbeat),
                 direction=s.direction,
                 load_if_exists=True,
                 pruner=pruner,
@@ -76,10 +77,9 @@ class Worker:
         takes = inspect.signature(factory).parameters
         if "search_space" in takes:  # GridSampler: the grid is the space; n_trials at most its size
             cfg["search_space"] = self.s.space.grid()
-            size = 1
-            for values in cfg["search_space"].values():
-                size *= len(values)
-            self.n_trials = min(self.n_trials, size)
+            self.n_trials = min(self.n_trials, math.prod(map(len, cfg["search_space"].values())))
+            # A grid point that failed was tried: it is not run again, as Optuna's grid does.
+            self.counted = (*COUNTED, TrialState.FAIL)
         if "seed" in takes:
             cfg["seed"] = seed
         return factory(**cfg)
@@ -113,7 +113,7 @@ class Worker:
         with study_lock(self.s.storage):
             for trial in fail_dead_trials(self.study):
                 self._tag(trial.number)
-            if count(self.study, COUNTED) >= self.n_trials:
+            if count(self.study, self.counted) >= self.n_trials:
                 return None
             if count(self.study, (TrialState.FAIL,)) >= self.s.max_failures:
                 return None
@@ -132,9 +132,15 @@ class Worker:
             self.study._storage.set_trial_user_attr(
                 self.study.trials[number]._trial_id, "fail_reason", reason
             )
-        frozen = self.study.tell(number, value, state=TrialState[state])
+        try:
+            self.study.tell(number, value, state=TrialState[state])
+        except RuntimeError as error:
+            # GridSampler calls Study.stop() once the grid is covered, which only optimize() allows;
+            # the state is stored before that, and n_trials is capped at the grid's size anyway.
+            if "Study.stop" not in str(error):
+                raise
         log.info("Trial %d %s %s=%s", number, state, self.s.metric, value)
-        self._tag(frozen.number)
+        self._tag(number)
 
     def _tag(self, number: int) -> None:
         if self.s.mlflow:
@@ -142,7 +148,7 @@ class Worker:
 
     def _finish(self) -> None:
         failures = count(self.study, (TrialState.FAIL,))
-        done = count(self.study, (TrialState.COMPLETE, TrialState.PRUNED))
+        done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
         if self.s.mlflow:
             runs.summarise(
                 self.study,
