@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from src.sweeps.space import SearchSpace, to_dict_override, to_overrides
 from src.sweeps.sweeper import OptunaSweeper, objective_value
 from tests.conftest import CONF_DIR, compose_train
+from tests.test_train import artifact_paths
 
 ROOT = CONF_DIR.parent
 # A trial in ~2 s: digits at 32 px, batches of 16, two of them per epoch, no test, no model upload.
@@ -108,16 +109,10 @@ def mlflow_runs(tmp_path: Path):
     return client, parents, children
 
 
-def artifacts(client, run_id, path=None) -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
-
-
 # --- Done when 1: a 6-trial sweep; Optuna and MLflow agree ----------------------------------------
 def test_six_trial_sweep_storage_and_mlflow_agree(tmp_path, monkeypatch):
-    sweep(tmp_path, ["hparams_search=lr_wd", "hydra.sweeper.n_trials=6"], monkeypatch)
+    overrides = ["hparams_search=lr_wd", "hydra.sweeper.n_trials=6", "trainer.max_epochs=1"]
+    sweep(tmp_path, overrides, monkeypatch)
     study = load(tmp_path, "lr_wd-tf_efficientnet_lite0-digits")
     assert len(study.trials) == 6 and all(t.state in FINISHED for t in study.trials)
     assert set(study.trials[0].params) == {
@@ -145,20 +140,25 @@ def test_six_trial_sweep_storage_and_mlflow_agree(tmp_path, monkeypatch):
         "plots/optimization_history.png",
         "plots/param_importances.png",
         "plots/parallel_coordinate.png",
-    } <= artifacts(client, parent.info.run_id)
+    } <= artifact_paths(client, parent.info.run_id)
 
 
-# --- Done when 2: pruning happens, and the pruned trial ran fewer epochs ---------------------------
-def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch):
-    # Trial 0 learns; trial 1 has lr=0, so after its first epoch it is below trial 0's first epoch.
-    searchpath = space_file(
+def hopeless_second_trial(tmp_path: Path, name: str) -> str:
+    """Trial 0 learns; trial 1 has lr=0, so after its first epoch it is below trial 0's first
+    epoch, and a median pruner with one finished trial as reference must stop it."""
+    return space_file(
         tmp_path,
-        "prune",
-        "    study_name: prune\n"
+        name,
+        f"    study_name: {name}\n"
         "    enqueue_trials: [{optimizer.lr: 0.02}, {optimizer.lr: 0.0}]\n"
         "    pruner: {n_startup_trials: 1, n_warmup_steps: 0}\n"
         "    params:\n      optimizer.lr: {type: categorical, choices: [0.02, 0.0]}\n",
     )
+
+
+# --- Done when 2: pruning happens, and the pruned trial ran fewer epochs ---------------------------
+def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch):
+    searchpath = hopeless_second_trial(tmp_path, "prune")
     overrides = [searchpath, "hparams_search=prune", "hydra.sweeper.n_trials=2"]
     sweep(tmp_path, [*overrides, "trainer.max_epochs=3", "strategy=linear_probe"], monkeypatch)
     study = load(tmp_path, "prune")
@@ -231,7 +231,7 @@ def test_two_workers_share_one_study(tmp_path):
 
 # --- Done when 4: kill mid-sweep, start again: numbers continue, nothing finished is re-run -------
 def test_a_killed_sweep_resumes_its_study(tmp_path, monkeypatch):
-    overrides = ["hparams_search=lr_wd", "hydra.sweeper.n_trials=4", "trainer.max_epochs=1"]
+    overrides = ["hparams_search=lr_wd", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1"]
     worker = start(tmp_path, overrides, "killed.log")
     db = tmp_path / "outputs" / "optuna.db"
     deadline = time.monotonic() + 240
@@ -255,7 +255,7 @@ def test_a_killed_sweep_resumes_its_study(tmp_path, monkeypatch):
             trial.datetime_complete,
         )
     finished = [t for t in study.trials if t.state in FINISHED]
-    assert len(finished) == 4
+    assert len(finished) == 3
     new = [t.number for t in finished if t.number not in before]
     assert min(new) > max(before)  # trial numbers continue
     stale = [t for t in study.trials if t.state == TrialState.FAIL]
@@ -367,3 +367,24 @@ def test_conditional_knobs_follow_their_strategy():
     for _ in range(12):
         chosen = space.suggest(study.ask())
         assert ("strategy.freeze_stages" in chosen) == (chosen["strategy"] == "partial")
+
+
+# --- DDP inside a sweep: ranks > 0 rerun rank 0's trial, never a trial of their own ---------------
+@pytest.mark.slow
+def test_ddp_ranks_follow_their_trial(tmp_path):
+    searchpath = hopeless_second_trial(tmp_path, "ddp")
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=3"]
+    overrides = [
+        searchpath,
+        "hparams_search=ddp",
+        "hydra.sweeper.n_trials=2",
+        *ddp,
+    ]
+    worker = start(tmp_path, overrides, "ddp.log")
+    log = tmp_path / "ddp.log"
+    assert worker.wait(timeout=400) == 0, log.read_text()[-3000:]
+    study = load(tmp_path, "ddp")
+    # Both trials, each trained by two ranks; the pruner's decision reached both ranks of trial 1.
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    text = log.read_text()
+    assert text.count("DDP rank 1 follows trial 0") == text.count("DDP rank 1 follows trial 1") == 1

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 JOURNAL_PREFIX = "journal:"
 # Trials that use up n_trials: finished with a result, or being run right now by some worker.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+WORKER_ATTR = "transferlab:worker"
 
 
 def storage_path(url: str) -> Path | None:
@@ -47,25 +49,28 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         return JournalStorage(JournalFileBackend(str(path)))
     # sqlite: wait for a concurrent writer instead of failing with "database is locked".
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+        )
 
 
 @contextlib.contextmanager
-def study_lock(url: str) -> Iterator[None]:
-    """Exclusive across processes on this machine (and on shared file systems with flock)."""
+def study_lock(url: str) -> Iterator[bool]:
+    """Exclusive across processes on this machine (and on shared file systems with flock);
+    yields whether a lock is held (none for server databases)."""
     path = storage_path(url)
     if path is None:
-        yield
+        yield False
         return
     from filelock import FileLock
 
     with FileLock(str(path) + ".lock", timeout=600):
-        yield
+        yield True
 
 
 def claim_worker_index(study: optuna.Study) -> int:
@@ -80,19 +85,22 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def fail_dead_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def fail_dead_trials(study: optuna.Study, locked: bool) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials whose worker process on this host is gone (killed, OOM-killed) become FAIL.
 
-    Workers on other hosts are covered by Optuna's heartbeat (RDB storages) instead.
+    A worker names itself on its trial before it lets go of the lock, so under the lock a RUNNING
+    trial with no name was left by a worker that died in between. Workers on other hosts are
+    covered by Optuna's heartbeat (RDB storages) instead.
     """
     if isinstance(study._storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     dead = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get("transferlab:worker", "")
+        owner = trial.system_attrs.get(WORKER_ATTR, "")
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        orphan = locked and not owner
+        if orphan or (owner_host == host and pid.isdigit() and not _alive(int(pid))):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             log.warning("Trial %d: its worker %s is gone; marked FAIL", trial.number, owner)
             dead.append(trial)

@@ -94,13 +94,18 @@ class OptunaSweeper(Sweeper):
 
     def _launch(self, fixed: list[str], number: int, params: dict[str, Any]):
         overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
+        environ = dict(os.environ)
         os.environ[TRIAL_ENV] = json.dumps(
             {"number": number, "sweep_dir": str(self.config.hydra.sweep.dir)}
         )
         try:
             return self.launcher.launch([overrides], initial_job_idx=number)[0]
         finally:
-            del os.environ[TRIAL_ENV]
+            # Lightning's DDP leaves LOCAL_RANK, MASTER_PORT... in this process's environment; the
+            # next trial's Trainer would take them as "ranks started elsewhere" and wait forever.
+            for key in set(os.environ) - set(environ):
+                del os.environ[key]
+            os.environ.update(environ)
             release_devices()
 
     def _identity_override(self, number: int) -> str:

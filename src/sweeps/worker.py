@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from src.sweeps import runs
 from src.sweeps.study import (
     COUNTED,
+    WORKER_ATTR,
     Heartbeat,
     claim_worker_index,
     count,
@@ -110,8 +111,8 @@ class Worker:
 
     def _next_trial(self) -> tuple[int, dict[str, Any]] | None:
         """Under the lock: settle trials of dead workers, check the budgets, create the next trial."""
-        with study_lock(self.s.storage):
-            for trial in fail_dead_trials(self.study):
+        with study_lock(self.s.storage) as locked:
+            for trial in fail_dead_trials(self.study, locked):
                 self._tag(trial.number)
             if count(self.study, self.counted) >= self.n_trials:
                 return None
@@ -121,9 +122,7 @@ class Worker:
                 # Optuna warns that heartbeats are meant for optimize(); this loop beats itself.
                 warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
                 trial = self.study.ask()
-            self.study._storage.set_trial_system_attr(
-                trial._trial_id, "transferlab:worker", worker_id()
-            )
+            self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
             return trial.number, self.s.space.suggest(trial)
 
     def _tell(self, number: int, job_return) -> None:
