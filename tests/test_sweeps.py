@@ -388,3 +388,25 @@ def test_ddp_ranks_follow_their_trial(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     text = log.read_text()
     assert text.count("DDP rank 1 follows trial 0") == text.count("DDP rank 1 follows trial 1") == 1
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
+def test_every_sampler_config_builds_an_optuna_sampler(tmp_path, sampler):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_method
+
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(
+            "train",
+            overrides=["hparams_search=lr_wd", f"hydra/sweeper/sampler={sampler}"],
+            return_hydra_config=True,
+        )
+    node = dict(cfg.hydra.sweeper.sampler)
+    kwargs = {"seed": 3} | (
+        {"search_space": {"optimizer.lr": [1e-3, 1e-2]}} if sampler == "grid" else {}
+    )
+    built = get_method(node.pop("_target_"))(**node, **kwargs)
+    assert isinstance(built, optuna.samplers.BaseSampler)

@@ -4,6 +4,8 @@ freeze       training-step throughput, all but the last stage frozen (`partial`,
              against full fine-tuning, same model, batch and optimizer; goal >= 1.5x on CPU.
 probe_cache  wall time of a 10-epoch linear_probe run against a feature_extract run (cold cache,
              backbone run once, torch linear head for the same 10 epochs); goal >= 10x.
+pruning      the same Optuna study (space, sampler seed, trial count) run without a pruner and with
+             one: total epochs trained (goal: at most half) and best value (goal: within 0.5 points).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import functools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,10 +145,91 @@ def suite_probe_cache(args) -> list[dict]:
     ]
 
 
+def sweep_study(args, root: Path, pruner: str) -> dict:
+    """One `python -m src.train -m hparams_search=...` sweep; its epochs and best value."""
+    import optuna
+
+    overrides = [
+        f"hparams_search={args.space}",
+        f"hydra/sweeper/pruner={pruner}",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweeper.study_name=bench-{pruner}",
+        f"seed={args.seed}",
+        f"dataset={args.dataset}",
+        f"backbone.input_size=[3,{args.image_size},{args.image_size}]",
+        f"trainer.max_epochs={args.epochs}",
+        f"trainer.limit_train_batches={args.train_batches}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "test=false",
+        "logger=none",
+        "callbacks.model_checkpoint.save_last=false",
+        f"paths.root_dir={root}",
+    ]
+    env = {**os.environ, "PROJECT_ROOT": str(PROJECT_ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", *overrides],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    study = optuna.load_study(
+        study_name=f"bench-{pruner}", storage=f"sqlite:///{root}/outputs/optuna.db"
+    )
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "pruner": pruner,
+        "epochs": sum(len(t.intermediate_values) for t in trials),
+        "best": study.best_value,
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == optuna.trial.TrialState.FAIL for t in trials),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def suite_pruning(args) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        full = sweep_study(args, Path(tmp) / "none", "none")
+        pruned = sweep_study(args, Path(tmp) / args.pruner, args.pruner)
+    for run in (full, pruned):
+        print(json.dumps(run))
+    setting = (
+        f"{args.space}, {args.trials} trials x {args.epochs} epochs, {args.dataset} "
+        f"{args.image_size}px, seed {args.seed}, {args.pruner} vs none"
+    )
+    gap = 100 * (pruned["best"] - full["best"])  # points of the monitored metric
+    return [
+        {
+            "suite": "pruning",
+            "measure": f"epochs without / with pruning ({setting})",
+            "a": full["epochs"],
+            "b": pruned["epochs"],
+            "ratio": full["epochs"] / pruned["epochs"],
+            "goal": 2.0,
+            "unit": "epochs",
+        },
+        {
+            "suite": "pruning",
+            "measure": "best value with - without pruning, points (goal: > -0.5)",
+            "a": 100 * pruned["best"],
+            "b": 100 * full["best"],
+            "ratio": gap,
+            "goal": -0.5,
+            "unit": "points",
+            "ok": gap >= -0.5,
+        },
+    ]
+
+
 SUITES = {
     "freeze": [suite_freeze],
     "probe_cache": [suite_probe_cache],
     "strategies": [suite_freeze, suite_probe_cache],
+    "pruning": [suite_pruning],
 }
 
 
@@ -166,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="freeze: steps per timing round")
     parser.add_argument("--rounds", type=int, default=3, help="freeze: interleaved rounds (median)")
     parser.add_argument("--dataset", default="digits", help="probe_cache: a dataset config")
+    parser.add_argument("--space", default="lr_wd", help="pruning: a conf/hparams_search file")
+    parser.add_argument(
+        "--pruner", default="hyperband", choices=["median", "successive_halving", "hyperband"]
+    )
+    parser.add_argument("--trials", type=int, default=12, help="pruning: trials per study")
+    parser.add_argument("--epochs", type=int, default=6, help="pruning: max epochs per trial")
+    parser.add_argument("--train-batches", type=int, default=4, help="pruning: batches per epoch")
+    parser.add_argument("--seed", type=int, default=0, help="pruning: sampler and training seed")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
@@ -173,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for name in args.suites for suite in SUITES[name] for row in suite(args)]
     print(f"\n{'suite':<12} {'ratio':>7} {'goal':>6}  {'a':>9} {'b':>9}  measure")
     for row in rows:
-        ok = "ok" if row["ratio"] >= row["goal"] else "BELOW"
+        ok = "ok" if row.get("ok", row["ratio"] >= row["goal"]) else "BELOW"
         print(
             f"{row['suite']:<12} {row['ratio']:>6.2f}x {row['goal']:>5.1f}x  {row['a']:>9.2f} "
             f"{row['b']:>9.2f}  {row['measure']} [{row['unit']}] {ok}"

@@ -43,7 +43,6 @@ class OptunaSweeper(Sweeper):
         sampler: DictConfig,
         pruner: DictConfig | None = None,
         max_failures: int = 10,
-        n_jobs: int = 1,
         seed: int = 0,
         enqueue_trials: list | None = None,
         heartbeat_interval: int | None = None,
@@ -54,16 +53,11 @@ class OptunaSweeper(Sweeper):
             raise ValueError(
                 f"hydra.sweeper.direction={direction!r}: choose one of {list(DIRECTIONS)}."
             )
-        if n_trials < 1 or n_jobs < 1 or max_failures < 1:
-            raise ValueError("hydra.sweeper: n_trials, n_jobs and max_failures must be >= 1.")
+        if n_trials < 1 or max_failures < 1:
+            raise ValueError("hydra.sweeper: n_trials and max_failures must be >= 1.")
         self.study_name, self.storage, self.metric = study_name, storage, metric
         self.direction = DIRECTIONS[direction]
-        self.n_trials, self.n_jobs, self.max_failures, self.seed = (
-            n_trials,
-            n_jobs,
-            max_failures,
-            seed,
-        )
+        self.n_trials, self.max_failures, self.seed = n_trials, max_failures, seed
         self.space = SearchSpace(_plain(params))
         self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
         self.enqueue = _plain(enqueue_trials) or []
