@@ -410,3 +410,26 @@ def test_every_sampler_config_builds_an_optuna_sampler(tmp_path, sampler):
     )
     built = get_method(node.pop("_target_"))(**node, **kwargs)
     assert isinstance(built, optuna.samplers.BaseSampler)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_storages_work_under_the_sweep_lock(tmp_path, kind):
+    from src.sweeps.study import open_storage, redact, study_lock
+
+    url = f"sqlite:///{tmp_path}/o.db" if kind == "sqlite" else f"journal:{tmp_path}/o.log"
+    with study_lock(url) as locked:
+        study = optuna.create_study(study_name="s", storage=open_storage(url, 60, 180))
+        study.tell(study.ask(), 1.0)
+    assert locked
+    assert optuna.load_study(study_name="s", storage=open_storage(url)).best_value == 1.0
+    assert redact("postgresql://me:secret@db/optuna") == "postgresql://me:***@db/optuna"
+
+
+def test_a_key_not_in_the_config_is_refused_before_any_trial(tmp_path, monkeypatch, capsys):
+    searchpath = space_file(
+        tmp_path, "typo", "    params:\n      optimizer.lrr: {type: float, low: 0.1, high: 1.0}\n"
+    )
+    with pytest.raises(SystemExit):  # Hydra prints the error and exits 1
+        sweep(tmp_path, [searchpath, "hparams_search=typo"], monkeypatch)
+    assert "hydra.sweeper.params.optimizer.lrr: no such key" in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "optuna.db").exists()

@@ -28,6 +28,15 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 WORKER_ATTR = "transferlab:worker"
 
 
+def redact(url: str) -> str:
+    """The storage URL without its password, for logs."""
+    if url.startswith(JOURNAL_PREFIX) or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def storage_path(url: str) -> Path | None:
     """The local file behind a storage URL, if there is one."""
     if url.startswith(JOURNAL_PREFIX):
@@ -69,7 +78,8 @@ def study_lock(url: str) -> Iterator[bool]:
         return
     from filelock import FileLock
 
-    with FileLock(str(path) + ".lock", timeout=600):
+    # Not "<file>.lock": Optuna's journal backend takes that name for its own lock.
+    with FileLock(str(path) + ".sweep-lock", timeout=600):
         yield True
 
 

@@ -23,6 +23,7 @@ from src.sweeps.study import (
     count,
     fail_dead_trials,
     open_storage,
+    redact,
     study_lock,
     worker_id,
 )
@@ -51,7 +52,7 @@ class Worker:
             )
             if study.direction.name.lower() != s.direction:
                 raise ValueError(
-                    f"Study {s.study_name!r} in {s.storage} was created to {study.direction.name.lower()}; "
+                    f"Study {s.study_name!r} in {redact(s.storage)} was created to {study.direction.name.lower()}; "
                     f"hydra.sweeper.direction={s.direction}. Use another study_name."
                 )
             index = claim_worker_index(study)
@@ -64,7 +65,7 @@ class Worker:
         log.info(
             "Study %s (%s): worker %d, sampler %s seed %d, %d trials in storage",
             s.study_name,
-            s.storage,
+            redact(s.storage),
             index,
             type(study.sampler).__name__,
             s.seed + index,
