@@ -266,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'suite':<12} {'ratio':>7} {'goal':>6}  {'a':>9} {'b':>9}  measure")
     for row in rows:
         ok = "ok" if row.get("ok", row["ratio"] >= row["goal"]) else "BELOW"
+        x = "" if row["unit"] == "points" else "x"  # a difference, not a ratio
         print(
-            f"{row['suite']:<12} {row['ratio']:>6.2f}x {row['goal']:>5.1f}x  {row['a']:>9.2f} "
+            f"{row['suite']:<12} {row['ratio']:>6.2f}{x} {row['goal']:>5.1f}{x}  {row['a']:>9.2f} "
             f"{row['b']:>9.2f}  {row['measure']} [{row['unit']}] {ok}"
         )
     device = (

@@ -103,8 +103,13 @@ class Worker:
         while (trial := self._next_trial()) is not None:
             number, params = trial
             log.info("Trial %d: %s", number, params)
-            with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
-                job_return = launch(number, params)
+            try:
+                with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
+                    job_return = launch(number, params)
+            except BaseException:  # Ctrl-C, SystemExit: the trial ends with the sweep, not later
+                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                self._tag(number)
+                raise
             returns.append(job_return)
             self._tell(number, job_return)
         self._finish()
@@ -128,7 +133,7 @@ class Worker:
 
     def _tell(self, number: int, job_return) -> None:
         state, value, reason = objective_value(job_return)
-        if reason:
+        if state == "FAIL":
             self.study._storage.set_trial_user_attr(
                 self.study.trials[number]._trial_id, "fail_reason", reason
             )
