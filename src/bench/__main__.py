@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="digits", help="probe_cache: a dataset config")
     parser.add_argument("--space", default="lr_wd", help="pruning: a conf/hparams_search file")
     parser.add_argument(
-        "--pruner", default="hyperband", choices=["median", "successive_halving", "hyperband"]
+        "--pruner",
+        default="successive_halving",
+        choices=["median", "successive_halving", "hyperband"],
     )
     parser.add_argument("--trials", type=int, default=12, help="pruning: trials per study")
     parser.add_argument("--epochs", type=int, default=6, help="pruning: max epochs per trial")
