@@ -99,6 +99,12 @@ class Worker:
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self, launch: Callable[[int, dict[str, Any]], Any]) -> list:
+        with warnings.catch_warnings():
+            # Optuna warns on ask/tell that heartbeats are meant for optimize(); we beat ourselves.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            return self._loop(launch)
+
+    def _loop(self, launch: Callable[[int, dict[str, Any]], Any]) -> list:
         returns = []
         while (trial := self._next_trial()) is not None:
             number, params = trial
@@ -124,10 +130,7 @@ class Worker:
                 return None
             if count(self.study, (TrialState.FAIL,)) >= self.s.max_failures:
                 return None
-            with warnings.catch_warnings():
-                # Optuna warns that heartbeats are meant for optimize(); this loop beats itself.
-                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-                trial = self.study.ask()
+            trial = self.study.ask()
             self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
             return trial.number, self.s.space.suggest(trial)
 
