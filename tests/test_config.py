@@ -25,6 +25,7 @@ GROUPS = [
     "callbacks",
     "paths",
     "experiment",
+    "hparams_search",
 ]
 OPTIONS = [
     (g, p.stem)

@@ -8,6 +8,8 @@ probe_cache  10-epoch linear_probe run against a feature_extract run (cold cache
 data         training-loader throughput (model-ready, on the device) against the model's step
              throughput, for the default job and an image folder; goal >= 1.2.
 startup      `src.train --help` against its 3 s budget; import and first-step times reported.
+pruning      one Optuna study without and with a pruner: epochs spent (goal >= 2x fewer), best value
+             (goal: within 0.5 points). Not part of `make bench` (it runs two sweeps).
 gpu          overhead, freeze, probe_cache and data at ResNet-50 scale (224 px, batch 256,
              bf16-mixed, channels_last, compile, cudnn.benchmark) on a lent GPU.
 """
@@ -26,7 +28,7 @@ import torch
 from src.bench import jobs, steps
 
 CPU_SUITES = ("overhead", "freeze", "probe_cache", "data", "startup")
-SUITES = (*CPU_SUITES, "gpu", "strategies")
+SUITES = (*CPU_SUITES, "gpu", "strategies", "pruning")
 
 
 def run_suites(names: list[str], args):
@@ -56,6 +58,10 @@ def run_suites(names: list[str], args):
             rows += jobs.suite_data(job, setup, epochs=args.data_epochs, goal=1.2)
         elif name == "startup":
             rows += jobs.suite_startup()
+        elif name == "pruning":
+            from src.bench.pruning import suite_pruning
+
+            rows += suite_pruning(args)
         yield rows
 
 
@@ -86,10 +92,11 @@ def gpu_defaults(args) -> None:
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'suite':<12} {'ratio':>7} {'goal':>6}  {'a':>9} {'b':>9}  measure")
     for r in rows:
-        goal = "-" if r["goal"] is None else f"{r['goal']:.2f}x"
+        x = "" if r["unit"] == "points" else "x"  # a difference, not a ratio
+        goal = "-" if r["goal"] is None else f"{r['goal']:.2f}{x}"
         verdict = {None: "", True: "ok", False: "BELOW GOAL"}[r["ok"]]
         print(
-            f"{r['suite']:<12} {r['ratio']:>6.2f}x {goal:>6}  {r['a']:>9.2f} {r['b']:>9.2f}  "
+            f"{r['suite']:<12} {r['ratio']:>6.2f}{x} {goal:>6}  {r['a']:>9.2f} {r['b']:>9.2f}  "
             f"{r['measure']} [{r['unit']}] {verdict}"
         )
 
@@ -120,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="probe_cache, data: a Hydra override of the job (repeatable); default: the default job",
     )
+    parser.add_argument("--dataset", default="digits", help="pruning: a dataset config")
+    parser.add_argument("--space", default="lr_wd", help="pruning: a conf/hparams_search file")
+    parser.add_argument(
+        "--pruner",
+        default="successive_halving",
+        choices=["median", "successive_halving", "hyperband"],
+    )
+    parser.add_argument("--trials", type=int, default=12, help="pruning: trials per study")
+    parser.add_argument("--epochs", type=int, default=6, help="pruning: max epochs per trial")
+    parser.add_argument("--train-batches", type=int, default=4, help="pruning: batches per epoch")
+    parser.add_argument("--seed", type=int, default=0, help="pruning: sampler and training seed")
     parser.add_argument("--json", type=Path, help="write the rows here (default outputs/bench/)")
     args = parser.parse_args(argv)
     os.environ.setdefault("PROJECT_ROOT", str(jobs.PROJECT_ROOT))

@@ -55,14 +55,18 @@ def log_run_metadata(
 
 
 def record_failure(loggers: list[Logger], error: BaseException) -> None:
-    """End MLflow runs FAILED (KILLED on Ctrl-C) with the error as a tag, whatever stage failed."""
+    """End MLflow runs FAILED (KILLED on Ctrl-C) with the error as a tag, whatever stage failed.
+
+    A run stopped by an Optuna pruner did what it was asked: FINISHED, tagged `pruned`."""
+    from optuna import TrialPruned
+
     interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
-    status = "KILLED" if interrupted else "FAILED"
+    pruned = isinstance(error, TrialPruned)
+    status = "FINISHED" if pruned else "KILLED" if interrupted else "FAILED"
     for logger in mlflow_loggers(loggers):
         if logger._initialized:
-            logger.experiment.set_tag(
-                logger.run_id, "error", f"{type(error).__name__}: {error}"[:5000]
-            )
+            tag = ("pruned", "true") if pruned else ("error", f"{type(error).__name__}: {error}")
+            logger.experiment.set_tag(logger.run_id, tag[0], tag[1][:5000])
             logger.experiment.set_terminated(logger.run_id, status)
 
 

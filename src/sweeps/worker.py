@@ -1,0 +1,183 @@
+"""One worker's loop over a shared study: ask under the lock, run, tell, until n_trials are in."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import get_method
+from optuna.trial import TrialState
+
+from src.sweeps import runs
+from src.sweeps.study import (
+    COUNTED,
+    WORKER_ATTR,
+    Heartbeat,
+    claim_worker_index,
+    count,
+    fail_dead_trials,
+    open_storage,
+    redact,
+    study_lock,
+    worker_id,
+)
+from src.sweeps.sweeper import objective_value
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, sweeper, sweep_dir: Path):
+        self.s, self.sweep_dir = sweeper, sweep_dir
+        self.n_trials = sweeper.n_trials
+        self.counted = COUNTED
+        self.study = self._open_study()
+
+    def _open_study(self) -> optuna.Study:
+        s = self.s
+        pruner = _build(s.pruner_cfg) if s.pruner_cfg else optuna.pruners.NopPruner()
+        with study_lock(s.storage):  # the first worker creates the tables and the study
+            study = optuna.create_study(
+                study_name=s.study_name,
+                storage=open_storage(s.storage, *s.heartbeat),
+                direction=s.direction,
+                load_if_exists=True,
+                pruner=pruner,
+            )
+            if study.direction.name.lower() != s.direction:
+                raise ValueError(
+                    f"Study {s.study_name!r} in {redact(s.storage)} was created to {study.direction.name.lower()}; "
+                    f"hydra.sweeper.direction={s.direction}. Use another study_name."
+                )
+            index = claim_worker_index(study)
+            if index == 0 and not study.trials:
+                for params in s.enqueue:
+                    study.enqueue_trial(params)
+            if s.mlflow:
+                runs.open_parent(study, s.mlflow, self._parent_params())
+        study.sampler = self._sampler(seed=s.seed + index)
+        log.info(
+            "Study %s (%s): worker %d, sampler %s seed %d, %d trials in storage",
+            s.study_name,
+            redact(s.storage),
+            index,
+            type(study.sampler).__name__,
+            s.seed + index,
+            len(study.trials),
+        )
+        return study
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        cfg = dict(self.s.sampler_cfg)
+        factory = get_method(cfg.pop("_target_"))
+        takes = inspect.signature(factory).parameters
+        if "search_space" in takes:  # GridSampler: the grid is the space; n_trials at most its size
+            cfg["search_space"] = self.s.space.grid()
+            self.n_trials = min(self.n_trials, math.prod(map(len, cfg["search_space"].values())))
+            # A grid point that failed was tried: it is not run again, as Optuna's grid does.
+            self.counted = (*COUNTED, TrialState.FAIL)
+        if "seed" in takes:
+            cfg["seed"] = seed
+        return factory(**cfg)
+
+    def _parent_params(self) -> dict[str, Any]:
+        s = self.s
+        return {
+            "metric": s.metric,
+            "direction": s.direction,
+            "n_trials": s.n_trials,
+            "sampler": s.sampler_cfg,
+            "pruner": s.pruner_cfg,
+            "space": s.space.params,
+        }
+
+    # --- the loop --------------------------------------------------------------------------------
+    def run(self, launch: Callable[[int, dict[str, Any]], Any]) -> list:
+        with warnings.catch_warnings():
+            # Optuna warns on ask/tell that heartbeats are meant for optimize(); we beat ourselves.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            return self._loop(launch)
+
+    def _loop(self, launch: Callable[[int, dict[str, Any]], Any]) -> list:
+        returns = []
+        while (trial := self._next_trial()) is not None:
+            number, params = trial
+            log.info("Trial %d: %s", number, params)
+            try:
+                with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
+                    job_return = launch(number, params)
+            except BaseException:  # Ctrl-C, SystemExit: the trial ends with the sweep, not later
+                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                self._tag(number)
+                raise
+            returns.append(job_return)
+            self._tell(number, job_return)
+        self._finish()
+        return returns
+
+    def _next_trial(self) -> tuple[int, dict[str, Any]] | None:
+        """Under the lock: settle trials of dead workers, check the budgets, create the next trial."""
+        with study_lock(self.s.storage) as locked:
+            for trial in fail_dead_trials(self.study, locked):
+                self._tag(trial.number)
+            if count(self.study, self.counted) >= self.n_trials:
+                return None
+            if count(self.study, (TrialState.FAIL,)) >= self.s.max_failures:
+                return None
+            trial = self.study.ask()
+            self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
+            return trial.number, self.s.space.suggest(trial)
+
+    def _tell(self, number: int, job_return) -> None:
+        state, value, reason = objective_value(job_return)
+        if state == "FAIL":
+            self.study._storage.set_trial_user_attr(
+                self.study.trials[number]._trial_id, "fail_reason", reason
+            )
+        try:
+            self.study.tell(number, value, state=TrialState[state])
+        except RuntimeError as error:
+            # GridSampler calls Study.stop() once the grid is covered, which only optimize() allows;
+            # the state is stored before that, and n_trials is capped at the grid's size anyway.
+            if "Study.stop" not in str(error):
+                raise
+        log.info("Trial %d %s %s=%s", number, state, self.s.metric, value)
+        self._tag(number)
+
+    def _tag(self, number: int) -> None:
+        if self.s.mlflow:
+            runs.tag_trial(self.s.mlflow["tracking_uri"], self.study.trials[number])
+
+    def _finish(self) -> None:
+        failures = count(self.study, (TrialState.FAIL,))
+        done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
+        if self.s.mlflow:
+            runs.summarise(
+                self.study,
+                self.s.mlflow["tracking_uri"],
+                self.sweep_dir / "optuna",
+                finished=done >= self.n_trials or failures >= self.s.max_failures,
+            )
+        complete = count(self.study, (TrialState.COMPLETE,))
+        if complete:
+            best = self.study.best_trial
+            log.info(
+                "Best trial %d: %s=%.4f %s", best.number, self.s.metric, best.value, best.params
+            )
+        if failures >= self.s.max_failures and done < self.n_trials:
+            raise RuntimeError(
+                f"Study {self.s.study_name}: {failures} failed trials reached "
+                f"hydra.sweeper.max_failures={self.s.max_failures}; stopped after {done} of "
+                f"{self.n_trials} trials. See each trial's user attr fail_reason."
+            )
+
+
+def _build(cfg: dict[str, Any]):
+    cfg = dict(cfg)
+    return get_method(cfg.pop("_target_"))(**cfg)
