@@ -147,11 +147,16 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from src.errors import InvalidInput
 
     try:
         metrics = train(cfg)
     except InvalidInput as error:  # the message names the key and what is valid: no traceback
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a sweep this job fails (its trial FAIL) and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
     for key in sorted(k for k in metrics if k.startswith("test/") and "acc_class" not in k):
