@@ -26,6 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from src.models.module import TransferModule
     from src.regularisation import eval_transform
+    from src.similarity.tracking import attach_similarity, similarity_key
     from src.tracking import log_run_metadata, record_failure
 
     # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
@@ -73,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_run_metadata(
             loggers, OmegaConf.to_container(cfg, resolve=True), run_tags(cfg), config_file
         )
+        attach_similarity(loggers, similarity_key(cfg))  # the scores measured before training
         strategy.fit(trainer, module, datamodule)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):
