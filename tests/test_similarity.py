@@ -153,6 +153,14 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
     assert trained.data.tags["similarity_runs"] == run.info.run_id
 
 
+def test_bad_input_is_refused_before_any_run(tmp_path):
+    from src.similarity.__main__ import measure
+
+    with pytest.raises(ValueError, match="max_per_class=1"):
+        measure(compose_similarity(tmp_path, ["dataset=digits", "max_per_class=1"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_ranking_orders_backbones_within_each_data_set():
     rows = [
         {"backbone": b, "dataset": d, "source": "pretrain", "logme": s}
@@ -162,6 +170,33 @@ def test_ranking_orders_backbones_within_each_data_set():
     assert [(r["dataset"], r["backbone"], r["rank (logme)"]) for r in table] == [
         ("x", "b", 1), ("x", "a", 2), ("y", "a", 1), ("y", "b", 2),
     ]  # fmt: skip
+
+
+def test_a_sweep_writes_its_ranking_table_and_logs_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from src.similarity.ranking import WriteRanking
+
+    for job, (backbone, score) in enumerate([("a", 0.1), ("b", 0.3)]):
+        (tmp_path / str(job)).mkdir()
+        row = {"backbone": backbone, "dataset": "x", "source": "pretrain", "logme": score}
+        (tmp_path / str(job) / "scores.json").write_text(json.dumps(row))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = OmegaConf.create(
+        {
+            "hydra": {"sweep": {"dir": str(tmp_path)}},
+            "paths": {"tracking_uri": uri, "artifact_location": str(tmp_path / "artifacts")},
+            "experiment_name": "similarity",
+        }
+    )
+    WriteRanking().on_multirun_end(config)
+    table = pd.read_csv(tmp_path / "ranking.csv")
+    assert table["backbone"].tolist() == ["b", "a"] and (tmp_path / "ranking.md").is_file()
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.kind = 'similarity_ranking'"
+    )
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"ranking.csv", "ranking.md"}
 
 
 def test_correlation_report_from_runs():

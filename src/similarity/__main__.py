@@ -41,6 +41,8 @@ def measure(cfg: DictConfig) -> dict[str, float]:
     from src.train import build
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
+    if cfg.knn_k < 1:
+        raise ValueError(f"knn_k={cfg.knn_k}: must be >= 1.")
     target = build(cfg.dataset)
     source = build(cfg.source) if cfg.get("source") else None
     model = build(cfg.backbone, num_classes=None)  # keeps its source head: LEEP and NCE read it
@@ -68,11 +70,10 @@ def measure(cfg: DictConfig) -> dict[str, float]:
         if source is not None:
             scores.update(m.domain(model, target, source, cfg.cache_dir, cfg.seed))
         log_scores(client, run_id, scores)
-        row = {**{k: tags[k] for k in ("backbone", "dataset", "source")}, **scores}
+        row = {**{k: tags[k] for k in ("backbone", "dataset", "dataset_key", "source")}, **scores}
         (output_dir / "scores.json").write_text(json.dumps(row, indent=1))
-        for path in [output_dir / "scores.json", output_dir / "config.yaml"]:
-            client.log_artifact(run_id, str(path))
-        for path in write_table([row], output_dir, "scores"):
+        files = [output_dir / "scores.json", output_dir / "config.yaml"]
+        for path in [*files, *write_table([row], output_dir, "scores")]:
             client.log_artifact(run_id, str(path))
     return scores
 

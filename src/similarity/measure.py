@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 def cap_per_class(datamodule, max_per_class: int | None) -> None:
     """Subsample: at most max_per_class labelled images per class (fewer where a class has fewer),
     unless the data set config already fixes samples_per_class. Before setup(), which splits."""
+    if max_per_class is not None and max_per_class < 2:
+        raise ValueError(f"max_per_class={max_per_class}: must be >= 2 (or null: all images).")
     if max_per_class is None or datamodule.samples_per_class is not None:
         return
     from src.data import TEST_SPLIT_SEED
@@ -29,7 +31,7 @@ def cap_per_class(datamodule, max_per_class: int | None) -> None:
     if datamodule.source.test is None:  # the pool loses a test split first, as in setup()
         pool, _ = carve_test(targets, datamodule.test_fraction, TEST_SPLIT_SEED)
     smallest = int(np.bincount(targets[pool]).min())
-    datamodule.samples_per_class = max(2, min(max_per_class, smallest))
+    datamodule.samples_per_class = max(2, min(max_per_class, smallest))  # split_pool needs 2
     log.info("Subsample: %d labelled images per class", datamodule.samples_per_class)
 
 

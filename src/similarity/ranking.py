@@ -17,23 +17,16 @@ DOMAIN = ("domain_similarity", "emd", "frechet", "mmd")
 
 
 def ranking(rows: list[dict], by: str = "logme") -> list[dict]:
-    """One row per (data set, source, backbone), ranked within each (data set, source) by `by`."""
-    ordered = sorted(rows, key=lambda r: (r["dataset"], r["source"], -r[by]))
+    """One row per (data set, source, backbone), ranked within each (data set, source) by `by`.
+    Data sets are told apart by their images (dataset_key), e.g. two corruption severities."""
+    group = lambda r: (r["dataset"], r.get("dataset_key", ""), r["source"])  # noqa: E731
     table, previous, rank = [], None, 0
-    for row in ordered:
-        group = (row["dataset"], row["source"])
-        rank = 1 if group != previous else rank + 1
-        previous = group
+    for row in sorted(rows, key=lambda r: (*group(r), -r[by])):
+        rank = 1 if group(row) != previous else rank + 1
+        previous = group(row)
         scores = {k: row[k] for k in (*COLUMNS, *DOMAIN) if k in row}
-        table.append(
-            {
-                "dataset": row["dataset"],
-                "source": row["source"],
-                f"rank ({by})": rank,
-                "backbone": row["backbone"],
-                **scores,
-            }
-        )
+        names = {k: row[k] for k in ("dataset", "dataset_key", "source") if k in row}
+        table.append({**names, f"rank ({by})": rank, "backbone": row["backbone"], **scores})
     return table
 
 

@@ -82,7 +82,7 @@ def hscore(features: np.ndarray, labels: np.ndarray, shrinkage: bool = True) -> 
 
     With fewer images than feature dimensions the paper's pseudo-inverse makes it exactly C - 1
     whatever the features; shrinkage=True uses the Ledoit-Wolf covariance instead (the regularised
-    H-score of Ibrahim et al., ICLR 2023), shrinkage=False the paper's pseudo-inverse."""
+    H-score of Ibrahim et al. 2022), shrinkage=False the paper's pseudo-inverse."""
     f = np.asarray(features, dtype=np.float64)
     f = f - f.mean(axis=0)
     class_means = np.zeros((int(labels.max()) + 1, f.shape[1]))
