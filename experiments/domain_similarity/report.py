@@ -30,7 +30,8 @@ def plot(frame, path: Path) -> None:
     for ax, (score, title) in zip(axes, PANELS, strict=True):
         ax.scatter(frame[score], frame["gain"])
         for _, row in frame.iterrows():
-            ax.annotate(row["target"], (row[score], row["gain"]), fontsize=7)
+            label = row["target"].replace("fashion_mnist_corrupted@", "F-MNIST severity ")
+            ax.annotate(label, (row[score], row["gain"]), fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set(xlabel=title, ylabel="test accuracy gain over scratch", title=title)
     fig.savefig(path, dpi=120)

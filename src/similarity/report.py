@@ -84,7 +84,9 @@ def report(frame: pd.DataFrame) -> str:
     """Markdown: the table of predictions beside outcomes, then the correlations."""
     shown = [c for c in [*GROUP, "runs", "acc", "scratch_acc", "gain", *SCORES]
              if c in frame and not frame[c].isna().all()]  # fmt: skip
-    rows = frame[shown].to_dict("records")
+    rows = (
+        frame[shown].assign(weights=frame["weights"].map(lambda w: Path(w).name)).to_dict("records")
+    )
     correlation_rows = [r for outcome in ("acc", "gain") for r in correlations(frame, outcome)]
     clean = lambda v: v if not isinstance(v, float) or not math.isnan(v) else ""  # noqa: E731
     return (
