@@ -26,6 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from src.errors import refuse_bad_input
     from src.models.module import TransferModule, check_optimizer
+    from src.similarity.tracking import attach_similarity, similarity_key
     from src.tracking import log_run_metadata, mlflow_loggers, record_failure
     from src.tracking.resume import (
         config_fingerprint,
@@ -101,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log_run_metadata(loggers, params, tags, config_file)
         for logger in mlflow_loggers(loggers) if point else ():
             reopen(logger, point)
+        attach_similarity(loggers, similarity_key(cfg))  # the scores measured before training
         strategy.fit(trainer, module, datamodule, ckpt_path=point and str(point.checkpoint))
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):

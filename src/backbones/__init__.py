@@ -27,7 +27,7 @@ class PretrainedWeightsUnavailable(AssetUnavailable):
 
 def create_backbone(
     name: str,
-    num_classes: int,
+    num_classes: int | None,
     pretrained: bool = True,
     weights: str | None = None,
     input_size: list[int] | None = None,
@@ -38,7 +38,8 @@ def create_backbone(
     drop_path_rate: float = 0.0,
     model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """A timm model with a fresh `num_classes` head (its `get_classifier()`).
+    """A timm model with a fresh `num_classes` head (its `get_classifier()`); num_classes=None keeps
+    the head the weights came with (e.g. ImageNet's, whose posteriors LEEP and NCE read).
 
     weights: None = timm's source (the hub); "package" = a registry package's file
     (src/backbones/offline.py); otherwise a local file. Input size, mean, std and crop_pct default
@@ -57,30 +58,46 @@ def create_backbone(
 
     if not pretrained:
         source = "random init"
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=False, **_classes(num_classes), **kwargs)
     elif weights == "package":
         source = "registry package"
         model = timm.create_model(name, pretrained=False, **kwargs)  # 1000-class head to load into
         load_packaged_weights(model, model.pretrained_cfg["architecture"])
-        model.reset_classifier(num_classes)
+        if num_classes is not None:
+            model.reset_classifier(num_classes)
     elif weights:
         source = f"file {weights}"
         if not Path(weights).is_file():
             raise FileNotFoundError(f"backbone.weights: no such file '{weights}'.")
         kwargs["pretrained_cfg_overlay"] = dict(overlay, file=str(weights))
+        if num_classes is None:  # keep the file's head: tell timm its size, so it is not dropped
+            num_classes = kwargs["pretrained_cfg_overlay"]["num_classes"] = _file_classes(
+                name, weights
+            )
         model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
     else:
         source = "hub"
         ensure_hub_reachable(name)
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        model = timm.create_model(name, pretrained=True, **_classes(num_classes), **kwargs)
     log.info(
         "Backbone %s (%s), %d classes, %.1fM params",
         name,
         source,
-        num_classes,
+        model.num_classes,
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return model
+
+
+def _classes(num_classes: int | None) -> dict:
+    return {} if num_classes is None else {"num_classes": num_classes}
+
+
+def _file_classes(name: str, path: str) -> int:
+    """How many classes the head stored in a weights file has (timm's classifier key)."""
+    classifier = timm.create_model(name, pretrained=False).pretrained_cfg["classifier"]
+    state = timm.models.load_state_dict(path)
+    return int(state[f"{classifier}.weight"].shape[0])
 
 
 def check_model_name(name: str) -> None:

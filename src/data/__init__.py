@@ -279,7 +279,7 @@ class TransferDataModule(L.LightningDataModule):
         indices = getattr(self.splits, split)
         return {
             "source": f"{func.__module__}.{func.__qualname__}",
-            "source_args": {k: str(v) for k, v in sorted(keywords.items())},
+            "source_args": {k: _describe(v) for k, v in sorted(keywords.items())},
             "indices": hashlib.sha1(np.ascontiguousarray(indices).tobytes()).hexdigest(),
         }
 
@@ -291,6 +291,15 @@ class TransferDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_transform, shuffle=False)
+
+
+def _describe(value) -> str:
+    """A source argument as stable text: a nested partial (a wrapped source) by its name and
+    arguments, not by its address, so cache keys survive the process."""
+    if isinstance(value, functools.partial):
+        args = ", ".join(f"{k}={_describe(v)}" for k, v in sorted(value.keywords.items()))
+        return f"{value.func.__module__}.{value.func.__qualname__}({args})"
+    return str(value)
 
 
 def _check_range(

@@ -20,10 +20,20 @@ from torch.utils.data import DataLoader, TensorDataset
 log = logging.getLogger(__name__)
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """Hash of every tensor in the state dict: two runs share a cache only with identical weights."""
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes of timm's classifier (get_classifier), e.g. ("classifier.",)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return tuple(f"{name}." for name, module in model.named_modules() if name and module is head)
+
+
+def weights_fingerprint(model: nn.Module, head: bool = False) -> str:
+    """Hash of the body's tensors: pooled features do not depend on the classifier, so runs that
+    differ only in their (new, randomly initialised) head share a cache. head=True: the classifier's."""
+    prefixes = classifier_prefixes(model)
     digest = hashlib.sha1()
     for key, tensor in model.state_dict().items():
+        if key.startswith(prefixes) != head:
+            continue
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -37,16 +47,23 @@ def cache_key(identity: dict) -> str:
 
 @torch.inference_mode()
 def extract(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled pre-logits features (timm's forward_head(pre_logits=True)), backbone in eval mode."""
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    logits: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Pooled pre-logits features (timm's forward_head(pre_logits=True)) and labels, backbone in
+    eval mode; with logits=True also the model's own head outputs (e.g. its ImageNet logits)."""
     model.eval().to(device)
-    features, labels = [], []
+    features, labels, outputs = [], [], []
     for images, targets in batches:
-        pooled = model.forward_head(model.forward_features(images.to(device)), pre_logits=True)
-        features.append(pooled.float().cpu())
+        maps = model.forward_features(images.to(device))
+        features.append(model.forward_head(maps, pre_logits=True).float().cpu())
         labels.append(targets)
-    return torch.cat(features), torch.cat(labels)
+        if logits:
+            outputs.append(model.forward_head(maps).float().cpu())
+    extracted = (torch.cat(features), torch.cat(labels))
+    return (*extracted, torch.cat(outputs)) if logits else extracted
 
 
 def cached_features(
@@ -55,37 +72,54 @@ def cached_features(
     cache_dir: str | Path,
     device: torch.device,
     splits: tuple[str, ...],
+    logits: bool = False,
 ) -> tuple[dict, dict[str, float]]:
-    """({split: (features, labels)}, stats); each split is computed at most once per identity."""
+    """({split: (features, labels[, logits])}, stats); each split is computed at most once per
+    identity. Logits are a second entry keyed by the head too, so features stay shared."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    weights = weights_fingerprint(model)
+    body = weights_fingerprint(model)
+    head = weights_fingerprint(model, head=True) if logits else None
     result, hits, seconds = {}, 0, 0.0
     for split in splits:
         identity = {
             "architecture": model.pretrained_cfg.get("architecture"),
-            "weights": weights,
+            "weights": body,
             "data": datamodule.identity(split),
             "split": split,
             "transform": datamodule.eval_transform_repr,
         }
-        path = cache_dir / f"{cache_key(identity)}.pt"
-        if path.is_file():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            result[split] = (stored["features"], stored["labels"])
+        paths = [cache_dir / f"{cache_key(identity)}.pt"]
+        if logits:
+            paths.append(cache_dir / f"{cache_key(dict(identity, head=head))}.pt")
+        if all(path.is_file() for path in paths):
+            stored = [torch.load(path, map_location="cpu", weights_only=True) for path in paths]
+            result[split] = (stored[0]["features"], stored[0]["labels"])
+            result[split] += (stored[1]["logits"],) if logits else ()
             hits += 1
             continue
         start = time.perf_counter()
-        features, labels = extract(model, datamodule.eval_batches(split, device), device)
+        result[split] = extract(model, datamodule.eval_batches(split, device), device, logits)
         elapsed = time.perf_counter() - start
         seconds += elapsed
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"features": features, "labels": labels, "identity": json.dumps(identity)}, tmp)
-        os.replace(tmp, path)  # atomic: a parallel run never reads half a file
-        log.info("Features %s: %s in %.1fs -> %s", split, tuple(features.shape), elapsed, path)
-        result[split] = (features, labels)
+        _save(paths[0], {"features": result[split][0], "labels": result[split][1]}, identity)
+        if logits:
+            _save(paths[1], {"logits": result[split][2]}, dict(identity, head=head))
+        log.info(
+            "Features %s: %s in %.1fs -> %s",
+            split,
+            tuple(result[split][0].shape),
+            elapsed,
+            paths[0],
+        )
     log.info("Feature cache: %d of %d splits reused from %s", hits, len(splits), cache_dir)
     return result, {"feature_cache/hits": hits, "feature_cache/extract_seconds": seconds}
+
+
+def _save(path: Path, tensors: dict, identity: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({**tensors, "identity": json.dumps(identity)}, tmp)
+    os.replace(tmp, path)  # atomic: a parallel run never reads half a file
 
 
 class FeatureDataModule(L.LightningDataModule):

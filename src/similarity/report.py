@@ -1,0 +1,130 @@
+"""How well did the scores predict training? `python -m src.similarity.report [--experiment X]`
+
+Reads training runs that carry attached scores (metrics `similarity/*`, see tracking.py) and
+their `test/acc`; the transfer gain of a run is its accuracy minus the mean accuracy of the
+`strategy=scratch` runs on the same images (tag dataset_key). Per score: Pearson r and weighted
+Kendall tau (scipy.stats.weightedtau, top ranks weigh most, as TLlib reports) over the run groups
+(mean over seeds). Distances (emd, frechet, mmd) should correlate negatively, the rest positively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.similarity.tracking import PREFIX, markdown
+
+SCORES = (
+    "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc",
+    "domain_similarity", "emd", "frechet", "mmd",
+)  # fmt: skip
+GROUP = ["backbone", "weights", "target", "strategy"]
+
+
+def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
+    """One row per score column present: n, Pearson r (p-value) and weighted Kendall tau."""
+    from scipy.stats import pearsonr, weightedtau
+
+    rows = []
+    for score in (s for s in SCORES if s in frame):
+        pair = frame[[score, outcome]].dropna()
+        if len(pair) < 3 or pair[score].nunique() < 2 or pair[outcome].nunique() < 2:
+            continue
+        r, p = pearsonr(pair[score], pair[outcome])
+        tau = weightedtau(pair[score].to_numpy(), pair[outcome].to_numpy())[0]
+        rows.append(
+            {
+                "score": score,
+                "outcome": outcome,
+                "n": len(pair),
+                "pearson_r": float(r),
+                "p_value": float(p),
+                "weighted_tau": float(tau),
+            }  # fmt: skip
+        )
+    return rows
+
+
+def training_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """mlflow.search_runs output -> one row per run group: scores, acc, gain over scratch."""
+    if "tags.kind" in runs:  # similarity runs are not training runs
+        runs = runs[runs["tags.kind"].isna()]
+    runs = runs.dropna(subset=["metrics.test/acc", "tags.dataset_key"])
+    target = runs["tags.dataset"]
+    if "params.dataset/source/severity" in runs:  # corrupted copies: one target per severity
+        severity = runs["params.dataset/source/severity"]
+        target = target.where(severity.isna(), target + "@" + severity.astype(str))
+    frame = pd.DataFrame(
+        {
+            "backbone": runs["tags.backbone"],
+            "weights": runs.get("tags.weights", "None").fillna("None"),
+            "target": target,
+            "dataset_key": runs["tags.dataset_key"],
+            "strategy": runs["tags.strategy"],
+            "acc": runs["metrics.test/acc"],
+        }
+    )
+    for score in SCORES:
+        frame[score] = runs.get(f"metrics.{PREFIX}{score}", np.nan)
+    scratch = frame[frame.strategy == "scratch"].groupby("dataset_key")["acc"].mean()
+    frame["scratch_acc"] = frame["dataset_key"].map(scratch)
+    frame["gain"] = frame["acc"] - frame["scratch_acc"]
+    grouped = frame[frame.strategy != "scratch"].groupby(GROUP, dropna=False)
+    return grouped.agg({**{c: "mean" for c in ["acc", "scratch_acc", "gain", *SCORES]},
+                        "dataset_key": "size"}).rename(columns={"dataset_key": "runs"}).reset_index()  # fmt: skip
+
+
+def report(frame: pd.DataFrame) -> str:
+    """Markdown: the table of predictions beside outcomes, then the correlations."""
+    shown = [c for c in [*GROUP, "runs", "acc", "scratch_acc", "gain", *SCORES]
+             if c in frame and not frame[c].isna().all()]  # fmt: skip
+    rows = (
+        frame[shown].assign(weights=frame["weights"].map(lambda w: Path(w).name)).to_dict("records")
+    )
+    correlation_rows = [r for outcome in ("acc", "gain") for r in correlations(frame, outcome)]
+    clean = lambda v: v if not isinstance(v, float) or not math.isnan(v) else ""  # noqa: E731
+    return (
+        "## Scores beside outcomes\n\n"
+        + markdown([{k: clean(v) for k, v in row.items()} for row in rows])
+        + "\n## Correlation (score vs outcome)\n\n"
+        + markdown(correlation_rows)
+    )
+
+
+def main(argv: list[str] | None = None) -> str:
+    import mlflow
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    root = Path(os.environ.get("PROJECT_ROOT", Path.cwd()))
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db"),
+    )
+    parser.add_argument("--experiment", action="append", help="experiment name(s); default all")
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    args = parser.parse_args(argv)
+    mlflow.set_tracking_uri(args.tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_names=args.experiment,
+        search_all_experiments=args.experiment is None,
+        filter_string="attributes.status = 'FINISHED'",
+    )
+    if runs.empty or "tags.dataset_key" not in runs:
+        sys.exit(
+            "No finished training runs with attached similarity scores in " + args.tracking_uri
+        )
+    text = report(training_frame(runs))
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

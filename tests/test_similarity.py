@@ -1,0 +1,243 @@
+"""Similarity: scores against exact or hand-computed values, the CLI end to end on digits, the
+scores attached to a training run, the ranking table and the correlation report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from mlflow import MlflowClient
+from omegaconf import DictConfig, open_dict
+from scipy.optimize import linprog
+
+from src.similarity import cui_similarity, emd, frechet_distance, hscore, leep, logme, mmd_rbf, nce
+from src.similarity.domain import class_means
+from src.similarity.ranking import ranking
+from src.similarity.report import correlations, training_frame
+from tests.conftest import CONF_DIR
+
+
+def labelled(rng, n=300, d=16, classes=4, spread=3.0):
+    labels = rng.integers(0, classes, n)
+    centres = rng.normal(0, spread, (classes, d))
+    return centres[labels] + rng.normal(0, 1, (n, d)), labels
+
+
+# ---- domain similarity ------------------------------------------------------------------------
+
+
+def test_identical_data_sets_have_emd_0_and_similarity_1():
+    features, labels = labelled(np.random.default_rng(0))
+    distance = emd((features, labels), (features, labels))
+    assert distance == pytest.approx(0.0, abs=1e-9)
+    assert cui_similarity(distance) == pytest.approx(1.0)
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-6)
+    assert mmd_rbf(features, features) == pytest.approx(0.0, abs=1e-12)
+
+
+def exact_transport(source, target) -> float:
+    """The EMD as the linear programme it is, solved by scipy (HiGHS)."""
+    (xs, ws), (xt, wt) = class_means(*source), class_means(*target)
+    cost = np.linalg.norm(xs[:, None] - xt[None], axis=2)
+    m, n = cost.shape
+    rows = np.kron(np.eye(m), np.ones(n))  # sum_j T_ij = ws_i
+    cols = np.kron(np.ones(m), np.eye(n))  # sum_i T_ij = wt_j
+    result = linprog(
+        cost.ravel(), A_eq=np.vstack([rows, cols]), b_eq=np.concatenate([ws, wt]), bounds=(0, None)
+    )
+    assert result.success
+    return result.fun
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_emd_equals_the_exact_optimal_transport(seed):
+    rng = np.random.default_rng(seed)
+    source = labelled(rng, n=200, classes=5)
+    target = labelled(rng, n=150, classes=7)  # other classes, other weights
+    assert emd(source, target) == pytest.approx(exact_transport(source, target), rel=1e-7)
+
+
+def test_frechet_of_a_shifted_copy_is_the_squared_shift():
+    features, _ = labelled(np.random.default_rng(3))
+    shift = np.linspace(-1, 1, features.shape[1])
+    assert frechet_distance(features, features + shift) == pytest.approx(shift @ shift, rel=1e-6)
+
+
+# ---- transferability ------------------------------------------------------------------------
+
+
+def test_logme_is_invariant_to_feature_scale():
+    features, labels = labelled(np.random.default_rng(4), d=32)
+    reference = logme(features, labels)
+    for scale in (1e-3, 10.0, 1e3):
+        assert logme(scale * features, labels) == pytest.approx(reference, rel=1e-4, abs=1e-4)
+
+
+def test_logme_ranks_informative_features_above_noise():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 5, 400)
+    noise = rng.normal(size=(400, 32))
+    informative = noise.copy()
+    informative[:, :5] += 2.0 * np.eye(5)[labels]  # 5 of 32 dimensions carry the label
+    assert logme(informative, labels) > logme(noise, labels) + 0.1
+    assert hscore(informative, labels) > hscore(noise, labels)
+
+
+def test_leep_equals_the_hand_computed_value():
+    # Source posteriors over 2 source classes for 4 target images of 2 classes.
+    theta = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    labels = np.array([0, 0, 1, 1])
+    # P(y,z) = [[1.7, 0.3], [0.7, 1.3]] / 4; P(z) = [0.6, 0.4];
+    # P(y|z) = [[17/24, 3/16], [7/24, 13/16]]. Images 1 and 3 get 21/32, images 2 and 4 get 29/48.
+    expected = (math.log(21 / 32) + math.log(29 / 48)) / 2
+    assert leep(theta, labels) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nce_equals_the_hand_computed_value():
+    source_labels = np.array([0, 0, 1, 0])  # the source model's hard labels
+    labels = np.array([0, 0, 1, 1])
+    # P(y,z): (0,0) 1/2, (1,1) 1/4, (1,0) 1/4; P(z=0) = 3/4, P(z=1) = 1/4.
+    expected = 0.5 * math.log(2 / 3) + 0.25 * math.log(1 / 3) + 0.25 * math.log(1)
+    assert nce(source_labels, labels) == pytest.approx(expected, rel=1e-12)
+    assert nce(labels, labels) == 0.0  # the source labels determine the target's
+
+
+# ---- CLI, MLflow, training runs, reports -------------------------------------------------------
+
+
+def compose_similarity(tmp_path, overrides: list[str]) -> DictConfig:
+    from src.similarity.__main__ import register_sources
+
+    register_sources()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("similarity", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "similarity")
+        cfg.paths.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+        del cfg.hydra
+    return cfg
+
+
+def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tiny_overrides):
+    from src.similarity.__main__ import measure
+    from src.train import train
+    from tests.conftest import compose_train
+
+    overrides = ["dataset=digits", "max_per_class=20", "backbone.input_size=[3,32,32]"]
+    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]))
+    assert scores["emd"] == pytest.approx(0.0, abs=1e-6)  # the same images on both sides
+    assert scores["domain_similarity"] == pytest.approx(1.0)
+    assert 0.0 < scores["linear_acc"] <= 1.0 and scores["nce"] <= 0.0
+    assert json.loads((tmp_path / "similarity" / "scores.json").read_text())["source"] == "digits"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.kind = 'similarity'"
+    )
+    assert run.info.status == "FINISHED" and run.data.tags["backbone"] == "tf_efficientnet_lite0"
+    assert run.data.metrics["similarity/logme"] == pytest.approx(scores["logme"])
+
+    train(compose_train(tmp_path, [*tiny_overrides, "logger.mlflow.log_model=false"]))
+    (trained,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.strategy = 'finetune'"
+    )
+    assert trained.data.metrics["similarity/logme"] == pytest.approx(scores["logme"])
+    assert trained.data.tags["similarity_runs"] == run.info.run_id
+
+
+def test_bad_input_is_refused_before_any_run(tmp_path):
+    from src.similarity.__main__ import measure
+
+    with pytest.raises(ValueError, match="max_per_class=1"):
+        measure(compose_similarity(tmp_path, ["dataset=digits", "max_per_class=1"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ranking_orders_backbones_within_each_data_set():
+    rows = [
+        {"backbone": b, "dataset": d, "source": "pretrain", "logme": s}
+        for b, d, s in [("a", "x", 0.1), ("b", "x", 0.3), ("a", "y", 0.5), ("b", "y", 0.2)]
+    ]
+    table = ranking(rows)
+    assert [(r["dataset"], r["backbone"], r["rank (logme)"]) for r in table] == [
+        ("x", "b", 1), ("x", "a", 2), ("y", "a", 1), ("y", "b", 2),
+    ]  # fmt: skip
+
+
+def test_a_sweep_writes_its_ranking_table_and_logs_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from src.similarity.ranking import WriteRanking
+
+    for job, (backbone, score) in enumerate([("a", 0.1), ("b", 0.3)]):
+        (tmp_path / str(job)).mkdir()
+        row = {"backbone": backbone, "dataset": "x", "source": "pretrain", "logme": score}
+        (tmp_path / str(job) / "scores.json").write_text(json.dumps(row))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = OmegaConf.create(
+        {
+            "hydra": {"sweep": {"dir": str(tmp_path)}},
+            "paths": {"tracking_uri": uri, "artifact_location": str(tmp_path / "artifacts")},
+            "experiment_name": "similarity",
+        }
+    )
+    WriteRanking().on_multirun_end(config)
+    table = pd.read_csv(tmp_path / "ranking.csv")
+    assert table["backbone"].tolist() == ["b", "a"] and (tmp_path / "ranking.md").is_file()
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.kind = 'similarity_ranking'"
+    )
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"ranking.csv", "ranking.md"}
+
+
+def test_correlation_report_from_runs():
+    # Three targets, a transfer and a scratch run each; the score orders the gains exactly.
+    runs = pd.DataFrame(
+        {
+            "tags.backbone": "m",
+            "tags.weights": "w",
+            "tags.dataset": ["t1", "t1", "t2", "t2", "t3", "t3"],
+            "tags.dataset_key": ["k1", "k1", "k2", "k2", "k3", "k3"],
+            "tags.strategy": ["finetune", "scratch"] * 3,
+            "metrics.test/acc": [0.9, 0.5, 0.8, 0.6, 0.7, 0.65],
+            "metrics.similarity/domain_similarity": [0.9, np.nan, 0.7, np.nan, 0.5, np.nan],
+        }
+    )
+    frame = training_frame(runs)
+    assert frame["gain"].round(6).tolist() == [0.4, 0.2, 0.05]
+    (row,) = correlations(frame, "gain")
+    assert row["score"] == "domain_similarity" and row["weighted_tau"] == pytest.approx(1.0)
+    assert row["pearson_r"] > 0.95
+
+
+def test_corrupted_copies_are_seeded_and_severity_0_is_the_original():
+    from src.data.corrupt import corrupted
+    from src.data.sources import digits
+
+    clean, same = digits(), corrupted(digits, severity=0)
+    assert np.array_equal(clean.pool.images, same.pool.images)
+    one, again = corrupted(digits, severity=2), corrupted(digits, severity=2)
+    assert np.array_equal(one.pool.images, again.pool.images)
+    assert np.abs(one.pool.images.astype(int) - clean.pool.images).mean() > 5
+    with pytest.raises(ValueError, match="severity"):
+        corrupted(digits, severity=-1)
+
+
+def test_the_feature_cache_key_ignores_the_classifier():
+    from src.backbones import create_backbone
+    from src.strategies.features import weights_fingerprint
+
+    imagenet = create_backbone("mobilenetv2_100", num_classes=None, weights="package")
+    ten = create_backbone("mobilenetv2_100", num_classes=10, weights="package")
+    assert imagenet.num_classes == 1000 and ten.num_classes == 10
+    assert weights_fingerprint(imagenet) == weights_fingerprint(ten)
+    assert weights_fingerprint(imagenet, head=True) != weights_fingerprint(ten, head=True)
