@@ -17,7 +17,7 @@ from src.bench.steps import StepSetup, raw_loop, row
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def compose(overrides: list[str], root: Path):
+def compose(overrides: list[str], root: Path, run: str = "run"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -29,15 +29,15 @@ def compose(overrides: list[str], root: Path):
         cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
-        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / "run")
+        cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / run)
         del cfg.hydra
     return cfg
 
 
-def timed_train(overrides: list[str], root: Path) -> float:
+def timed_train(overrides: list[str], root: Path, run: str = "run") -> float:
     from src.train import train
 
-    cfg = compose(overrides, root)
+    cfg = compose(overrides, root, run)
     start = time.perf_counter()
     train(cfg)
     return time.perf_counter() - start
@@ -56,15 +56,16 @@ def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
         "callbacks.model_checkpoint.save_last=false",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        probe = timed_train([*common, "strategy=linear_probe"], Path(tmp) / "probe")
+        # One project root for all three, as in a real study (the data paths are part of the key).
+        probe = timed_train([*common, "strategy=linear_probe"], Path(tmp), "probe")
         features = [
             *common,
             "strategy=feature_extract",
             "strategy.classifier=linear",
             f"strategy.cache_dir={Path(tmp) / 'cache'}",
         ]
-        cold = timed_train(features, Path(tmp) / "cold")
-        warm = timed_train(features, Path(tmp) / "warm")  # the next run of a study: cache hit
+        cold = timed_train(features, Path(tmp), "cold")
+        warm = timed_train(features, Path(tmp), "warm")  # the next run of a study: cache hit
     job = " ".join(job_overrides) or "default job"
     return [
         row(
