@@ -34,6 +34,7 @@ def measure(cfg: DictConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
     from timm.data import resolve_model_data_config
 
+    from src.errors import refuse_bad_input
     from src.regularisation import eval_transform
     from src.similarity import measure as m
     from src.similarity.tracking import KIND, log_scores, mlflow_run, similarity_key, write_table
@@ -41,14 +42,15 @@ def measure(cfg: DictConfig) -> dict[str, float]:
     from src.train import build
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
-    if cfg.knn_k < 1:
-        raise ValueError(f"knn_k={cfg.knn_k}: must be >= 1.")
-    target = build(cfg.dataset)
-    source = build(cfg.source) if cfg.get("source") else None
-    model = build(cfg.backbone, num_classes=None)  # keeps its source head: LEEP and NCE read it
-    transform = eval_transform(resolve_model_data_config(model))
-    for datamodule in filter(None, (target, source)):
-        m.prepare(datamodule, transform, cfg.max_per_class)
+    with refuse_bad_input():
+        if cfg.knn_k < 1:
+            raise ValueError(f"knn_k={cfg.knn_k}: must be >= 1.")
+        target = build(cfg.dataset)
+        source = build(cfg.source) if cfg.get("source") else None
+        model = build(cfg.backbone, num_classes=None)  # keeps its source head: LEEP, NCE read it
+        transform = eval_transform(resolve_model_data_config(model))
+        for datamodule in filter(None, (target, source)):
+            m.prepare(datamodule, transform, cfg.max_per_class)
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     key = similarity_key(cfg)
     tags = {"kind": KIND, **key, "source": choices.get("source") or "pretrain"}
@@ -80,7 +82,18 @@ def measure(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="similarity")
 def main(cfg: DictConfig) -> float:
-    scores = measure(cfg)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from src.errors import InvalidInput
+
+    try:
+        scores = measure(cfg)
+    except InvalidInput as error:  # one line naming the key, exit 2; a multirun goes on
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        log.error("Invalid input: %s", error)
+        raise SystemExit(2) from None
     for name, value in scores.items():
         log.info("similarity/%s = %.4f", name, value)
     return scores["logme"]

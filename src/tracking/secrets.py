@@ -9,9 +9,15 @@ from typing import Any
 SECRET_KEY = re.compile(r"token|key|secret|password|passwd|credential", re.IGNORECASE)
 
 
+# scheme://user:password@host -> scheme://user:***@host (a database URL in a sweep's storage)
+URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]+:)[^@\s]+@")
+
+
 def redact(config: Any) -> Any:
     if isinstance(config, dict):
         return {k: redact(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
     if isinstance(config, list):
         return [redact(v) for v in config]
+    if isinstance(config, str):
+        return URL_PASSWORD.sub(r"\1***@", config)
     return config

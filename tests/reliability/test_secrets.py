@@ -27,3 +27,13 @@ def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
     assert "hunter2" not in params.values()
     assert not any("token" in k or "password" in k for k in params)
     assert params["store/host"] == "db.example" and params["optimizer/lr"] == "0.001"
+
+
+def test_a_password_inside_a_url_is_masked():
+    from src.tracking.secrets import redact
+
+    config = {"storage": "postgresql://bob:s3cr3t@db:5432/optuna", "uri": "sqlite:////tmp/a.db"}
+    assert redact(config) == {
+        "storage": "postgresql://bob:***@db:5432/optuna",
+        "uri": "sqlite:////tmp/a.db",
+    }
