@@ -1,0 +1,97 @@
+"""Using a trained model: evaluate on other data sets, predict on images, export. One tiny real
+training run (digits, 32 px) is shared by every test of the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, open_dict
+
+from src.errors import InvalidInput
+from src.eval import evaluate_run
+from src.train import train
+from tests.conftest import CONF_DIR, compose_train
+
+TINY = [
+    "dataset=digits",
+    "backbone.input_size=[3,32,32]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def compose_entry(name: str, root: Path, overrides: list[str]) -> DictConfig:
+    """conf/<name>.yaml (eval, predict, export) writing into root, like compose_train."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+        cfg.paths.tracking_uri = f"sqlite:///{root}/mlflow.db"
+        if "dataset" in cfg:
+            cfg.dataset.num_workers = 0
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, str]:
+    """(project root, MLflow run id) of one real tiny training."""
+    root = tmp_path_factory.mktemp("trained")
+    train(compose_train(root, TINY))
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return root, client.search_runs(experiments)[0].info.run_id
+
+
+def test_eval_logs_clean_and_shifted_metrics_into_the_run(run):
+    root, run_id = run
+    clean = evaluate_run(compose_entry("eval", root, [f"run_id={run_id}", "dataset=digits"]))
+    shifted = evaluate_run(
+        compose_entry("eval", root, [f"run_id={run_id}", "dataset=digits_corrupted"])
+    )
+    logged = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data
+    for metrics in (clean, shifted):
+        for key, value in metrics.items():
+            assert logged.metrics[key] == pytest.approx(value)
+    assert {"eval/digits/acc", "eval/digits_corrupted/acc", "eval/digits/f1_macro"} <= set(
+        logged.metrics
+    )
+    assert logged.tags["eval/digits_corrupted/source_run_id"] == run_id
+    assert logged.tags["eval/digits/source_checkpoint"].endswith(".ckpt")
+
+
+def test_eval_by_checkpoint_path_finds_its_run(run):
+    root, run_id = run
+    checkpoint = next((root / "run" / "checkpoints").glob("epoch*.ckpt"))
+    metrics = evaluate_run(
+        compose_entry("eval", root, [f"ckpt_path={checkpoint}", "dataset=digits", "split=val"])
+    )
+    logged = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data.metrics
+    assert logged["eval/digits.val/acc"] == pytest.approx(metrics["eval/digits.val/acc"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["run_id=0123abc", "dataset=digits"], "no such MLflow run"),
+        (["ckpt_path=/nowhere/x.ckpt", "dataset=digits"], "no such checkpoint"),
+        (["dataset=textures"], "has 3 classes but the model was trained on 10"),
+    ],
+)
+def test_eval_refuses_bad_input(run, overrides, message):
+    root, run_id = run
+    if not any(o.startswith(("run_id", "ckpt_path")) for o in overrides):
+        overrides = [f"run_id={run_id}", *overrides]
+    with pytest.raises(InvalidInput, match=message):
+        evaluate_run(compose_entry("eval", root, overrides))
