@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from src.errors import InvalidInput
 from src.eval import evaluate_run
+from src.predict import predict_images
 from src.train import train
 from tests.conftest import CONF_DIR, compose_train
 
@@ -95,3 +96,41 @@ def test_eval_refuses_bad_input(run, overrides, message):
         overrides = [f"run_id={run_id}", *overrides]
     with pytest.raises(InvalidInput, match=message):
         evaluate_run(compose_entry("eval", root, overrides))
+
+
+@pytest.fixture(scope="module")
+def cat(tmp_path_factory) -> Path:
+    """skimage's Chelsea, a real cat photo (ImageNet class 285: Egyptian cat)."""
+    import skimage.data
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("images") / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()).save(path)
+    return path
+
+
+def test_predict_imagenet_backbone_sees_a_cat(cat, tmp_path):
+    csv_file = tmp_path / "top.csv"
+    cfg = compose_entry("predict", tmp_path, [f"images={cat}", "top_k=3", f"csv={csv_file}"])
+    (top,) = predict_images(cfg)
+    assert any(label in ("Egyptian cat", "tiger cat", "tabby, tabby cat") for label, _ in top)
+    assert "Egyptian cat" in csv_file.read_text()
+
+
+def test_predict_with_a_trained_run_names_its_classes(run, cat, tmp_path):
+    root, run_id = run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(cat.read_bytes())
+    (folder / "notes.txt").write_text("skipped: not an image suffix")
+    tops = predict_images(compose_entry("predict", root, [f"run_id={run_id}", f"images={folder}"]))
+    assert len(tops) == 1 and len(tops[0]) == 5
+    assert {label for label, _ in tops[0]} <= {str(i) for i in range(10)}
+    assert sum(p for _, p in tops[0]) <= 1.0 + 1e-6
+
+
+def test_predict_refuses_a_non_image(tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    with pytest.raises(InvalidInput, match="is not an image file"):
+        predict_images(compose_entry("predict", tmp_path, [f"images={fake}"]))
