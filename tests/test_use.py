@@ -14,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from src.errors import InvalidInput
 from src.eval import evaluate_run
+from src.export import export_run
 from src.predict import predict_images
 from src.train import train
 from tests.conftest import CONF_DIR, compose_train
@@ -134,3 +135,70 @@ def test_predict_refuses_a_non_image(tmp_path):
     fake.write_text("not an image")
     with pytest.raises(InvalidInput, match="is not an image file"):
         predict_images(compose_entry("predict", tmp_path, [f"images={fake}"]))
+
+
+def trained_logits(root: Path, run_id: str, images):
+    """The checkpoint's logits on real images, with its evaluation preprocessing."""
+    import torch
+
+    from src.inference.trained import data_config, load_model, locate
+    from src.regularisation import eval_transform
+
+    model = load_model(locate(run_id, None, f"sqlite:///{root}/mlflow.db"))
+    batch = torch.stack([eval_transform(data_config(model))(image) for image in images])
+    with torch.no_grad():
+        return batch, model(batch)
+
+
+def test_torchscript_export_matches_the_checkpoint(run, cat, tmp_path):
+    import torch
+    from PIL import Image
+
+    root, run_id = run
+    made = export_run(compose_entry("export", root, [f"run_id={run_id}", f"output_dir={tmp_path}"]))
+    batch, expected = trained_logits(root, run_id, [Image.open(cat).convert("RGB")] * 3)
+    with torch.no_grad():
+        exported = torch.jit.load(made["torchscript"])(batch)
+    torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
+    provenance = (tmp_path / "provenance.json").read_text()
+    assert run_id in provenance and ".ckpt" in provenance
+    tags = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data.tags
+    assert tags["export/torchscript"] == made["torchscript"]
+
+
+def test_onnx_export_matches_the_checkpoint_or_names_what_is_missing(run, cat, tmp_path):
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    root, run_id = run
+    cfg = compose_entry(
+        "export", root, [f"run_id={run_id}", "formats=[onnx]", f"output_dir={tmp_path}"]
+    )
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        with pytest.raises(InvalidInput, match="pip install onnx"):
+            export_run(cfg)
+        return
+    import onnxruntime
+
+    made = export_run(cfg)
+    batch, expected = trained_logits(root, run_id, [Image.open(cat).convert("RGB")] * 3)
+    session = onnxruntime.InferenceSession(made["onnx"], providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"images": batch.numpy()})[0]
+    np.testing.assert_allclose(exported, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_registered_mlflow_model_predicts_like_src_predict(run, cat, tmp_path):
+    import mlflow
+    from PIL import Image
+
+    root, run_id = run
+    overrides = [f"run_id={run_id}", "formats=[]", "mlflow_model=true", "registered_name=tiny"]
+    export_run(compose_entry("export", root, [*overrides, f"output_dir={tmp_path}"]))
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    pyfunc = mlflow.pyfunc.load_model("models:/tiny/1")
+    batch, _ = trained_logits(root, run_id, [Image.open(cat).convert("RGB")])
+    pyfunc_class = str(pyfunc.predict(batch.numpy()).argmax(axis=1)[0])
+    (top,) = predict_images(compose_entry("predict", root, [f"run_id={run_id}", f"images={cat}"]))
+    assert pyfunc_class == top[0][0]  # digits' class names are "0".."9"
