@@ -45,11 +45,16 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from src.errors import InvalidInput
 
     try:
         metrics = evaluate_run(cfg)
     except InvalidInput as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a multirun over data sets this one fails and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
     for key, value in sorted(metrics.items()):

@@ -71,6 +71,14 @@ def test_eval_logs_clean_and_shifted_metrics_into_the_run(run):
     )
     assert logged.tags["eval/digits_corrupted/source_run_id"] == run_id
     assert logged.tags["eval/digits/source_checkpoint"].endswith(".ckpt")
+    table = MlflowClient(f"sqlite:///{root}/mlflow.db").download_artifacts(
+        run_id, "eval/cross_domain.csv", str(root)
+    )
+    assert [line.split(",")[0] for line in Path(table).read_text().splitlines()] == [
+        "dataset",
+        "digits",
+        "digits_corrupted",
+    ]
 
 
 def test_eval_by_checkpoint_path_finds_its_run(run):

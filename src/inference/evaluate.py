@@ -54,8 +54,27 @@ def log_eval(trained: Trained, prefix: str, metrics: dict[str, float]) -> str | 
         client.log_metric(run_id, prefix + key, value)
     for key, value in trained.provenance.items():
         client.set_tag(run_id, prefix + key, value)
+    client.log_text(run_id, cross_domain_table(client.get_run(run_id).data.metrics), TABLE)
     log.info("Logged %d metrics under %s into run %s", len(metrics), prefix, run_id)
     return run_id
+
+
+TABLE = "eval/cross_domain.csv"
+
+
+def cross_domain_table(metrics: dict[str, float]) -> str:
+    """Every eval/<dataset>/<metric> of a run as CSV, one row per data set: after a multirun over
+    data sets, the run holds the whole cross-domain table."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "eval":
+            rows.setdefault(parts[1], {})[parts[2]] = value
+    columns = sorted({column for row in rows.values() for column in row})
+    lines = [",".join(["dataset", *columns])]
+    for dataset, row in sorted(rows.items()):
+        lines.append(",".join([dataset, *(f"{row.get(c, float('nan')):.4f}" for c in columns)]))
+    return "\n".join(lines) + "\n"
 
 
 def _run_of(client, trained: Trained) -> str | None:
