@@ -75,6 +75,7 @@ class TransferModule(L.LightningModule):
         # Dropout, mixup and per-image augmentation draw from the global generators: a resumed
         # run only repeats an uninterrupted one if they continue from where the checkpoint was.
         checkpoint["rng_states"] = _rng_states()
+        checkpoint["class_names"] = self.class_names  # so predict can name what it sees
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:

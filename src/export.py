@@ -1,0 +1,71 @@
+"""`python -m src.export run_id=<id> formats=[torchscript,onnx] mlflow_model=true
+registered_name=<name>`: TorchScript / ONNX files and an MLflow Model, checked against the
+checkpoint's logits, each recording the run and checkpoint it came from."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+
+def export_run(cfg: DictConfig) -> dict[str, str]:
+    """{format: path or model URI} of every export made."""
+    from mlflow.tracking import MlflowClient
+
+    from src.errors import InvalidInput, refuse_bad_input
+    from src.inference import export as E
+    from src.inference.trained import data_config, load_model, locate
+
+    # 1. Source, formats and exporters are checked before anything is written.
+    with refuse_bad_input():
+        trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
+        formats = list(cfg.formats)
+        E.check_formats(formats)
+        if cfg.mlflow_model and not trained.run_id:
+            raise InvalidInput("mlflow_model=true logs into the training run: give run_id.")
+        model = load_model(trained)
+    example = E.example_input(data_config(model)["input_size"])
+    # 2. Each export, verified against the checkpoint's logits.
+    folder = Path(cfg.output_dir)
+    files = {fmt: E.export(model, example, folder, fmt, cfg.atol) for fmt in formats}
+    E.write_provenance(folder, trained.provenance, files)
+    made = {fmt: str(path) for fmt, path in files.items()}
+    if trained.run_id:  # provenance on the run's side too
+        client = MlflowClient(cfg.paths.tracking_uri)
+        for fmt, path in made.items():
+            client.set_tag(trained.run_id, f"export/{fmt}", path)
+    if cfg.mlflow_model:
+        made["mlflow"] = E.log_mlflow_model(
+            model,
+            example,
+            trained.run_id,
+            cfg.paths.tracking_uri,
+            trained.provenance,
+            cfg.registered_name,
+        )
+    return made
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="export")
+def main(cfg: DictConfig) -> None:
+    from src.errors import InvalidInput
+
+    try:
+        made = export_run(cfg)
+    except InvalidInput as error:
+        log.error("Invalid input: %s", error)
+        raise SystemExit(2) from None
+    for fmt, where in made.items():
+        log.info("%s: %s", fmt, where)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+    main()

@@ -1,0 +1,89 @@
+"""Top-k predictions of a model on image files, with the model's evaluation preprocessing."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from src.errors import InvalidInput
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def image_files(paths: Iterable[str]) -> list[Path]:
+    """Files as given; a folder gives its image files (by suffix), sorted."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InvalidInput(f"images: no such file or folder '{path}'.")
+    if not files:
+        raise InvalidInput(f"images: no image files in {list(map(str, paths))}.")
+    return files
+
+
+def read_images(files: list[Path]) -> list[Image.Image]:
+    """Every file decoded as RGB up front, so a non-image stops the job before any prediction."""
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images.append(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as error:
+            raise InvalidInput(f"images: '{file}' is not an image file ({error}).") from None
+    return images
+
+
+@torch.inference_mode()
+def probabilities(
+    model: nn.Module, images: list[Image.Image], transform: Callable, batch_size: int = 32
+) -> torch.Tensor:
+    """Softmax over the model's classes, one row per image."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(image) for image in images[start : start + batch_size]])
+        rows.append(model(batch).softmax(dim=-1))
+    return torch.cat(rows)
+
+
+def top_k(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """(label, probability) pairs, most likely first; k is capped at the number of classes."""
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [
+        [(names[int(i)], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+        for row_v, row_i in zip(values, indices, strict=True)
+    ]
+
+
+def imagenet_names() -> list[str]:
+    """ImageNet-1k class descriptions from timm, by class index ('Egyptian cat' is 285)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i) for i in range(info.num_classes())]
+
+
+def write_csv(path: Path, files: list[Path], tops: list[list[tuple[str, float]]]) -> None:
+    """One row per image: file, rank, label, probability."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "rank", "label", "probability"])
+        for file, top in zip(files, tops, strict=True):
+            for rank, (label, p) in enumerate(top, start=1):
+                writer.writerow([str(file), rank, label, f"{p:.6f}"])
+
+
+def format_table(files: list[Path], tops: list[list[tuple[str, float]]]) -> str:
+    return "\n".join(
+        f"{file}: " + ", ".join(f"{label} {p:.3f}" for label, p in top)
+        for file, top in zip(files, tops, strict=True)
+    )

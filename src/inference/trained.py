@@ -1,0 +1,112 @@
+"""A trained model found from an MLflow run id or a checkpoint path, rebuilt from the run's own
+stored config (config.yaml), so its preprocessing is the training's, never retyped."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from src.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """What a trained model needs to be used: where it came from and how it was configured."""
+
+    config: dict[str, Any]  # the training run's resolved config.yaml
+    checkpoint: Path
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        return {"source_run_id": self.run_id or "none", "source_checkpoint": str(self.checkpoint)}
+
+
+def locate(
+    run_id: str | None, ckpt_path: str | None, tracking_uri: str, which: str = "best"
+) -> Trained:
+    """The run's checkpoint (`which`: best | last) and config; or a checkpoint's, whose config
+    sits two folders up (<output_dir>/checkpoints/x.ckpt). Refuses anything missing up front."""
+    from omegaconf import OmegaConf
+
+    if bool(run_id) == bool(ckpt_path):
+        raise InvalidInput("Give exactly one of run_id=<MLflow run id> or ckpt_path=<file>.")
+    if run_id:
+        output_dir = _run_output_dir(run_id, tracking_uri)
+        checkpoint = find_checkpoint(output_dir / "checkpoints", which)
+    else:
+        checkpoint = Path(ckpt_path)
+        if not checkpoint.is_file():
+            raise InvalidInput(f"ckpt_path: no such checkpoint file '{checkpoint}'.")
+        output_dir = checkpoint.resolve().parent.parent
+    config_file = output_dir / "config.yaml"
+    if not config_file.is_file():
+        raise InvalidInput(f"No training config.yaml next to the checkpoint, in {output_dir}.")
+    config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+    return Trained(config, checkpoint, run_id, tracking_uri)
+
+
+def _run_output_dir(run_id: str, tracking_uri: str) -> Path:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException:
+        raise InvalidInput(f"run_id={run_id}: no such MLflow run in {tracking_uri}.") from None
+    output_dir = run.data.tags.get("output_dir")
+    if not output_dir or not Path(output_dir).is_dir():
+        raise InvalidInput(f"run_id={run_id}: its output_dir '{output_dir}' no longer exists.")
+    return Path(output_dir)
+
+
+def find_checkpoint(folder: Path, which: str) -> Path:
+    """best: ModelCheckpoint's top-1 file (any name but last.ckpt); last: last.ckpt."""
+    if which not in ("best", "last"):
+        raise InvalidInput(f"checkpoint={which}: must be best or last.")
+    last = folder / "last.ckpt"
+    best = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+    found = (best[-1:] if which == "best" else []) or ([last] if last.is_file() else [])
+    if not found:
+        raise InvalidInput(f"No {which} checkpoint in {folder}.")
+    return found[0]
+
+
+def load_model(trained: Trained) -> nn.Module:
+    """The run's backbone with its trained weights, in eval mode; fills trained.class_names."""
+    from omegaconf import OmegaConf
+
+    from src.train import build
+
+    state = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)
+    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    backbone_cfg = OmegaConf.create(trained.config["backbone"])
+    # No pretrained download: every weight comes from the checkpoint.
+    num_classes = len(state.get("class_names") or []) or _head_size(weights)
+    model = build(backbone_cfg, num_classes=num_classes, pretrained=False)
+    model.load_state_dict(weights)
+    trained.class_names = state.get("class_names") or [str(i) for i in range(model.num_classes)]
+    log.info("Loaded %s (%d classes)", trained.checkpoint, model.num_classes)
+    return model.eval()
+
+
+def _head_size(weights: dict[str, torch.Tensor]) -> int:
+    """Classes of the checkpoint: the rows of the last 2-D weight (timm puts the head last)."""
+    matrices = [v for k, v in weights.items() if k.endswith("weight") and v.ndim == 2]
+    return matrices[-1].shape[0]
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """Input size, mean, std, crop: the backbone's, overrides included, as in training."""
+    from timm.data import resolve_model_data_config
+
+    return resolve_model_data_config(model)

@@ -1,0 +1,58 @@
+"""`python -m src.predict run_id=<id> images=<file|folder>`: top-k labels with probabilities;
+without a run or checkpoint, the ImageNet-pretrained backbone names ImageNet classes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+
+
+def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) per image; printed, and written to cfg.csv when set."""
+    from src.errors import refuse_bad_input
+    from src.inference import predict as P
+    from src.inference.trained import data_config, load_model, locate
+    from src.regularisation import eval_transform
+    from src.train import build
+
+    # 1. Files, images and model are checked before anything is predicted.
+    with refuse_bad_input():
+        paths = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
+        files = P.image_files(map(str, paths))
+        images = P.read_images(files)
+        if cfg.run_id or cfg.ckpt_path:
+            trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
+            model, names = load_model(trained), trained.class_names
+        else:  # num_classes=None keeps the ImageNet head the weights came with
+            model, names = build(cfg.backbone, num_classes=None).eval(), P.imagenet_names()
+    # 2. The model's own evaluation preprocessing, then the top k.
+    probs = P.probabilities(model, images, eval_transform(data_config(model)), cfg.batch_size)
+    tops = P.top_k(probs, names, cfg.top_k)
+    print(P.format_table(files, tops))
+    if cfg.csv:
+        P.write_csv(Path(cfg.csv), files, tops)
+        log.info("Predictions written to %s", cfg.csv)
+    return tops
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from src.errors import InvalidInput
+
+    try:
+        predict_images(cfg)
+    except InvalidInput as error:
+        log.error("Invalid input: %s", error)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+    main()
