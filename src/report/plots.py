@@ -1,0 +1,86 @@
+"""Report figures as PNG: data-efficiency curves and learning curves (mean over seeds, std band)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from src.report.query import column
+from src.report.table import is_number, natural_order, newest_per_seed
+from src.tracking.plots import _pyplot
+
+
+def seed_stats(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """mean, sample std (0 with one seed) and n of `value` per group."""
+    stats = frame.groupby(by)[value].agg(["mean", "std", "count"]).reset_index()
+    stats["std"] = stats["std"].fillna(0.0)
+    return stats
+
+
+def draw_lines(ax, stats: pd.DataFrame, x: str, line: str, scale: float) -> None:
+    for name in natural_order(stats[line].astype(str)):
+        points = stats[stats[line].astype(str) == name].sort_values(x)
+        mean, std = points["mean"] * scale, points["std"] * scale
+        (drawn,) = ax.plot(points[x], mean, marker="o", label=name)
+        ax.fill_between(points[x], mean - std, mean + std, color=drawn.get_color(), alpha=0.2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def data_efficiency(
+    frame: pd.DataFrame, path: Path, metric: str, x: str = "fraction", line: str = "strategy",
+    panel: str = "dataset", scale: float = 100.0, seed: str = "seed",
+) -> Path | None:  # fmt: skip
+    """Metric against the training fraction, one line per strategy, one panel per data set."""
+    metric_col = f"metrics.{metric}"
+    columns = {"x": column(frame, x), "line": column(frame, line), "panel": column(frame, panel)}
+    if metric_col not in frame or not all(c in frame for c in columns.values()):
+        return None
+    frame = newest_per_seed(frame, (x, line, panel), seed)
+    data = frame.dropna(subset=[metric_col]).rename(columns={v: k for k, v in columns.items()})
+    data = data[data["x"].astype(str).map(is_number)].assign(x=lambda d: d["x"].astype(float))
+    if data.empty:
+        return None
+    panels = natural_order(data["panel"].astype(str))
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], panels, strict=True):
+        stats = seed_stats(data[data["panel"].astype(str) == name], ["line", "x"], metric_col)
+        draw_lines(ax, stats.rename(columns={"line": line}), "x", line, scale)
+        ax.set(xscale="log", xlabel=x, ylabel=metric, title=f"{panel}: {name}")
+    return save(plt, fig, path)
+
+
+def histories(client: MlflowClient, frame: pd.DataFrame, metric: str, line: str) -> pd.DataFrame:
+    """Columns line, step, value: every logged value of `metric` of every run."""
+    line_col = column(frame, line)
+    rows = []
+    names = frame[line_col] if line_col in frame else pd.Series("?", index=frame.index)
+    for run_id, name in zip(frame["run_id"], names, strict=True):
+        rows += [(str(name), m.step, m.value) for m in client.get_metric_history(run_id, metric)]
+    return pd.DataFrame(rows, columns=["line", "step", "value"])
+
+
+def learning_curves(
+    client: MlflowClient, frame: pd.DataFrame, path: Path, metric: str, line: str = "strategy",
+    scale: float = 100.0,
+) -> Path | None:  # fmt: skip
+    """A metric's history (e.g. val/acc per epoch) per strategy: mean over runs with std band."""
+    values = histories(client, frame, metric, line)
+    if values.empty:
+        return None
+    stats = seed_stats(values, ["line", "step"], "value")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    draw_lines(ax, stats, "step", "line", scale)
+    ax.set(xlabel="step", ylabel=metric, title=f"Learning curves: {metric}")
+    return save(plt, fig, path)
