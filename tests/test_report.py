@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
+import socket
 import statistics
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -211,3 +216,61 @@ def test_bad_input_is_refused_before_a_report_run(store, tmp_path, override, mes
     uri, _ = store
     with pytest.raises(InvalidInput, match=message):
         write_report(report_from_config(compose_report(uri, tmp_path, [override])))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=data,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def server(store) -> str:
+    """`mlflow server` on a free loopback port over the fixture store, as `make ui` starts it."""
+    uri, root = store
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
+               "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # up to 60 s for a cold start on 2 cores
+            if process.poll() is not None:
+                pytest.fail(f"mlflow server exited with {process.returncode}")
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_mlflow_server_finds_a_study_with_its_params_and_metrics(server):
+    experiment = rest(server, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]
+    found = rest(server, "runs/search", {
+        "experiment_ids": [experiment["experiment_id"]],
+        "filter": "tags.study = 'demo' and attributes.status = 'FINISHED'",
+        "max_results": 100,
+    })["runs"]  # fmt: skip
+    assert len(found) == len(VALUES) + 1  # the older rerun of a seed is a run of the study too
+    for run in found:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert {"backbone", "strategy", "dataset", "fraction", "seed", "study"} <= set(tags)
+        assert params["optimizer/lr"] == "0.001"
+        key = (tags["dataset"], tags["strategy"], int(tags["seed"]))
+        assert metrics["test/acc"] in (VALUES[key], 0.10)
+        assert "val/acc" in metrics or metrics["test/acc"] == 0.10
