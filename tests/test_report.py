@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -80,6 +81,7 @@ def store(tmp_path_factory) -> tuple[str, Path]:
 
 
 def compose_report(uri: str, out: Path, overrides: list[str] = ()):
+    GlobalHydra.instance().clear()  # another test may have left one behind
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(
             "report",
@@ -94,6 +96,16 @@ def report(store, tmp_path_factory) -> tuple[dict[str, Path], str]:
     out = tmp_path_factory.mktemp("report")
     paths = write_report(report_from_config(compose_report(uri, out)))
     return {path.name: path for path in paths}, uri
+
+
+def test_training_runs_carry_the_tags_a_report_filters_by(tmp_path):
+    from conftest import compose_train
+
+    from src.train import run_tags
+
+    tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]))
+    assert {"backbone", "strategy", "dataset", "fraction", "seed"} <= set(tags)
+    assert tags["study"] == "transfer_table"  # the experiment name unless `study=` says otherwise
 
 
 def markdown_cells(text: str) -> dict[tuple[str, str], str]:
