@@ -14,13 +14,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src.report.build import Report, write_report
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 
-def report_from_config(cfg: DictConfig) -> Report:
+def report_from_config(cfg: DictConfig):
+    """The Report a config describes (heavy imports here, not at import: `--help` stays fast)."""
+    from src.report.build import Report
     from src.report.query import Query
     from src.report.table import Layout
 
@@ -28,19 +28,34 @@ def report_from_config(cfg: DictConfig) -> Report:
     plots = OmegaConf.to_container(cfg.plots, resolve=True) or {}
     query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status)
     layout = Layout(
-        tuple(cfg.rows), tuple(cfg.columns), cfg.metric, cfg.seed, cfg.mode, float(cfg.scale),
-        cfg.digits, tuple(map(str, cfg.row_order)), tuple(map(str, cfg.column_order)),
-    )  # fmt: skip
+        rows=tuple(cfg.rows),
+        columns=tuple(cfg.columns),
+        metric=cfg.metric,
+        seed=cfg.seed,
+        mode=cfg.mode,
+        scale=float(cfg.scale),
+        digits=cfg.digits,
+        row_order=tuple(map(str, cfg.row_order)),
+        column_order=tuple(map(str, cfg.column_order)),
+    )
     return Report(
-        query, layout, Path(cfg.output_dir), cfg.stem, tuple(cfg.formats), cfg.title,
-        {name: spec for name, spec in plots.items() if spec is not None},
-        cfg.report_experiment, cfg.run_name, cfg.paths.artifact_location,
-    )  # fmt: skip
+        query,
+        layout,
+        output_dir=Path(cfg.output_dir),
+        stem=cfg.stem,
+        formats=tuple(cfg.formats),
+        title=cfg.title,
+        plots={name: spec for name, spec in plots.items() if spec is not None},
+        experiment=cfg.report_experiment,
+        run_name=cfg.run_name,
+        artifact_location=cfg.paths.artifact_location,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
 def main(cfg: DictConfig) -> None:
     from src.errors import InvalidInput
+    from src.report.build import write_report
 
     try:
         paths = write_report(report_from_config(cfg))

@@ -69,19 +69,20 @@ def table_files(grid: Grid, report: Report) -> list[Path]:
 
 
 def plot_files(client, frame, report: Report) -> list[Path]:
-    scale, metric, out = report.layout.scale, report.layout.metric, report.output_dir
+    """The configured plots of the table's runs; a plot without data is left out."""
+    layout, out = report.layout, report.output_dir
     made = []
     if "data_efficiency" in report.plots:
-        path = out / "data_efficiency.png"
+        spec = {"metric": layout.metric, "seed": layout.seed, **report.plots["data_efficiency"]}
         made.append(
-            plots.data_efficiency(
-                frame, path, metric, scale=scale, **report.plots["data_efficiency"]
-            )
+            plots.data_efficiency(frame, out / "data_efficiency.png", scale=layout.scale, **spec)
         )
     if "learning_curves" in report.plots:
         spec = {"metric": "val/acc", **report.plots["learning_curves"]}
         made.append(
-            plots.learning_curves(client, frame, out / "learning_curves.png", scale=scale, **spec)
+            plots.learning_curves(
+                client, frame, out / "learning_curves.png", scale=layout.scale, **spec
+            )
         )
     return [path for path in made if path is not None]
 
@@ -101,13 +102,8 @@ def write_report(report: Report) -> list[Path]:
             f"No run matched with metric {report.layout.metric!r} "
             f"(experiments={list(report.query.experiments)}, filter={report.query.filter_string()!r})."
         )
-    log.info(
-        "%d runs, %d cells (%d x %d)",
-        len(frame),
-        len(grid.cells),
-        len(grid.row_labels),
-        len(grid.column_labels),
-    )
+    shape = (len(grid.row_labels), len(grid.column_labels))
+    log.info("%d runs, %d cells in a %d x %d table", len(frame), len(grid.cells), *shape)
     # 2. The files, then the run that records them with the query.
     report.output_dir.mkdir(parents=True, exist_ok=True)
     paths = table_files(grid, report)
