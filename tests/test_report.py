@@ -45,9 +45,13 @@ EXPECTED = {
 }
 
 
+SIMILARITY = {"digits": 0.3, "mnist": 0.6}  # metric similarity/domain_similarity, per data set
+
+
 def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", curve=()):
     run = client.create_run(experiment_id, start_time=start_time, tags=tags)
     metrics = [Metric("test/acc", acc, start_time, 0)]
+    metrics += [Metric("similarity/domain_similarity", SIMILARITY[tags["dataset"]], start_time, 0)]
     metrics += [Metric("val/acc", value, start_time, step) for step, value in enumerate(curve)]
     client.log_batch(run.info.run_id, metrics=metrics)
     client.log_param(run.info.run_id, "optimizer/lr", "0.001")
@@ -56,7 +60,7 @@ def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", cur
 
 def tags_of(dataset, strategy, seed, study="demo", fraction="0.1"):
     return {"study": study, "dataset": dataset, "strategy": strategy, "seed": str(seed),
-            "fraction": fraction, "backbone": "efficientnet_lite0"}  # fmt: skip
+            "fraction": fraction, "backbone": "efficientnet_lite0", "dataset_key": dataset, "weights": "package"}  # fmt: skip
 
 
 def build_store(root: Path) -> str:
@@ -201,11 +205,11 @@ def test_report_is_a_kind_report_run_recording_the_query(report):
     assert (run.data.params["rows"], run.data.params["columns"]) == ("dataset", "strategy")
     logged = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert logged == set(files)
-    assert {"data_efficiency.png", "learning_curves.png"} <= logged
+    assert {"data_efficiency.png", "learning_curves.png", "similarity_vs_gain.png"} <= logged
 
 
 def test_plots_are_png(report):
-    for name in ("data_efficiency.png", "learning_curves.png"):
+    for name in ("data_efficiency.png", "learning_curves.png", "similarity_vs_gain.png"):
         assert report[0][name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -14,6 +14,7 @@ from src.report.table import Grid, Layout, aggregate, newest_per_seed
 log = logging.getLogger(__name__)
 KIND = "report"
 FORMATS = ("md", "tex", "csv")
+PLOTS = ("data_efficiency", "learning_curves", "transferability")
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,9 @@ class Report:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown:
             raise InvalidInput(f"formats={unknown}: unknown; choose from {list(FORMATS)}.")
-        unknown = sorted(set(self.plots) - {"data_efficiency", "learning_curves"})
+        unknown = sorted(set(self.plots) - set(PLOTS))
         if unknown:
-            raise InvalidInput(
-                f"plots={unknown}: unknown; choose data_efficiency, learning_curves."
-            )
+            raise InvalidInput(f"plots={unknown}: unknown; choose from {list(PLOTS)}.")
 
     def params(self) -> dict[str, str]:
         layout = self.layout
@@ -83,6 +82,11 @@ def plot_files(client, frame, report: Report) -> list[Path]:
             plots.learning_curves(
                 client, frame, out / "learning_curves.png", scale=layout.scale, **spec
             )
+        )
+    if "transferability" in report.plots:
+        spec = report.plots["transferability"]
+        made.append(
+            plots.transferability(frame, out / "similarity_vs_gain.png", scale=layout.scale, **spec)
         )
     return [path for path in made if path is not None]
 

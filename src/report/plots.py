@@ -84,3 +84,32 @@ def learning_curves(
     draw_lines(ax, stats, "step", "line", scale)
     ax.set(xlabel="step", ylabel=metric, title=f"Learning curves: {metric}")
     return save(plt, fig, path)
+
+
+def transferability(
+    frame: pd.DataFrame, path: Path, score: str = "domain_similarity", outcome: str = "gain",
+    scale: float = 100.0,
+) -> Path | None:  # fmt: skip
+    """A similarity or transferability score (metric `similarity/<score>`, attached to training
+    runs) against transfer gain: test/acc over the scratch runs on the same images, one point per
+    backbone x target x strategy (mean over seeds); Pearson r and weighted Kendall tau in the legend."""
+    from src.similarity.report import correlations, training_frame
+
+    if "tags.dataset_key" not in frame or f"metrics.similarity/{score}" not in frame:
+        return None
+    groups = training_frame(frame)
+    found = {row["score"]: row for row in correlations(groups, outcome)}
+    if score not in found:
+        return None  # fewer than 3 groups, or no spread: no correlation to show
+    stats = found[score]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    legend = f"r = {stats['pearson_r']:.2f}, τ = {stats['weighted_tau']:.2f} (n = {stats['n']})"
+    ax.scatter(groups[score], groups[outcome] * scale, label=legend)
+    for _, group in groups.iterrows():
+        name = f"{group['target']}/{group['strategy']}"
+        ax.annotate(name, (group[score], group[outcome] * scale), fontsize=6)
+    ax.set(xlabel=score, ylabel=f"{outcome} (test/acc over scratch)", title=f"{score} vs {outcome}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(plt, fig, path)
