@@ -215,12 +215,30 @@ def test_plots_are_png(report):
 
 def test_rows_and_columns_are_any_tag_or_param_and_filters_take_lists(store, tmp_path):
     uri, _ = store
-    overrides = ["rows=[strategy]", "columns=[params.optimizer/lr]", "formats=[csv]", "plots={}",
+    overrides = ["rows=[strategy]", "columns=[params.optimizer/lr]", "formats=[csv]", "plots=null",
                  "+filters.dataset=[mnist]", "scale=1", "digits=4"]  # fmt: skip
     paths = write_report(report_from_config(compose_report(uri, tmp_path, overrides)))
     rows = {r["row"]: r for r in csv.DictReader(paths[0].open())}
     assert set(rows) == {"finetune", "scratch"} and rows["finetune"]["column"] == "0.001"
     assert int(rows["finetune"]["n"]) == 3
+
+
+def test_several_keys_make_one_label_and_a_configured_order_comes_first(store, tmp_path):
+    uri, _ = store
+    overrides = [
+        "rows=[dataset,fraction]",
+        "column_order=[scratch,lp_ft]",
+        "formats=[md]",
+        "plots=null",
+    ]
+    (path,) = write_report(report_from_config(compose_report(uri, tmp_path, overrides)))
+    header, _, first, second = [
+        line for line in path.read_text().splitlines() if line.startswith("|")
+    ]
+    assert header == "| dataset / fraction \\\\ strategy | scratch | lp_ft | finetune |"
+    assert first.startswith("| digits / 0.1 | 55.00 ± 7.07 (n=2) |") and second.startswith(
+        "| mnist / 0.1 |"
+    )
 
 
 @pytest.mark.parametrize(

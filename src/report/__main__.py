@@ -25,7 +25,7 @@ def report_from_config(cfg: DictConfig):
     from src.report.table import Layout
 
     filters = OmegaConf.to_container(cfg.filters, resolve=True)
-    plots = OmegaConf.to_container(cfg.plots, resolve=True) or {}
+    plots = OmegaConf.to_container(cfg.plots, resolve=True) if cfg.plots else {}
     query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status)
     layout = Layout(
         rows=tuple(cfg.rows),

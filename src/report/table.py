@@ -2,7 +2,7 @@
 
 Rules, each applied once here:
 - one value per seed: of several finished runs with the same row, column and seed (a rerun), the
-  newest counts;
+  newest counts; a run without the seed tag counts as a seed of its own;
 - std is the sample std (ddof=1); with one seed there is none;
 - n is shown where a cell has fewer seeds than the most complete cell of the table;
 - best is decided on the values as printed, so cells that read the same are bold together.
@@ -123,7 +123,7 @@ def per_seed(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
 
 def aggregate(frame: pd.DataFrame, layout: Layout) -> Grid:
     values = per_seed(frame, layout)
-    stats = values.groupby(["row", "col"])["value"].agg(["mean", "std", "count"])
+    stats = values.groupby(["row", "col"])["value"].agg(["mean", "std", "count"])  # std: ddof=1
     cells = {
         key: Cell(float(s["mean"]), float(s["std"]), int(s["count"])) for key, s in stats.iterrows()
     }
