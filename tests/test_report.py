@@ -103,9 +103,8 @@ def report(store, tmp_path_factory) -> tuple[dict[str, Path], str]:
 
 
 def test_training_runs_carry_the_tags_a_report_filters_by(tmp_path):
-    from conftest import compose_train
-
     from src.train import run_tags
+    from tests.conftest import compose_train
 
     tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]))
     assert {"backbone", "strategy", "dataset", "fraction", "seed"} <= set(tags)
