@@ -26,6 +26,12 @@ from src.report.build import write_report
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 EXPERIMENT = "fixture_study"
+PLOTS = (
+    "data_efficiency.png",
+    "learning_curves.png",
+    "similarity_vs_gain.png",
+    "imagenet_vs_transfer.png",
+)
 # (dataset, strategy, seed) -> test/acc of the finished runs in study "demo".
 VALUES = {
     ("digits", "finetune", 0): 0.80, ("digits", "finetune", 1): 0.83, ("digits", "finetune", 2): 0.84,
@@ -59,8 +65,8 @@ def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", cur
 
 
 def tags_of(dataset, strategy, seed, study="demo", fraction="0.1"):
-    return {"study": study, "dataset": dataset, "strategy": strategy, "seed": str(seed),
-            "fraction": fraction, "backbone": "efficientnet_lite0", "dataset_key": dataset, "weights": "package"}  # fmt: skip
+    return {"pretrained": str(strategy != "scratch"), "study": study, "dataset": dataset, "strategy": strategy, "seed": str(seed),
+            "fraction": fraction, "backbone": "tf_efficientnet_lite0", "dataset_key": dataset, "weights": "package"}  # fmt: skip
 
 
 def build_store(root: Path) -> str:
@@ -204,11 +210,11 @@ def test_report_is_a_kind_report_run_recording_the_query(report):
     assert (run.data.params["rows"], run.data.params["columns"]) == ("dataset", "strategy")
     logged = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert logged == set(files)
-    assert {"data_efficiency.png", "learning_curves.png", "similarity_vs_gain.png"} <= logged
+    assert set(PLOTS) <= logged
 
 
 def test_plots_are_png(report):
-    for name in ("data_efficiency.png", "learning_curves.png", "similarity_vs_gain.png"):
+    for name in PLOTS:
         assert report[0][name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

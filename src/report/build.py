@@ -14,7 +14,7 @@ from src.report.table import Grid, Layout, aggregate, newest_per_seed
 log = logging.getLogger(__name__)
 KIND = "report"
 FORMATS = ("md", "tex", "csv")
-PLOTS = ("data_efficiency", "learning_curves", "transferability")
+PLOTS = ("data_efficiency", "learning_curves", "transferability", "imagenet_vs_transfer")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,17 @@ def plot_files(client, frame, report: Report) -> list[Path]:
         made.append(
             plots.learning_curves(
                 client, frame, out / "learning_curves.png", scale=layout.scale, **spec
+            )
+        )
+    if "imagenet_vs_transfer" in report.plots:
+        spec = {
+            "metric": layout.metric,
+            "seed": layout.seed,
+            **report.plots["imagenet_vs_transfer"],
+        }
+        made.append(
+            plots.imagenet_vs_transfer(
+                frame, out / "imagenet_vs_transfer.png", scale=layout.scale, **spec
             )
         )
     if "transferability" in report.plots:

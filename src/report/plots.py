@@ -36,28 +36,62 @@ def save(plt, fig, path: Path) -> Path:
     return path
 
 
+def curve_data(
+    frame: pd.DataFrame, metric: str, keys: dict[str, str], seed: str
+) -> pd.DataFrame | None:
+    """Columns x, line, panel (from the keys' tags or params) and value, the newest run per seed."""
+    columns = {name: column(frame, key) for name, key in keys.items()}
+    if f"metrics.{metric}" not in frame or not all(c in frame for c in columns.values()):
+        return None
+    frame = newest_per_seed(frame, tuple(keys.values()), seed)
+    renamed = {v: k for k, v in columns.items()} | {f"metrics.{metric}": "value"}
+    data = frame.rename(columns=renamed)[[*keys, "value"]].dropna(subset=["value"])
+    return data.assign(line=data["line"].astype(str), panel=data["panel"].astype(str))
+
+
+def panels(data: pd.DataFrame, path: Path, labels: tuple[str, str, str], scale: float, xscale: str):
+    """One panel per data["panel"] value, one line per data["line"], mean ± std over seeds."""
+    xlabel, ylabel, panel = labels
+    names = natural_order(data["panel"])
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        stats = seed_stats(data[data["panel"] == name], ["line", "x"], "value")
+        draw_lines(ax, stats, "x", "line", scale)
+        ax.set(xscale=xscale, xlabel=xlabel, ylabel=ylabel, title=f"{panel}: {name}")
+    return save(plt, fig, path)
+
+
 def data_efficiency(
     frame: pd.DataFrame, path: Path, metric: str, x: str = "fraction", line: str = "strategy",
     panel: str = "dataset", scale: float = 100.0, seed: str = "seed",
 ) -> Path | None:  # fmt: skip
     """Metric against the training fraction, one line per strategy, one panel per data set."""
-    metric_col = f"metrics.{metric}"
-    columns = {"x": column(frame, x), "line": column(frame, line), "panel": column(frame, panel)}
-    if metric_col not in frame or not all(c in frame for c in columns.values()):
+    data = curve_data(frame, metric, {"x": x, "line": line, "panel": panel}, seed)
+    if data is None:
         return None
-    frame = newest_per_seed(frame, (x, line, panel), seed)
-    data = frame.dropna(subset=[metric_col]).rename(columns={v: k for k, v in columns.items()})
     data = data[data["x"].astype(str).map(is_number)].assign(x=lambda d: d["x"].astype(float))
-    if data.empty:
+    return panels(data, path, (x, metric, panel), scale, "log") if len(data) else None
+
+
+def imagenet_vs_transfer(
+    frame: pd.DataFrame, path: Path, metric: str, top1: dict[str, float], line: str = "strategy",
+    panel: str = "dataset", backbone: str = "backbone", scale: float = 100.0, seed: str = "seed",
+) -> Path | None:  # fmt: skip
+    """ImageNet top-1 of each backbone's weights against transfer accuracy (Kornblith et al.
+    2019), one line per strategy, one panel per data set; backbones without a top-1 are left out,
+    and so are runs from random weights (tag pretrained=False: ImageNet did not shape them)."""
+    if "tags.pretrained" in frame:
+        frame = frame[frame["tags.pretrained"] != "False"]
+    data = curve_data(frame, metric, {"x": backbone, "line": line, "panel": panel}, seed)
+    if data is None:
         return None
-    panels = natural_order(data["panel"].astype(str))
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], panels, strict=True):
-        stats = seed_stats(data[data["panel"].astype(str) == name], ["line", "x"], metric_col)
-        draw_lines(ax, stats.rename(columns={"line": line}), "x", line, scale)
-        ax.set(xscale="log", xlabel=x, ylabel=metric, title=f"{panel}: {name}")
-    return save(plt, fig, path)
+    data = data.assign(x=data["x"].map(top1)).dropna(subset=["x"])
+    return (
+        panels(data, path, ("ImageNet top-1 (%)", metric, panel), scale, "linear")
+        if len(data)
+        else None
+    )
 
 
 def histories(client: MlflowClient, frame: pd.DataFrame, metric: str, line: str) -> pd.DataFrame:
