@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,13 @@ from src.report.table import Grid, Layout, aggregate, newest_per_seed
 log = logging.getLogger(__name__)
 KIND = "report"
 FORMATS = ("md", "tex", "csv")
-PLOTS = ("data_efficiency", "learning_curves", "transferability", "imagenet_vs_transfer")
+# plot name (a function of src.report.plots) -> its file name
+PLOT_FILES = {
+    "data_efficiency": "data_efficiency",
+    "learning_curves": "learning_curves",
+    "transferability": "similarity_vs_gain",
+    "imagenet_vs_transfer": "imagenet_vs_transfer",
+}
 
 
 @dataclass(frozen=True)
@@ -35,9 +42,9 @@ class Report:
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown:
             raise InvalidInput(f"formats={unknown}: unknown; choose from {list(FORMATS)}.")
-        unknown = sorted(set(self.plots) - set(PLOTS))
+        unknown = sorted(set(self.plots) - set(PLOT_FILES))
         if unknown:
-            raise InvalidInput(f"plots={unknown}: unknown; choose from {list(PLOTS)}.")
+            raise InvalidInput(f"plots={unknown}: unknown; choose from {list(PLOT_FILES)}.")
 
     def params(self) -> dict[str, str]:
         layout = self.layout
@@ -68,37 +75,21 @@ def table_files(grid: Grid, report: Report) -> list[Path]:
 
 
 def plot_files(client, frame, report: Report) -> list[Path]:
-    """The configured plots of the table's runs; a plot without data is left out."""
-    layout, out = report.layout, report.output_dir
+    """The configured plots of the table's runs; a plot without data is left out. Each plot gets
+    the table's metric, seed key and scale (and the client) where it takes them; its spec wins."""
+    layout = report.layout
+    context = {
+        "metric": layout.metric,
+        "seed": layout.seed,
+        "scale": layout.scale,
+        "client": client,
+    }
     made = []
-    if "data_efficiency" in report.plots:
-        spec = {"metric": layout.metric, "seed": layout.seed, **report.plots["data_efficiency"]}
-        made.append(
-            plots.data_efficiency(frame, out / "data_efficiency.png", scale=layout.scale, **spec)
-        )
-    if "learning_curves" in report.plots:
-        spec = {"metric": "val/acc", **report.plots["learning_curves"]}
-        made.append(
-            plots.learning_curves(
-                client, frame, out / "learning_curves.png", scale=layout.scale, **spec
-            )
-        )
-    if "imagenet_vs_transfer" in report.plots:
-        spec = {
-            "metric": layout.metric,
-            "seed": layout.seed,
-            **report.plots["imagenet_vs_transfer"],
-        }
-        made.append(
-            plots.imagenet_vs_transfer(
-                frame, out / "imagenet_vs_transfer.png", scale=layout.scale, **spec
-            )
-        )
-    if "transferability" in report.plots:
-        spec = report.plots["transferability"]
-        made.append(
-            plots.transferability(frame, out / "similarity_vs_gain.png", scale=layout.scale, **spec)
-        )
+    for name, spec in report.plots.items():
+        draw = getattr(plots, name)
+        accepted = inspect.signature(draw).parameters
+        kwargs = {key: value for key, value in context.items() if key in accepted} | spec
+        made.append(draw(frame, report.output_dir / f"{PLOT_FILES[name]}.png", **kwargs))
     return [path for path in made if path is not None]
 
 

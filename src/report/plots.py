@@ -1,4 +1,4 @@
-"""Report figures as PNG: data-efficiency curves and learning curves (mean over seeds, std band)."""
+"""Report figures as PNG. Each takes the runs and a path first, returns the path, or None when\nthe runs hold nothing to draw."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def histories(client: MlflowClient, frame: pd.DataFrame, metric: str, line: str)
 
 
 def learning_curves(
-    client: MlflowClient, frame: pd.DataFrame, path: Path, metric: str, line: str = "strategy",
+    frame: pd.DataFrame, path: Path, metric: str, client: MlflowClient, line: str = "strategy",
     scale: float = 100.0,
 ) -> Path | None:  # fmt: skip
     """A metric's history (e.g. val/acc per epoch) per strategy: mean over runs with std band."""
