@@ -218,6 +218,20 @@ def test_plots_are_png(report):
         assert report[0][name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_data_efficiency_points_are_the_table_cells(store):
+    from src.report.plots import curve_data, seed_stats
+    from src.report.query import Query, runs_frame, search
+
+    frame = runs_frame(search(Query(store[0], (EXPERIMENT,), {"study": "demo"})))
+    keys = {"x": "fraction", "line": "strategy", "panel": "dataset"}
+    data = curve_data(frame, "test/acc", keys, "seed")
+    stats = seed_stats(data[data["panel"] == "digits"], ["line", "x"], "value").set_index("line")
+    finetune = [VALUES["digits", "finetune", seed] for seed in range(3)]  # not the older rerun
+    assert stats.loc["finetune", "mean"] == pytest.approx(statistics.mean(finetune), rel=1e-12)
+    assert stats.loc["finetune", "std"] == pytest.approx(statistics.stdev(finetune), rel=1e-12)
+    assert stats.loc["scratch", "count"] == 2
+
+
 def test_rows_and_columns_are_any_tag_or_param_and_filters_take_lists(store, tmp_path):
     uri, _ = store
     overrides = ["rows=[strategy]", "columns=[params.optimizer/lr]", "formats=[csv]", "plots=null",
