@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup train test test-all lint ui bench clean
+.PHONY: setup train test test-all lint ui bench report clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test-all: $(STAMP)
 # Side-by-side ratios (suites 1-5 of the performance issue); JSON lands in outputs/bench/.
 bench: $(STAMP)
 	$(PY) -m src.bench overhead freeze probe_cache data startup $(ARGS)
+
+# A table (md, tex, csv) and plots from MLflow runs: `make report ARGS="+filters.study=X"`.
+report: $(STAMP)
+	$(PY) -m src.report $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -143,6 +143,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "fraction": str(cfg.dataset.fraction),
         "samples_per_class": str(cfg.dataset.samples_per_class),
         "seed": str(cfg.seed),
+        "study": str(cfg.get("study") or cfg.experiment_name),
         **git_state(PROJECT_ROOT),
     }
 

@@ -1,0 +1,71 @@
+"""`python -m src.report rows=[dataset] columns=[strategy] metric=test/acc +filters.study=X`
+
+Reads runs from an MLflow store, writes table.{md,tex,csv} (and table_document.tex, which
+compiles as-is) plus PNG plots to the output directory, and logs them as artifacts of an MLflow
+run tagged kind=report whose params record the query. See conf/report.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
+
+
+def report_from_config(cfg: DictConfig):
+    """The Report a config describes (heavy imports here, not at import: `--help` stays fast)."""
+    from src.report.build import Report
+    from src.report.query import Query
+    from src.report.table import Layout
+
+    filters = OmegaConf.to_container(cfg.filters, resolve=True)
+    plots = OmegaConf.to_container(cfg.plots, resolve=True) if cfg.plots else {}
+    query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status)
+    layout = Layout(
+        rows=tuple(cfg.rows),
+        columns=tuple(cfg.columns),
+        metric=cfg.metric,
+        seed=cfg.seed,
+        mode=cfg.mode,
+        scale=float(cfg.scale),
+        digits=cfg.digits,
+        row_order=tuple(map(str, cfg.row_order)),
+        column_order=tuple(map(str, cfg.column_order)),
+    )
+    return Report(
+        query,
+        layout,
+        output_dir=Path(cfg.output_dir),
+        stem=cfg.stem,
+        formats=tuple(cfg.formats),
+        title=cfg.title,
+        plots={name: spec for name, spec in plots.items() if spec is not None},
+        experiment=cfg.report_experiment,
+        run_name=cfg.run_name,
+        artifact_location=cfg.paths.artifact_location,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
+def main(cfg: DictConfig) -> None:
+    from src.errors import InvalidInput
+    from src.report.build import write_report
+
+    try:
+        paths = write_report(report_from_config(cfg))
+    except InvalidInput as error:  # the message says what was asked and what exists
+        log.error("Invalid input: %s", error)
+        raise SystemExit(2) from None
+    for path in paths:
+        log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+    main()

@@ -1,0 +1,128 @@
+"""One report: query the runs, aggregate, render every format and plot, log it all to MLflow."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.errors import InvalidInput
+from src.report import plots, render
+from src.report.query import Query, runs_frame, search
+from src.report.table import Grid, Layout, aggregate, newest_per_seed
+
+log = logging.getLogger(__name__)
+KIND = "report"
+FORMATS = ("md", "tex", "csv")
+# plot name (a function of src.report.plots) -> its file name
+PLOT_FILES = {
+    "data_efficiency": "data_efficiency",
+    "learning_curves": "learning_curves",
+    "transferability": "similarity_vs_gain",
+    "imagenet_vs_transfer": "imagenet_vs_transfer",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    query: Query
+    layout: Layout
+    output_dir: Path
+    stem: str = "table"
+    formats: tuple[str, ...] = FORMATS
+    title: str = ""
+    plots: dict[str, dict] = field(default_factory=dict)  # plot name -> its keyword arguments
+    experiment: str = "reports"  # where the kind=report run goes
+    run_name: str = "report"
+    artifact_location: str | None = None
+
+    def check(self) -> None:
+        """Bad input is refused before any search or run."""
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown:
+            raise InvalidInput(f"formats={unknown}: unknown; choose from {list(FORMATS)}.")
+        unknown = sorted(set(self.plots) - set(PLOT_FILES))
+        if unknown:
+            raise InvalidInput(f"plots={unknown}: unknown; choose from {list(PLOT_FILES)}.")
+
+    def params(self) -> dict[str, str]:
+        layout = self.layout
+        return {
+            **self.query.as_params(),
+            "rows": ",".join(layout.rows),
+            "columns": ",".join(layout.columns),
+            "metric": layout.metric,
+            "seed": layout.seed,
+            "mode": layout.mode,
+        }
+
+
+def table_files(grid: Grid, report: Report) -> list[Path]:
+    texts = {
+        "md": render.markdown(grid, report.title),
+        "tex": render.latex(grid, report.title),
+        "csv": render.csv_text(grid),
+    }
+    paths = []
+    for fmt in report.formats:
+        paths.append(report.output_dir / f"{report.stem}.{fmt}")
+        paths[-1].write_text(texts[fmt])
+    if "tex" in report.formats:  # the same table, wrapped to compile on its own
+        paths.append(report.output_dir / f"{report.stem}_document.tex")
+        paths[-1].write_text(render.latex_document(texts["tex"]))
+    return paths
+
+
+def plot_files(client, frame, report: Report) -> list[Path]:
+    """The configured plots of the table's runs; a plot without data is left out. Each plot gets
+    the table's metric, seed key and scale (and the client) where it takes them; its spec wins."""
+    layout = report.layout
+    context = {
+        "metric": layout.metric,
+        "seed": layout.seed,
+        "scale": layout.scale,
+        "client": client,
+    }
+    made = []
+    for name, spec in report.plots.items():
+        draw = getattr(plots, name)
+        accepted = inspect.signature(draw).parameters
+        kwargs = {key: value for key, value in context.items() if key in accepted} | spec
+        made.append(draw(frame, report.output_dir / f"{PLOT_FILES[name]}.png", **kwargs))
+    return [path for path in made if path is not None]
+
+
+def write_report(report: Report) -> list[Path]:
+    """Writes the files and logs them as artifacts of a kind=report run; returns the paths."""
+    from mlflow import MlflowClient
+
+    from src.similarity.tracking import mlflow_run
+
+    # 1. Refuse bad input and an empty query before any run exists.
+    report.check()
+    frame = report.query.keep(runs_frame(search(report.query)))
+    grid = aggregate(frame, report.layout)
+    if not grid.cells:
+        raise InvalidInput(
+            f"No run matched with metric {report.layout.metric!r} "
+            f"(experiments={list(report.query.experiments)}, filter={report.query.filter_string()!r})."
+        )
+    shape = (len(grid.row_labels), len(grid.column_labels))
+    log.info("%d runs, %d cells in a %d x %d table", len(frame), len(grid.cells), *shape)
+    # 2. The files, then the run that records them with the query.
+    report.output_dir.mkdir(parents=True, exist_ok=True)
+    paths = table_files(grid, report)
+    table_runs = newest_per_seed(
+        frame, (*report.layout.rows, *report.layout.columns), report.layout.seed
+    )
+    paths += plot_files(MlflowClient(report.query.tracking_uri), table_runs, report)
+    tags = {"kind": KIND, "metric": report.layout.metric}
+    with mlflow_run(
+        report.query.tracking_uri, report.experiment, report.artifact_location, report.run_name,
+        tags, report.params(),
+    ) as (client, run_id):  # fmt: skip
+        for path in paths:
+            client.log_artifact(run_id, str(path))
+        client.set_tag(run_id, "runs", str(len(frame)))
+    return paths

@@ -1,0 +1,344 @@
+"""src.report over a fixture MLflow store whose values are known: every printed number is checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from src.errors import InvalidInput
+from src.report.__main__ import report_from_config
+from src.report.build import write_report
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+EXPERIMENT = "fixture_study"
+PLOTS = (
+    "data_efficiency.png",
+    "learning_curves.png",
+    "similarity_vs_gain.png",
+    "imagenet_vs_transfer.png",
+)
+# (dataset, strategy, seed) -> test/acc of the finished runs in study "demo".
+VALUES = {
+    ("digits", "finetune", 0): 0.80, ("digits", "finetune", 1): 0.83, ("digits", "finetune", 2): 0.84,
+    ("digits", "lp_ft", 0): 0.81, ("digits", "lp_ft", 1): 0.83, ("digits", "lp_ft", 2): 0.85,
+    ("digits", "scratch", 0): 0.50, ("digits", "scratch", 1): 0.60,  # one seed missing
+    ("mnist", "finetune", 0): 0.90, ("mnist", "finetune", 1): 0.91, ("mnist", "finetune", 2): 0.92,
+    ("mnist", "scratch", 0): 0.70,  # mnist x lp_ft: no run at all
+}  # fmt: skip
+# What the table must print (x100, 2 digits, sample std), worked out by hand.
+EXPECTED = {
+    ("digits", "finetune"): "82.33 ± 2.08",
+    ("digits", "lp_ft"): "**83.00 ± 2.00**",
+    ("digits", "scratch"): "55.00 ± 7.07 (n=2)",
+    ("mnist", "finetune"): "**91.00 ± 1.00**",
+    ("mnist", "lp_ft"): "—",
+    ("mnist", "scratch"): "**70.00 (n=1)**",
+}
+
+
+SIMILARITY = {"digits": 0.3, "mnist": 0.6}  # metric similarity/domain_similarity, per data set
+
+
+def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", curve=()):
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags)
+    metrics = [Metric("test/acc", acc, start_time, 0)]
+    metrics += [Metric("similarity/domain_similarity", SIMILARITY[tags["dataset"]], start_time, 0)]
+    metrics += [Metric("val/acc", value, start_time, step) for step, value in enumerate(curve)]
+    client.log_batch(run.info.run_id, metrics=metrics)
+    client.log_param(run.info.run_id, "optimizer/lr", "0.001")
+    client.set_terminated(run.info.run_id, status)
+
+
+def tags_of(dataset, strategy, seed, study="demo", fraction="0.1"):
+    return {"pretrained": str(strategy != "scratch"), "study": study, "dataset": dataset, "strategy": strategy, "seed": str(seed),
+            "fraction": fraction, "backbone": "tf_efficientnet_lite0", "dataset_key": dataset, "weights": "package"}  # fmt: skip
+
+
+def build_store(root: Path) -> str:
+    """The runs of VALUES, plus three that must not count: an older rerun of a seed (the newest
+    run of a seed wins), a failed run and a run of another study."""
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=str(root / "artifacts"))
+    add_run(client, experiment_id, tags_of("digits", "finetune", 0), 0.10, start_time=1_000)
+    for (dataset, strategy, seed), acc in VALUES.items():
+        curve = (acc - 0.2, acc - 0.1, acc)
+        add_run(client, experiment_id, tags_of(dataset, strategy, seed), acc, 2_000, curve=curve)
+    add_run(client, experiment_id, tags_of("digits", "finetune", 3), 0.99, 3_000, status="FAILED")
+    add_run(client, experiment_id, tags_of("digits", "finetune", 0, study="other"), 0.99, 3_000)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp("store")
+    return build_store(root), root
+
+
+def compose_report(uri: str, out: Path, overrides: list[str] = ()):
+    GlobalHydra.instance().clear()  # another test may have left one behind
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "report",
+            [f"tracking_uri={uri}", f"output_dir={out}", f"paths.artifact_location={out}/art",
+             f"experiments=[{EXPERIMENT}]", "+filters.study=demo", *overrides],
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory) -> tuple[dict[str, Path], str]:
+    uri, _ = store
+    out = tmp_path_factory.mktemp("report")
+    paths = write_report(report_from_config(compose_report(uri, out)))
+    return {path.name: path for path in paths}, uri
+
+
+def test_training_runs_carry_the_tags_a_report_filters_by(tmp_path):
+    from src.train import run_tags
+    from tests.conftest import compose_train
+
+    tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]))
+    assert {"backbone", "strategy", "dataset", "fraction", "seed"} <= set(tags)
+    assert tags["study"] == "transfer_table"  # the experiment name unless `study=` says otherwise
+
+
+def markdown_cells(text: str) -> dict[tuple[str, str], str]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    split = lambda line: [cell.strip() for cell in line.strip("|").split(" | ")]  # noqa: E731
+    header, body = split(lines[0]), [split(line) for line in lines[2:]]
+    return {
+        (row[0], col): cell for row in body for col, cell in zip(header[1:], row[1:], strict=True)
+    }
+
+
+def test_markdown_numbers_match_to_the_last_digit(report):
+    files, _ = report
+    assert markdown_cells(files["table.md"].read_text()) == EXPECTED
+
+
+def test_markdown_is_a_table(report):
+    lines = [
+        line for line in report[0]["table.md"].read_text().splitlines() if line.startswith("|")
+    ]
+    assert len(lines) == 2 + 2  # header, separator, two data sets
+    assert re.fullmatch(r"\|(---\|){4}", lines[1])
+    assert all(line.endswith("|") and line.count(" | ") == 3 for line in (lines[0], *lines[2:]))
+
+
+def test_csv_holds_the_unrounded_statistics(report):
+    rows = {(r["row"], r["column"]): r for r in csv.DictReader(report[0]["table.csv"].open())}
+    for (dataset, strategy), row in rows.items():
+        values = [v for (d, s, _), v in VALUES.items() if (d, s) == (dataset, strategy)]
+        assert int(row["n"]) == len(values)
+        if values:
+            assert float(row["mean"]) == pytest.approx(statistics.mean(values), rel=1e-12)
+        if len(values) > 1:  # sample std, ddof=1
+            assert float(row["std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+        assert row["best"] == str(EXPECTED[dataset, strategy].startswith("**"))
+
+
+def latex_problems(tex: str) -> list[str]:
+    """A LaTeX-aware structural check, for machines without TeX: balanced braces and
+    environments, booktabs rules in order, the tabular's column count on every row, and no
+    unescaped special character."""
+    problems, stack, depth = [], [], 0
+    for match in re.finditer(r"\\(begin|end)\{(\w+)\}|(?<!\\)[{}]", tex):
+        if match.group(1) == "begin":
+            stack.append(match.group(2))
+        elif match.group(1) == "end" and (not stack or stack.pop() != match.group(2)):
+            problems.append(f"\\end{{{match.group(2)}}} does not close its \\begin")
+        elif match.group(0) in "{}":
+            depth += 1 if match.group(0) == "{" else -1
+            problems += ["unbalanced }"] if depth < 0 else []
+    problems += [f"unclosed {stack}"] * bool(stack) + ["unbalanced {"] * bool(depth)
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", tex).group(1)
+    body = tex.split("\\begin{tabular}", 1)[1].split("\\end{tabular}")[0].splitlines()[1:]
+    rules = [line for line in body if line.startswith(("\\toprule", "\\midrule", "\\bottomrule"))]
+    if rules != ["\\toprule", "\\midrule", "\\bottomrule"]:
+        problems.append(f"booktabs rules {rules}")
+    for line in (line for line in body if line.endswith("\\\\")):
+        cells = re.split(r"(?<!\\)&", line)
+        problems += [f"{len(cells)} cells for {len(spec)} columns: {line}"] * (
+            len(cells) != len(spec)
+        )
+        problems += [f"unescaped special: {line}"] * bool(re.search(r"(?<!\\)[_%#]", line))
+    return problems
+
+
+def test_latex_is_booktabs_and_well_formed(report):
+    files, _ = report
+    table = files["table.tex"].read_text()
+    assert latex_problems(files["table_document.tex"].read_text()) == []
+    assert "\\textbf{91.00 $\\pm$ 1.00}" in table and "70.00 (n=1)" in table
+    assert "mnist & 91.00" not in table and "---" in table  # bold, and the missing cell's dash
+    assert "lp\\_ft" in table
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX installed")
+def test_latex_compiles(report, tmp_path):
+    document = report[0]["table_document.tex"]
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={tmp_path}", str(document)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_report_is_a_kind_report_run_recording_the_query(report):
+    files, uri = report
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("reports").experiment_id], "tags.kind = 'report'"
+    )
+    assert run.data.params["experiments"] == EXPERIMENT
+    assert "tags.`study` = 'demo'" in run.data.params["filter"]
+    assert (run.data.params["rows"], run.data.params["columns"]) == ("dataset", "strategy")
+    logged = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert logged == set(files)
+    assert set(PLOTS) <= logged
+
+
+def test_plots_are_png(report):
+    for name in PLOTS:
+        assert report[0][name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_efficiency_points_are_the_table_cells(store):
+    from src.report.plots import curve_data, seed_stats
+    from src.report.query import Query, runs_frame, search
+
+    frame = runs_frame(search(Query(store[0], (EXPERIMENT,), {"study": "demo"})))
+    keys = {"x": "fraction", "line": "strategy", "panel": "dataset"}
+    data = curve_data(frame, "test/acc", keys, "seed")
+    stats = seed_stats(data[data["panel"] == "digits"], ["line", "x"], "value").set_index("line")
+    finetune = [VALUES["digits", "finetune", seed] for seed in range(3)]  # not the older rerun
+    assert stats.loc["finetune", "mean"] == pytest.approx(statistics.mean(finetune), rel=1e-12)
+    assert stats.loc["finetune", "std"] == pytest.approx(statistics.stdev(finetune), rel=1e-12)
+    assert stats.loc["scratch", "count"] == 2
+
+
+def test_rows_and_columns_are_any_tag_or_param_and_filters_take_lists(store, tmp_path):
+    uri, _ = store
+    overrides = ["rows=[strategy]", "columns=[params.optimizer/lr]", "formats=[csv]", "plots=null",
+                 "+filters.dataset=[mnist]", "scale=1", "digits=4"]  # fmt: skip
+    paths = write_report(report_from_config(compose_report(uri, tmp_path, overrides)))
+    rows = {r["row"]: r for r in csv.DictReader(paths[0].open())}
+    assert set(rows) == {"finetune", "scratch"} and rows["finetune"]["column"] == "0.001"
+    assert int(rows["finetune"]["n"]) == 3
+
+
+def test_several_keys_make_one_label_and_a_configured_order_comes_first(store, tmp_path):
+    uri, _ = store
+    overrides = [
+        "rows=[dataset,fraction]",
+        "column_order=[scratch,lp_ft]",
+        "formats=[md]",
+        "plots=null",
+    ]
+    (path,) = write_report(report_from_config(compose_report(uri, tmp_path, overrides)))
+    header, _, first, second = [
+        line for line in path.read_text().splitlines() if line.startswith("|")
+    ]
+    assert header == "| dataset / fraction \\\\ strategy | scratch | lp_ft | finetune |"
+    assert first.startswith("| digits / 0.1 | 55.00 ± 7.07 (n=2) |") and second.startswith(
+        "| mnist / 0.1 |"
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("experiments=[nope]", "No MLflow experiment named"), ("formats=[docx]", "unknown"),
+     ("mode=best", "mode="), ("++filters.study=absent", "No run matched")],
+)  # fmt: skip
+def test_bad_input_is_refused_before_a_report_run(store, tmp_path, override, message):
+    uri, _ = store
+    with pytest.raises(InvalidInput, match=message):
+        write_report(report_from_config(compose_report(uri, tmp_path, [override])))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=data,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def server(store) -> str:
+    """`mlflow server` on a free loopback port over the fixture store, as `make ui` starts it."""
+    uri, root = store
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
+               "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):  # up to 60 s for a cold start on 2 cores
+            if process.poll() is not None:
+                pytest.fail(f"mlflow server exited with {process.returncode}")
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_mlflow_server_finds_a_study_with_its_params_and_metrics(server):
+    experiment = rest(server, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]
+    found = rest(server, "runs/search", {
+        "experiment_ids": [experiment["experiment_id"]],
+        "filter": "tags.study = 'demo' and attributes.status = 'FINISHED'",
+        "max_results": 100,
+    })["runs"]  # fmt: skip
+    assert len(found) == len(VALUES) + 1  # the older rerun of a seed is a run of the study too
+    for run in found:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert {"backbone", "strategy", "dataset", "fraction", "seed", "study"} <= set(tags)
+        assert params["optimizer/lr"] == "0.001"
+        key = (tags["dataset"], tags["strategy"], int(tags["seed"]))
+        assert metrics["test/acc"] in (VALUES[key], 0.10)
+        assert "val/acc" in metrics or metrics["test/acc"] == 0.10
+
+
+def test_analysis_notebook_runs_over_the_fixture_store(store, monkeypatch, tmp_path):
+    """The notebook runs in a real kernel (nbclient) over the fixture store."""
+    import nbclient
+    import nbformat
+
+    uri, _ = store
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("STUDY", "demo")
+    monkeypatch.chdir(notebook.parents[1])
+    executed = nbclient.NotebookClient(nbformat.read(notebook, as_version=4), timeout=120).execute()
+    outputs = json.dumps([cell.get("outputs", []) for cell in executed.cells], ensure_ascii=False)
+    assert "91.00 ± 1.00" in outputs and "image/png" in outputs
