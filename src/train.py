@@ -22,7 +22,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning.pytorch as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor
-    from timm.data import resolve_model_data_config
 
     from src.errors import refuse_bad_input
     from src.models.module import TransferModule, check_optimizer
@@ -43,14 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
     with refuse_bad_input():
-        datamodule = build(cfg.dataset)
-        datamodule.prepare_data()
-        datamodule.setup()
-        regularisation = build(cfg.regularisation)
-        backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
-        data_config = resolve_model_data_config(backbone)
-        log.info("Preprocessing from the backbone: %s", data_config)
-        datamodule.set_transforms(*regularisation.transforms(data_config))
+        datamodule, regularisation, backbone = build_data(cfg)
         strategy = build(cfg.strategy)
         strategy.check(cfg.trainer.max_epochs, regularisation)
         regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
@@ -111,6 +103,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         record_failure(loggers, error)
         raise
     return metrics
+
+
+def build_data(cfg: DictConfig):
+    """(datamodule, regularisation, backbone): the data ready, preprocessed as the backbone wants."""
+    from timm.data import resolve_model_data_config
+
+    datamodule = build(cfg.dataset)
+    datamodule.prepare_data()
+    datamodule.setup()
+    regularisation = build(cfg.regularisation)
+    backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
+    data_config = resolve_model_data_config(backbone)
+    log.info("Preprocessing from the backbone: %s", data_config)
+    datamodule.set_transforms(*regularisation.transforms(data_config))
+    return datamodule, regularisation, backbone
 
 
 def build(node: DictConfig, **kwargs):

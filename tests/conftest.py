@@ -41,3 +41,12 @@ def tiny_overrides() -> list[str]:
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
     ]
+
+
+def only_run(cfg: DictConfig):
+    """The one MLflow run a composed job logged (fails if there is not exactly one)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(cfg.paths.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    return run

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -106,24 +107,17 @@ def loader_throughput(datamodule, device: torch.device, epochs: int) -> float:
 
 
 def data_row(name: str, overrides: list[str], setup: StepSetup, epochs: int, goal: float) -> dict:
-    from hydra.utils import instantiate
     from timm.data import resolve_model_data_config
 
     from src.strategies import Finetune
+    from src.train import build_data
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose([*overrides, "logger=none"], Path(tmp))
-        datamodule = instantiate(cfg.dataset)
-        datamodule.prepare_data()
-        datamodule.setup()
-        regularisation = instantiate(cfg.regularisation)
-        backbone = instantiate(cfg.backbone, num_classes=datamodule.num_classes)
-        data_config = resolve_model_data_config(backbone)
-        datamodule.set_transforms(*regularisation.transforms(data_config))
+        datamodule, _, backbone = build_data(cfg)
         loader = loader_throughput(datamodule, setup.device, epochs)
-        size = data_config["input_size"][-1]
-    model_setup = StepSetup(**{**setup.__dict__, "image_size": size})
-    model_setup.batch_size = cfg.dataset.batch_size
+        size = resolve_model_data_config(backbone)["input_size"][-1]
+    model_setup = replace(setup, image_size=size, batch_size=cfg.dataset.batch_size)
     step = raw_loop(model_setup, Finetune(), steps=10, warmup=3)
     path = (
         "uint8 batches transformed on the device"

@@ -82,7 +82,9 @@ class BatchTransform(nn.Module):
             images = self._resize_centre_crop(images)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        images = (images - self.mean.to(images.device)) / self.std.to(images.device)
+        if self.mean.device != images.device:
+            self.to(images.device)  # once: the transform lives outside the LightningModule
+        images = (images - self.mean) / self.std
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -45,11 +45,8 @@ class FiniteLoss(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.policy != "skip":
             return
-        finite = all(
-            torch.isfinite(p.grad).all() for g in optimizer.param_groups for p in g["params"]
-            if p.grad is not None
-        )  # fmt: skip
-        if not finite:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
             for group in optimizer.param_groups:
                 for param in group["params"]:
                     param.grad = None  # AdamW/SGD leave parameters without a gradient alone

@@ -20,6 +20,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from src.tracking.resume import pid_alive
+
 log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "journal:"
@@ -110,21 +112,11 @@ def fail_dead_trials(study: optuna.Study, locked: bool) -> list[optuna.trial.Fro
         owner = trial.system_attrs.get(WORKER_ATTR, "")
         owner_host, _, pid = owner.rpartition(":")
         orphan = locked and not owner
-        if orphan or (owner_host == host and pid.isdigit() and not _alive(int(pid))):
+        if orphan or (owner_host == host and pid.isdigit() and not pid_alive(int(pid))):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             log.warning("Trial %d: its worker %s is gone; marked FAIL", trial.number, owner)
             dead.append(trial)
     return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

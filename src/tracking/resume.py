@@ -103,11 +103,14 @@ def _point(run) -> ResumePoint | None:
 
 def _alive(tags: dict[str, str]) -> bool:
     """Whether a RUNNING run's process may still be alive: checked on this host, assumed elsewhere."""
-    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
-        return tags.get("host") != socket.gethostname()
-    pid = int(tags["pid"])
-    if pid == os.getpid():
-        return False
+    if tags.get("host") != socket.gethostname():
+        return True
+    pid = tags.get("pid", "")
+    return pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is running (signal 0 checks without signalling)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 
-import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
 from src.data.sources import image_folder
 from src.train import train
-from tests.conftest import compose_train
+from tests.conftest import compose_train, only_run
 
 
 @pytest.fixture
@@ -57,6 +56,5 @@ def test_bad_images_are_skipped_and_counted(folder, tmp_path, tiny_overrides):
         ],
     )
     train(cfg)
-    client = mlflow.MlflowClient(cfg.paths.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    run = only_run(cfg)
     assert run.info.status == "FINISHED" and run.data.tags["skipped_images"] == "2"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 import torch
 
 from src.train import train
-from tests.conftest import compose_train
+from tests.conftest import compose_train, only_run
 
 POISON = "+callbacks.poison._target_=tests.reliability.faults.PoisonWeights"
 
@@ -18,8 +17,7 @@ def test_forced_nan_fails_the_run_with_the_reason(tmp_path, tiny_overrides):
     )
     with pytest.raises(FloatingPointError, match="non-finite by step 3"):
         train(cfg)
-    client = mlflow.MlflowClient(cfg.paths.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    run = only_run(cfg)
     assert run.info.status == "FAILED"
     assert "non-finite" in run.data.tags["error"] and "optimizer.lr" in run.data.tags["error"]
 

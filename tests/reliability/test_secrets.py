@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import mlflow
-
 from src.train import train
-from tests.conftest import compose_train
+from tests.conftest import compose_train, only_run
 
 
 def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
@@ -21,8 +19,7 @@ def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
         ],
     )
     train(cfg)
-    client = mlflow.MlflowClient(cfg.paths.tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    run = only_run(cfg)
     params = run.data.params
     assert "hunter2" not in params.values()
     assert not any("token" in k or "password" in k for k in params)
