@@ -52,6 +52,18 @@ def test_official_test_split_is_kept_apart():
     assert len(dm.splits.train) + len(dm.splits.val) == 300
 
 
+def test_test_samples_per_class_caps_the_test_split_the_same_for_every_seed():
+    capped = [
+        make(fashion_mnist, samples_per_class=30, test_samples_per_class=25, seed=s) for s in (0, 1)
+    ]
+    assert (class_counts(capped[0], "test") == 25).all()
+    assert np.array_equal(capped[0].splits.test, capped[1].splits.test)
+    assert not np.array_equal(capped[0].splits.train, capped[1].splits.train)
+    carved = make(test_samples_per_class=5)  # digits: a carved test split, capped the same way
+    assert (class_counts(carved, "test") == 5).all()
+    assert set(carved.splits.test) <= set(make().splits.test)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -59,6 +71,7 @@ def test_official_test_split_is_kept_apart():
         ({"fraction": 1.5}, "dataset.fraction=1.5"),
         ({"val_fraction": 1.0}, "dataset.val_fraction"),
         ({"samples_per_class": 1}, "dataset.samples_per_class=1"),
+        ({"test_samples_per_class": 0}, "dataset.test_samples_per_class=0"),
     ],
 )
 def test_invalid_values_are_refused_with_key_and_range(kwargs, message):

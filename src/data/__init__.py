@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.batch_transforms import BatchTransform, Uint8Square
 from src.data.sources import ArrayImages, LabelledImages, Source
-from src.data.splits import SplitIndices, carve_test, split_pool
+from src.data.splits import SplitIndices, cap_per_class, carve_test, split_pool
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class TransferDataModule(L.LightningDataModule):
         samples_per_class: int | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
+        test_samples_per_class: int | None = None,
         seed: int = 0,
         transforms_on_device: bool | str = "auto",
     ):
@@ -109,6 +110,10 @@ class TransferDataModule(L.LightningDataModule):
             raise ValueError(
                 f"dataset.samples_per_class={samples_per_class}: must be >= 2 (or null)."
             )
+        if test_samples_per_class is not None and test_samples_per_class < 1:
+            raise ValueError(
+                f"dataset.test_samples_per_class={test_samples_per_class}: must be >= 1 (or null)."
+            )
         if batch_size < 1:
             raise ValueError(f"dataset.batch_size={batch_size}: must be >= 1.")
         self.source_factory = source
@@ -120,6 +125,7 @@ class TransferDataModule(L.LightningDataModule):
         self.num_workers = auto_workers if num_workers == "auto" else num_workers
         self.fraction, self.samples_per_class = fraction, samples_per_class
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.test_samples_per_class = test_samples_per_class
         if transforms_on_device not in (True, False, "auto"):
             raise ValueError(
                 f"dataset.transforms_on_device={transforms_on_device!r}: choose auto, true or false."
@@ -140,8 +146,14 @@ class TransferDataModule(L.LightningDataModule):
         pool_idx, test_idx = np.arange(len(pool)), None
         if test is None:
             pool_idx, test_idx = carve_test(pool.targets, self.test_fraction, TEST_SPLIT_SEED)
+            test_targets = pool.targets
         else:
-            test_idx = np.arange(len(test))
+            test_idx, test_targets = np.arange(len(test)), test.targets
+        if self.test_samples_per_class is not None:
+            # The same images for every run and seed, so results stay comparable.
+            test_idx = cap_per_class(
+                test_targets, test_idx, self.test_samples_per_class, TEST_SPLIT_SEED
+            )
         splits = split_pool(
             pool.targets,
             pool_idx,

@@ -36,6 +36,12 @@ def carve_test(
     return np.sort(np.concatenate(pool)), np.sort(np.concatenate(test))
 
 
+def cap_per_class(targets: np.ndarray, indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most n of `indices` per class, chosen by `seed` (a smaller, still stratified test split)."""
+    kept = [members[:n] for members in _per_class_permutations(targets, indices, seed)]
+    return np.sort(np.concatenate(kept))
+
+
 def split_pool(
     targets: np.ndarray,
     pool: np.ndarray,
