@@ -26,26 +26,26 @@ PRETRAINED = STRATEGIES[1:]
 FRACTIONS = {"0.01": "1%", "0.1": "10%", "1.0": "100%"}
 
 
-def cell_text(grid: Grid, row: str, strategy: str) -> str:
-    return f"{grid.text(row, strategy)} ({strategy})"
+def cell_text(grid: Grid, column: str, strategy: str) -> str:
+    return f"{grid.text(strategy, column)} ({strategy})"
 
 
 def pretrained_vs_scratch(grid: Grid, dataset: str) -> str:
     """At 1%: the best pretrained strategy against scratch, in points, with both stds."""
-    row = f"{dataset} / 0.01"
-    scratch = grid.cells.get((row, "scratch"))
-    done = [s for s in PRETRAINED if (row, s) in grid.cells]
+    col = f"{dataset} / 0.01"
+    scratch = grid.cells.get(("scratch", col))
+    done = [s for s in PRETRAINED if (s, col) in grid.cells]
     if scratch is None or not done:
         return f"- {dataset}: not measured yet."
-    best = max(done, key=lambda s: grid.cells[(row, s)].mean)
-    worst = min(done, key=lambda s: grid.cells[(row, s)].mean)
-    gap = (grid.cells[(row, best)].mean - scratch.mean) * 100
-    beaten = sum(grid.cells[(row, s)].mean > scratch.mean for s in done)
+    best = max(done, key=lambda s: grid.cells[(s, col)].mean)
+    worst = min(done, key=lambda s: grid.cells[(s, col)].mean)
+    gap = (grid.cells[(best, col)].mean - scratch.mean) * 100
+    beaten = sum(grid.cells[(s, col)].mean > scratch.mean for s in done)
     return (
         f"- {dataset}: **{'yes' if gap > 0 else 'no'}**, {gap:+.1f} points: "
-        f"{cell_text(grid, row, best)} against {cell_text(grid, row, 'scratch')}; "
+        f"{cell_text(grid, col, best)} against {cell_text(grid, col, 'scratch')}; "
         f"{beaten} of {len(done)} pretrained strategies beat scratch "
-        f"(weakest: {cell_text(grid, row, worst)})."
+        f"(weakest: {cell_text(grid, col, worst)})."
     )
 
 
@@ -54,17 +54,19 @@ def lpft_vs_finetune(grid: Grid, datasets: list[str]) -> list[str]:
     lines, wins, cells = [], 0, 0
     for dataset in datasets:
         for fraction, name in FRACTIONS.items():
-            row = f"{dataset} / {fraction}"
-            lp, ft = grid.cells.get((row, "lp_ft")), grid.cells.get((row, "finetune"))
+            col = f"{dataset} / {fraction}"
+            lp, ft = grid.cells.get(("lp_ft", col)), grid.cells.get(("finetune", col))
             if lp is None or ft is None:
                 continue
             gap = (lp.mean - ft.mean) * 100
             noise = max(0.0 if math.isnan(s) else s for s in (lp.std, ft.std)) * 100
             cells, wins = cells + 1, wins + (lp.mean >= ft.mean)
-            verdict = "within one std" if abs(gap) <= noise else ("LP-FT" if gap > 0 else "finetune")
+            verdict = (
+                "within one std" if abs(gap) <= noise else ("LP-FT" if gap > 0 else "finetune")
+            )
             lines.append(
                 f"  - {dataset} at {name}: {gap:+.1f} points "
-                f"({grid.text(row, 'lp_ft')} vs {grid.text(row, 'finetune')}; {verdict})"
+                f"({grid.text('lp_ft', col)} vs {grid.text('finetune', col)}; {verdict})"
             )
     head = f"- LP-FT ≥ finetune in **{wins} of {cells}** cells:"
     return [head, *lines]
@@ -76,9 +78,9 @@ def main() -> None:
     )
     query = Query(uri, (EXPERIMENT,), {}, "FINISHED")
     layout = Layout(
-        rows=("dataset", "fraction"), columns=("strategy",), metric="test/acc",
-        row_order=tuple(f"{d} / {f}" for d in ("fashion_mnist", "mnist") for f in FRACTIONS),
-        column_order=STRATEGIES,
+        rows=("strategy",), columns=("dataset", "fraction"), metric="test/acc",
+        row_order=STRATEGIES,
+        column_order=tuple(f"{d} / {f}" for d in ("fashion_mnist", "mnist") for f in FRACTIONS),
     )  # fmt: skip
     report = Report(
         query, layout, output_dir=HERE, stem="table",
@@ -90,7 +92,7 @@ def main() -> None:
     write_report(report)
     frame = query.keep(runs_frame(search(query)))
     grid = aggregate(frame, layout)
-    datasets = sorted({row.split(" / ")[0] for row in grid.row_labels})
+    datasets = sorted({col.split(" / ")[0] for col in grid.column_labels})
     # Learning curves of the 100% runs of the first data set: how the strategies get there.
     full = newest_per_seed(frame, ("dataset", "fraction", "strategy"), "seed")
     full = full[(full["tags.fraction"] == "1.0") & (full["tags.dataset"] == datasets[0])]
@@ -115,7 +117,7 @@ def main() -> None:
         "",
         "## Table",
         "",
-        "Rows: data set / fraction of the 300-per-class pool; bold: best in its column.",
+        "Columns: data set / fraction of the 300-per-class pool; bold: the best strategy there.",
         "Also as [LaTeX](table.tex) ([compilable](table_document.tex)) and [CSV](table.csv).",
         "",
         (HERE / "table.md").read_text().strip(),
