@@ -153,6 +153,8 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "regularisation": choices.get("regularisation", "custom"),
         "fraction": str(cfg.dataset.fraction),
         "samples_per_class": str(cfg.dataset.samples_per_class),
+        "class_weights": str(cfg.dataset.get("class_weights")),
+        "sampler": str(cfg.dataset.get("sampler", "shuffle")),
         "seed": str(cfg.seed),
         "study": str(cfg.get("study") or cfg.experiment_name),
         **git_state(PROJECT_ROOT),
