@@ -10,4 +10,4 @@ cd "$(dirname "$0")/../.."
   columns=[strategy] metric=test/balanced_acc 'column_order=[scratch,linear_probe,lp_ft,finetune]' \
   plots.transferability=null plots.imagenet_vs_transfer=null \
   plots.data_efficiency.x=samples_per_class plots.learning_curves.metric=val/balanced_acc \
-  title="Crop disease and aerial imagery: test balanced accuracy (%)" stem=agriculture
+  'title="Crop disease and aerial imagery: test balanced accuracy (%)"' stem=agriculture

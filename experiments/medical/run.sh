@@ -17,8 +17,8 @@ STRATEGIES=scratch,linear_probe,lp_ft,finetune
   '+filters.dataset=[pathmnist,dermamnist,pneumoniamnist]' metric=test/balanced_acc \
   'column_order=[scratch,linear_probe,lp_ft,finetune]' plots.transferability=null \
   plots.imagenet_vs_transfer=null plots.learning_curves.metric=val/balanced_acc \
-  title="MedMNIST (64 px): test balanced accuracy (%)" stem=medical_single_label
+  'title="MedMNIST (64 px): test balanced accuracy (%)"' stem=medical_single_label
 .venv/bin/python -m src.report experiments=[medical] rows=[fraction] columns=[strategy] \
   +filters.dataset=chestmnist metric=test/auroc 'column_order=[scratch,linear_probe,lp_ft,finetune]' \
   plots.transferability=null plots.imagenet_vs_transfer=null plots.learning_curves.metric=val/auroc \
-  title="ChestMNIST (64 px, 14 findings): test macro AUROC (%)" stem=medical_chest
+  'title="ChestMNIST (64 px, 14 findings): test macro AUROC (%)"' stem=medical_chest
