@@ -2,8 +2,8 @@
 # MedMNIST transfer table: 4 strategies x 2 labelled fractions x 3 seeds on three single-label sets
 # (72 runs) and on the multi-label ChestMNIST (24 runs), then the tables. Needs the 64 px .npz files
 # in data/medmnist/ (see README.md); without them every job stops at once with the file it needs.
-# On 2 CPU cores plan for a day (ChestMNIST's 11k validation and 22k test images dominate);
-# one GPU takes about an hour.
+# Long on a CPU (ChestMNIST's 11k validation and 22k test images are scored in every run): use a GPU
+# (trainer=gpu) where there is one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STRATEGIES=scratch,linear_probe,lp_ft,finetune
