@@ -25,6 +25,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from src.errors import refuse_bad_input
     from src.models.module import TransferModule, check_optimizer
+    from src.models.tasks import task_for
     from src.similarity.tracking import attach_similarity, similarity_key
     from src.tracking import log_run_metadata, mlflow_loggers, record_failure
     from src.tracking.resume import (
@@ -43,6 +44,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
     with refuse_bad_input():
         datamodule, regularisation, backbone = build_data(cfg)
+        task = task_for(datamodule.classes, datamodule.multilabel, datamodule.loss_weights)
+        task.check(regularisation, cfg.monitor.metric)
         strategy = build(cfg.strategy)
         strategy.check(cfg.trainer.max_epochs, regularisation)
         regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
@@ -55,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         regularisation=regularisation,
         class_names=datamodule.classes,
+        task=task,
     )
 
     # 2. Callbacks, loggers, trainer; a resumed job writes on in its old folder and MLflow run.
@@ -149,6 +153,8 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "regularisation": choices.get("regularisation", "custom"),
         "fraction": str(cfg.dataset.fraction),
         "samples_per_class": str(cfg.dataset.samples_per_class),
+        "class_weights": str(cfg.dataset.get("class_weights")),
+        "sampler": str(cfg.dataset.get("sampler", "shuffle")),
         "seed": str(cfg.seed),
         "study": str(cfg.get("study") or cfg.experiment_name),
         **git_state(PROJECT_ROOT),
@@ -169,7 +175,7 @@ def main(cfg: DictConfig) -> float | None:
             raise  # in a sweep this job fails (its trial FAIL) and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for key in sorted(k for k in metrics if k.startswith("test/") and "acc_class" not in k):
+    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
         log.info("%s = %.4f", key, metrics[key])
     return metrics.get(cfg.monitor.metric)
 

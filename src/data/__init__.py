@@ -15,8 +15,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.batch_transforms import BatchTransform, Uint8Square
+from src.data.sampling import (
+    CLASS_WEIGHTS,
+    SAMPLERS,
+    BalancedSampler,
+    EpochShuffle,
+    inverse_frequency,
+)
 from src.data.sources import ArrayImages, LabelledImages, Source
-from src.data.splits import SplitIndices, cap_per_class, carve_test, split_pool
+from src.data.splits import SplitIndices, cap_per_class, carve_test, split_official, split_pool
 
 log = logging.getLogger(__name__)
 
@@ -53,39 +60,22 @@ class TensorSubset(Dataset):
         rows = self.indices[positions]
         return self.images[rows], self.targets[rows]
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         row = int(self.indices[position])
-        return self.images[row], int(self.targets[row])
+        target = self.targets[row]
+        return self.images[row], int(target) if target.dim() == 0 else target
 
 
 def _already_batched(batch):
     return batch
 
 
-class EpochShuffle(Sampler[int]):
-    """A fresh permutation per epoch, drawn from (seed, epoch) alone.
-
-    torch's RandomSampler draws from the global RNG, which checkpoints do not restore; this order
-    depends only on the epoch (Lightning calls set_epoch), so a resumed run sees exactly the batches
-    an uninterrupted one would.
-    """
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        yield from torch.randperm(self.size, generator=generator).tolist()
-
-
 class TransferDataModule(L.LightningDataModule):
-    """Labelled pool -> (samples_per_class, fraction) -> stratified train/val. Test stays apart."""
+    """Labelled pool -> (samples_per_class, fraction) -> stratified train/val. Test stays apart.
+    A source with an official validation split keeps it whole; only train is subsampled.
+
+    class_weights: null | auto (inverse class frequency of the training split, for the loss).
+    sampler: shuffle | balanced (every class equally likely per draw, single-label only)."""
 
     def __init__(
         self,
@@ -99,8 +89,15 @@ class TransferDataModule(L.LightningDataModule):
         test_samples_per_class: int | None = None,
         seed: int = 0,
         transforms_on_device: bool | str = "auto",
+        class_weights: str | None = None,
+        sampler: str = "shuffle",
     ):
         super().__init__()
+        if class_weights not in CLASS_WEIGHTS:
+            raise ValueError(f"dataset.class_weights={class_weights!r}: choose null or auto.")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"dataset.sampler={sampler!r}: choose one of {list(SAMPLERS)}.")
+        self.class_weights, self.sampler = class_weights, sampler
         _check_range("dataset.fraction", fraction, 0.0, 1.0, low_open=True)
         _check_range("dataset.val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         _check_range(
@@ -141,20 +138,48 @@ class TransferDataModule(L.LightningDataModule):
 
     @cached_property
     def splits(self) -> SplitIndices:
-        """Indices into the pool (train, val) and into the test images; computed once."""
+        """Indices into the pool (train, val), the official val images and the test images."""
+        splits = self._split()
+        if self.test_samples_per_class is not None:
+            # The same test images for every run and seed, so results stay comparable.
+            test = self.source.test if self.source.test is not None else self.source.pool
+            capped = cap_per_class(
+                test.targets, splits.test, self.test_samples_per_class, TEST_SPLIT_SEED
+            )
+            splits = SplitIndices(splits.train, splits.val, capped)
+        if self.sampler == "balanced" and self.multilabel:
+            raise ValueError(
+                "dataset.sampler=balanced draws by class, and a multi-label image has several: "
+                "use dataset.class_weights=auto (a pos_weight per label) with sampler=shuffle."
+            )
+        log.info(
+            "Data: %d %s | train %d, val %d, test %d%s",
+            self.num_classes,
+            "labels (multi-label)" if self.multilabel else "classes",
+            len(splits.train),
+            len(splits.val),
+            len(splits.test),
+            " (official val)" if self.source.val is not None else "",
+        )
+        return splits
+
+    def _split(self) -> SplitIndices:
         pool, test = self.source.pool, self.source.test
+        if self.source.val is not None:
+            return split_official(
+                pool.targets,
+                len(self.source.val),
+                len(test),
+                self.fraction,
+                self.samples_per_class,
+                self.seed,
+            )
         pool_idx, test_idx = np.arange(len(pool)), None
         if test is None:
             pool_idx, test_idx = carve_test(pool.targets, self.test_fraction, TEST_SPLIT_SEED)
-            test_targets = pool.targets
         else:
-            test_idx, test_targets = np.arange(len(test)), test.targets
-        if self.test_samples_per_class is not None:
-            # The same images for every run and seed, so results stay comparable.
-            test_idx = cap_per_class(
-                test_targets, test_idx, self.test_samples_per_class, TEST_SPLIT_SEED
-            )
-        splits = split_pool(
+            test_idx = np.arange(len(test))
+        return split_pool(
             pool.targets,
             pool_idx,
             test_idx,
@@ -163,14 +188,23 @@ class TransferDataModule(L.LightningDataModule):
             self.val_fraction,
             self.seed,
         )
-        log.info(
-            "Data: %d classes | train %d, val %d, test %d",
-            self.num_classes,
-            len(splits.train),
-            len(splits.val),
-            len(splits.test),
-        )
-        return splits
+
+    @property
+    def multilabel(self) -> bool:
+        return self.source.multilabel
+
+    def train_targets(self) -> np.ndarray:
+        return self.source.pool.targets[self.splits.train]
+
+    @cached_property
+    def loss_weights(self) -> torch.Tensor | None:
+        """class_weights=auto: inverse class frequency of the training split (multi-label: a
+        pos_weight per label), logged once; None otherwise."""
+        if self.class_weights is None:
+            return None
+        weights = inverse_frequency(self.train_targets(), self.num_classes)
+        log.info("Class weights (inverse frequency of train): %s", weights.numpy().round(3))
+        return weights
 
     @property
     def classes(self) -> list[str]:
@@ -214,9 +248,22 @@ class TransferDataModule(L.LightningDataModule):
 
     @property
     def in_memory(self) -> bool:
-        return all(
-            isinstance(part, ArrayImages | None) for part in (self.source.pool, self.source.test)
-        )
+        parts = (self.source.pool, self.source.val, self.source.test)
+        return all(isinstance(part, ArrayImages | None) for part in parts)
+
+    def images(self, split: str) -> LabelledImages:
+        """The images a split's indices point into."""
+        official = {"val": self.source.val, "test": self.source.test}.get(split)
+        return official if official is not None else self.source.pool
+
+    def _sampler(self, split: str, shuffle: bool) -> Sampler | None:
+        """Training order: a seeded shuffle, or class-balanced draws (sampler=balanced)."""
+        if not shuffle:
+            return None
+        indices = getattr(self.splits, split)
+        if self.sampler == "balanced":
+            return BalancedSampler(self.images(split).targets[indices], self.seed)
+        return EpochShuffle(len(indices), self.seed)
 
     def prepare_data(self) -> None:
         self.source  # noqa: B018  (downloads, where a source downloads, happen once here)
@@ -225,18 +272,12 @@ class TransferDataModule(L.LightningDataModule):
         self.splits  # noqa: B018
 
     def _loader(self, split: str, transform: Callable | None, shuffle: bool) -> DataLoader:
-        images = (
-            self.source.test
-            if split == "test" and self.source.test is not None
-            else self.source.pool
-        )
+        images = self.images(split)
         if self.batch_transforms is not None and self.in_memory:  # one indexing op per batch
             return DataLoader(
                 TensorSubset(images.as_tensor(), images.targets, getattr(self.splits, split)),
                 batch_size=self.batch_size,
-                sampler=EpochShuffle(len(getattr(self.splits, split)), self.seed)
-                if shuffle
-                else None,
+                sampler=self._sampler(split, shuffle),
                 collate_fn=_already_batched,
                 pin_memory=torch.cuda.is_available(),
                 drop_last=shuffle and len(getattr(self.splits, split)) > self.batch_size,
@@ -245,7 +286,7 @@ class TransferDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(dataset), self.seed) if shuffle else None,
+            sampler=self._sampler(split, shuffle),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -1,8 +1,9 @@
 """Where images come from. Each source returns `Source(pool, test, classes)`.
 
 `pool` is the labelled training data (train/val are split from it), `test` the official test split
-or None (then one is carved out of the pool). Items are (RGB PIL image, int label): grey images
-become 3 channels here, once, for every backbone.
+or None (then one is carved out of the pool), `val` an official validation split or None (then one
+is split from the pool). Items are (RGB PIL image, label): grey images become 3 channels here, once,
+for every backbone. A label is an int, or for multi-label data a 0/1 vector (targets [N, L]).
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ OFFLINE_DATASETS = "fashion_mnist, fashion_mnist_3k, mnist, digits, textures, im
 
 
 class LabelledImages(Dataset):
-    """Base: `targets` is a 1-D int array aligned with the items."""
+    """Base: `targets` is an int array aligned with the items: [N] class indices, or [N, L] 0/1
+    rows for multi-label data."""
 
     targets: np.ndarray
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def label(self, index: int) -> int | torch.Tensor:
+        """One item's label: an int, or a multi-label row as a tensor (so batches stack)."""
+        target = self.targets[index]
+        return int(target) if target.ndim == 0 else torch.from_numpy(target)
 
 
 class ArrayImages(LabelledImages):
@@ -42,8 +49,8 @@ class ArrayImages(LabelledImages):
         self.images, self.targets = images, np.asarray(targets, dtype=np.int64)
         self._tensor: torch.Tensor | None = None
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[index]).convert("RGB"), int(self.targets[index])
+    def __getitem__(self, index: int) -> tuple[Image.Image, int | torch.Tensor]:
+        return Image.fromarray(self.images[index]).convert("RGB"), self.label(index)
 
     def as_tensor(self) -> torch.Tensor:
         """uint8 [N, C, H, W], C = 1 for grey; built once."""
@@ -75,6 +82,15 @@ class Source:
     test: LabelledImages | None
     classes: list[str]
     skipped: list[str] = field(default_factory=list)  # unreadable files left out
+    val: LabelledImages | None = None  # an official validation split (then test is required)
+
+    def __post_init__(self) -> None:
+        assert self.val is None or self.test is not None, "an official val split needs a test split"
+
+    @property
+    def multilabel(self) -> bool:
+        """Several labels per image (targets [N, L]): sigmoid outputs, BCE, per-label metrics."""
+        return self.pool.targets.ndim == 2
 
 
 # ---- offline sources: real images shipped by Debian / PyPI packages --------------------------
@@ -257,6 +273,14 @@ TORCHVISION_SETS = {
 }
 
 
+# Where to put files fetched by hand (offline machines), for sets whose layout is simple.
+MANUAL_LAYOUT = {
+    "eurosat": "Offline: unzip EuroSAT.zip (RGB, 27,000 JPEGs; the file torchvision fetches from "
+    "huggingface.co/datasets/torchgeo/eurosat) so that the class folders are "
+    "{root}/eurosat/2750/<class>/*.jpg, and set dataset.source.download=false.\n",
+}
+
+
 def torchvision_dataset(name: str, root: str = "data", download: bool = True) -> Source:
     """A torchvision data set, downloaded into `root` on first use."""
     import torchvision.datasets
@@ -272,8 +296,9 @@ def torchvision_dataset(name: str, root: str = "data", download: bool = True) ->
         try:
             parts = [cls(root, download=download, **kwargs) for kwargs in kwargs_list]
         except Exception as err:  # urllib / socket / integrity errors vary
+            where = MANUAL_LAYOUT.get(name, "").format(root=Path(root).resolve())
             raise AssetUnavailable(
-                f"Could not load or download '{name}' into {root}: {err}\n"
+                f"Could not load or download '{name}' into {root}: {err}\n{where}"
                 f"Offline data sets: {OFFLINE_DATASETS} (dataset=<name>)."
             ) from err
         return WrappedImages(

@@ -16,7 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def check_classes(model: nn.Module, datamodule: TransferDataModule, dataset: str) -> None:
-    """A head of n classes scores only a data set of the same n classes."""
+    """A head of n classes scores only a data set of the same n classes, single-label."""
+    if datamodule.multilabel:
+        raise InvalidInput(
+            f"dataset={dataset} is multi-label: src.eval scores single-label models. The training "
+            "run holds the multi-label test metrics (test/auroc, test/ap, test/f1_macro, per label)."
+        )
     if model.num_classes != datamodule.num_classes:
         raise InvalidInput(
             f"dataset={dataset} has {datamodule.num_classes} classes but the model was trained "

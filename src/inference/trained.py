@@ -88,7 +88,12 @@ def load_model(trained: Trained) -> nn.Module:
     from src.train import build
 
     state = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    # The backbone's weights only (the module also holds the task's class weights, thresholds).
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in state["state_dict"].items()
+        if k.startswith("model.")
+    }
     backbone_cfg = OmegaConf.create(trained.config["backbone"])
     # No pretrained download: every weight comes from the checkpoint.
     num_classes = len(state.get("class_names") or []) or _head_size(weights)

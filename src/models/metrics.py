@@ -5,9 +5,11 @@ from __future__ import annotations
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassAUROC,
     MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
+    MulticlassRecall,
 )
 
 # torchmetrics' argument validation reads label values back from the device (torch.unique) on
@@ -16,10 +18,13 @@ FAST = {"validate_args": False}
 
 
 def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Metrics logged as one number per epoch."""
+    """Metrics logged as one number per epoch. balanced_acc (mean per-class recall) and the
+    one-vs-rest macro AUROC do not reward predicting the majority class of an imbalanced set."""
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro", **FAST),
+        "balanced_acc": MulticlassRecall(num_classes, average="macro", **FAST),
         "f1_macro": MulticlassF1Score(num_classes, average="macro", **FAST),
+        "auroc": MulticlassAUROC(num_classes, average="macro", **FAST),
         "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1", **FAST),
     }
     if num_classes > 5:  # top-5 of five or fewer classes is always 1
@@ -28,10 +33,13 @@ def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 
 def per_class_metrics(num_classes: int) -> MetricCollection:
-    """Metrics with one value per class: logged per class name, and plotted."""
+    """Metrics with one value per class: logged per class name (acc_per_class is the class's
+    recall), and the confusion matrix, plotted."""
     return MetricCollection(
         {
             "acc_per_class": MulticlassAccuracy(num_classes, average=None, **FAST),
+            "f1_per_class": MulticlassF1Score(num_classes, average=None, **FAST),
+            "auroc_per_class": MulticlassAUROC(num_classes, average=None, **FAST),
             "confusion": MulticlassConfusionMatrix(num_classes, **FAST),
         }
     )

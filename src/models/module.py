@@ -8,8 +8,8 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from src.models.metrics import metric_key, per_class_metrics, scalar_metrics
 from src.models.schedulers import Schedule, constant
+from src.models.tasks import MultiLabel, SingleLabel
 from src.regularisation import Regularisation
 from src.strategies import Strategy
 from src.strategies.groups import stage_of
@@ -52,21 +52,21 @@ class TransferModule(L.LightningModule):
         scheduler: Callable[[int], Schedule] | None,
         regularisation: Regularisation,
         class_names: list[str],
+        task: SingleLabel | MultiLabel | None = None,
     ):
+        """task: single-label (the default) or multi-label; it owns the loss and the metrics."""
         super().__init__()
         self.model, self.strategy, self.regularisation = model, strategy, regularisation
-        self.criterion = regularisation.criterion()  # training loss (soft targets under mixup)
-        self.eval_criterion = nn.CrossEntropyLoss()  # val/test loss: hard labels, no smoothing
-        self.mixup = regularisation.mixup(len(class_names))
+        self.task = task if task is not None else SingleLabel(class_names)
+        self.criterion = self.task.criterion(regularisation)  # training loss (soft under mixup)
+        self.mixup = self.task.mixup(regularisation)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler or constant
         self.class_names = class_names
-        num_classes = len(class_names)
-        self.train_acc = scalar_metrics(num_classes, "train/")["acc"]
-        self.val_metrics = scalar_metrics(num_classes, "val/")
-        self.test_metrics = scalar_metrics(num_classes, "test/")
-        self.val_per_class = per_class_metrics(num_classes)
-        self.test_per_class = per_class_metrics(num_classes)
-        self.confusion: dict[str, torch.Tensor] = {}  # stage -> last epoch's matrix, for plots
+
+    @property
+    def confusion(self) -> dict[str, torch.Tensor]:
+        """stage -> the last epoch's confusion matrix, for plots (single-label only)."""
+        return self.task.confusion
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -102,39 +102,34 @@ class TransferModule(L.LightningModule):
         for name, term in self.regularisation.penalties(self.model, features).items():
             self.log(f"train/{name}", term, on_step=False, on_epoch=True)
             loss = loss + term
-        self.train_acc.update(logits, labels)  # epoch value only: no per-step compute
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log_dict(self.task.train_step(logits, labels), on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch, stage: str, scalars, per_class) -> None:
+    def _evaluate(self, batch, stage: str) -> None:
         images, labels = batch
         logits = self(images)
-        self.log(f"{stage}/loss", self.eval_criterion(logits, labels), on_epoch=True, prog_bar=True)
-        scalars.update(logits, labels)
-        per_class.update(logits, labels)
-        self.log_dict(scalars, on_epoch=True, prog_bar=stage == "val")
+        self.log(f"{stage}/loss", self.task.eval_loss(logits, labels), on_epoch=True, prog_bar=True)
+        self.log_dict(
+            self.task.eval_step(stage, logits, labels), on_epoch=True, prog_bar=stage == "val"
+        )
 
-    def _log_per_class(self, stage: str, per_class) -> None:
-        values = per_class.compute()
-        per_class.reset()
-        if self.trainer.sanity_checking:
-            return
-        for name, acc in zip(self.class_names, values["acc_per_class"], strict=True):
-            self.log(f"{stage}/acc_class/{metric_key(name)}", acc)
-        self.confusion[stage] = values["confusion"].cpu()
+    def _epoch_end(self, stage: str) -> None:
+        """Values that need the whole epoch: per class (and, multi-label, every score)."""
+        for key, value in self.task.epoch_end(stage, self.trainer.sanity_checking).items():
+            self.log(key, value, prog_bar=key == f"{stage}/auroc")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics, self.val_per_class)
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_per_class("val", self.val_per_class)
+        self._epoch_end("val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics, self.test_per_class)
+        self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_per_class("test", self.test_per_class)
+        self._epoch_end("test")
 
     def configure_optimizers(self):
         """All named groups at once; one LambdaLR multiplies schedule x strategy factor per group."""

@@ -135,7 +135,12 @@ class Regularisation:
         )
 
     # --- loss and penalties -------------------------------------------------------------------
-    def criterion(self) -> nn.Module:
+    def criterion(self, class_weights: torch.Tensor | None = None) -> nn.Module:
+        """Cross-entropy, class-weighted when given weights (torch's takes them with soft targets
+        too: then it is timm's SoftTargetCrossEntropy with a weight per class)."""
+        if class_weights is not None:
+            smoothing = 0.0 if self.mixup_alpha or self.cutmix_alpha else self.label_smoothing
+            return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=smoothing)
         if self.mixup_alpha or self.cutmix_alpha:
             return SoftTargetCrossEntropy()  # the targets already carry the smoothing
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)

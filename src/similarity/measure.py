@@ -26,6 +26,11 @@ def cap_per_class(datamodule, max_per_class: int | None) -> None:
     from src.data import TEST_SPLIT_SEED
     from src.data.splits import carve_test
 
+    if datamodule.source.multilabel:  # LEEP, LogME & co. score one class per image
+        raise ValueError(
+            "Transferability and domain similarity need a single-label data set; this one is "
+            "multi-label."
+        )
     targets = datamodule.source.pool.targets
     pool = np.arange(len(targets))
     if datamodule.source.test is None:  # the pool loses a test split first, as in setup()

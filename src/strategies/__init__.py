@@ -8,6 +8,7 @@ re-applies exactly the state of its epoch (Lightning's BackboneFinetuning re-fre
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import lightning.pytorch as L
@@ -310,14 +311,20 @@ class FeatureExtract(Strategy):
         )
 
         features, stats = self._features(trainer, module, datamodule, ("train", "val"))
-        self.features = FeatureDataModule(features, datamodule.batch_size, datamodule.seed)
+        balanced = datamodule.sampler == "balanced"
+        self.features = FeatureDataModule(
+            features, datamodule.batch_size, datamodule.seed, balanced=balanced
+        )
         num_features, num_classes = features["train"][0].shape[1], len(module.class_names)
-        if self.classifier == "linear":
+        if self.classifier == "linear":  # the task's loss carries any class weights
             head = LinearHead(
                 num_features, num_classes, dropout=getattr(module.model, "drop_rate", 0.0)
             )
-        else:
-            fitted = sklearn_classifier(self.classifier, self.C, self.max_iter, datamodule.seed)
+        else:  # scikit-learn's class_weight="balanced" is the same inverse-frequency rule
+            weigh = balanced or datamodule.class_weights == "auto"
+            fitted = sklearn_classifier(
+                self.classifier, self.C, self.max_iter, datamodule.seed, weigh, module.task
+            )
             fitted.fit(features["train"][0].numpy(), features["train"][1].numpy())
             head = SklearnHead(fitted, num_classes)
         self.head_module = type(module)(
@@ -327,6 +334,7 @@ class FeatureExtract(Strategy):
             module.scheduler_factory,
             module.regularisation,
             module.class_names,
+            copy.deepcopy(module.task),  # its own metrics and thresholds
         )
         if self.classifier == "linear":
             trainer.fit(self.head_module, datamodule=self.features)

@@ -125,18 +125,20 @@ def _save(path: Path, tensors: dict, identity: dict) -> None:
 class FeatureDataModule(L.LightningDataModule):
     """Cached (features, labels) per split, served as tensors."""
 
-    def __init__(self, features: dict, batch_size: int, seed: int):
+    def __init__(self, features: dict, batch_size: int, seed: int, balanced: bool = False):
         super().__init__()
         self.features, self.batch_size, self.seed = features, batch_size, seed
+        self.balanced = balanced  # the data set's sampler=balanced, for the linear head
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        from src.data.sampling import BalancedSampler
+
+        dataset = TensorDataset(*self.features[split])
+        if shuffle and self.balanced:
+            sampler = BalancedSampler(self.features[split][1].numpy(), self.seed)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            TensorDataset(*self.features[split]),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-        )
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -185,19 +187,40 @@ class SklearnHead(nn.Module):
         scores = np.asarray(scores, dtype=np.float32)
         if scores.ndim == 1:  # binary decision_function: one margin per sample
             scores = np.stack([-scores, scores], axis=1)
+        if self.multilabel and hasattr(self.classifier, "predict_proba"):
+            # per-label probabilities -> log-odds: the task applies a sigmoid to logits
+            probs = np.clip(scores, 1e-6, 1 - 1e-6)
+            scores = np.log(probs) - np.log1p(-probs)
         return torch.from_numpy(scores).to(features.device)
 
+    @property
+    def multilabel(self) -> bool:
+        return hasattr(self.classifier[-1], "estimators_") and self.classifier[-1].multilabel_
 
-def sklearn_classifier(kind: str, C: float, max_iter: int, seed: int):
-    """Standardised features into logistic regression, a linear SVM or an RBF SVM."""
+
+def sklearn_classifier(
+    kind: str, C: float, max_iter: int, seed: int, balanced: bool = False, task=None
+):
+    """Standardised features into logistic regression, a linear SVM or an RBF SVM; for a
+    multi-label task one per label (one-vs-rest on the 0/1 label matrix). balanced: weigh classes
+    by inverse frequency (class_weight="balanced", per label for multi-label)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC, LinearSVC
 
+    weight = "balanced" if balanced else None
     classifiers = {
-        "logistic": lambda: LogisticRegression(C=C, max_iter=max_iter, random_state=seed),
-        "linear_svm": lambda: LinearSVC(C=C, max_iter=max_iter, random_state=seed),
-        "svm": lambda: SVC(C=C, kernel="rbf", random_state=seed),
+        "logistic": lambda: LogisticRegression(
+            C=C, max_iter=max_iter, random_state=seed, class_weight=weight
+        ),
+        "linear_svm": lambda: LinearSVC(
+            C=C, max_iter=max_iter, random_state=seed, class_weight=weight
+        ),
+        "svm": lambda: SVC(C=C, kernel="rbf", random_state=seed, class_weight=weight),
     }
-    return make_pipeline(StandardScaler(), classifiers[kind]())
+    classifier = classifiers[kind]()
+    if getattr(task, "multilabel", False):
+        classifier = OneVsRestClassifier(classifier)
+    return make_pipeline(StandardScaler(), classifier)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RunArtifacts", "git_state", "log_run_metadata", "record_failure", "mlflow_loggers"]
 
 # Per-epoch values kept for the learning-curve plot.
-CURVE_METRICS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc")
+CURVE_METRICS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc", "val/auroc")
 
 
 def mlflow_loggers(loggers: list[Logger]) -> list[MLFlowLogger]:

@@ -43,10 +43,11 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: Path, tit
 
 
 def plot_learning_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:
-    """Loss and accuracy per epoch, train against validation."""
+    """Loss and accuracy (multi-label: AUROC) per epoch, train against validation."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, kind in zip(axes, ("loss", "acc"), strict=True):
+    score = "acc" if history.get("val/acc") else "auroc"
+    for ax, kind in zip(axes, ("loss", score), strict=True):
         for key, points in history.items():
             if key.split("/")[1].startswith(kind) and points:
                 epochs, values = zip(*points, strict=True)
