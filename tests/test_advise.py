@@ -104,7 +104,13 @@ def test_no_band_from_as_many_points_as_parameters():
 # --- the budget ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "text, seconds, runs",
-    [("20m", 1200, None), ("90s", 90, None), ("1.5h", 5400, None), ("30t", None, 30), (15, 900, None)],
+    [
+        ("20m", 1200, None),
+        ("90s", 90, None),
+        ("1.5h", 5400, None),
+        ("30t", None, 30),
+        (15, 900, None),
+    ],
 )
 def test_budget_parses_minutes_seconds_hours_and_trials(text, seconds, runs):
     budget = Budget.parse(text)
@@ -119,7 +125,11 @@ def test_budget_refuses_nonsense(text):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("budget=abc", "budget='abc'"), ("budget=0", "budget=0"), ("candidates=[nope_net]", "nope_net")],
+    [
+        ("budget=abc", "budget='abc'"),
+        ("budget=0", "budget=0"),
+        ("candidates=[nope_net]", "nope_net"),
+    ],
 )
 def test_bad_input_is_refused_before_any_run(tmp_path, override, message):
     with pytest.raises(InvalidInput, match=message):
@@ -150,7 +160,7 @@ def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
 
 
 def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
-    command = advise_command(tiny(tmp_path, "4t"))  # 2 search trials, 2 data runs
+    command = advise_command(tiny(tmp_path, "3t"))  # 2 search trials, 1 data run
     log = tmp_path / "first.log"
     with log.open("w") as out:
         first = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

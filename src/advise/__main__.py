@@ -34,7 +34,7 @@ def check(cfg: DictConfig) -> None:
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
     if cfg.dataset_name not in known:
         raise ValueError(f"dataset={cfg.dataset_name!r}: unknown; choose one of {known}.")
-    if not cfg.candidates or not 1 <= cfg.top_k:
+    if not cfg.candidates or cfg.top_k < 1:
         raise ValueError("candidates must name at least one backbone and top_k must be >= 1.")
     if cfg.rank.score not in COLUMNS:
         raise ValueError(f"rank.score={cfg.rank.score!r}: choose one of {list(COLUMNS)}.")
@@ -46,7 +46,9 @@ def check(cfg: DictConfig) -> None:
     backbones = sorted(p.stem for p in (CONF_DIR / "backbone").glob("[!_]*.yaml"))
     for name in cfg.candidates:
         if name not in backbones and not timm.is_model(name):
-            raise ValueError(f"candidates: {name!r} is neither a conf/backbone ({backbones}) nor a timm model.")
+            raise ValueError(
+                f"candidates: {name!r} is neither a conf/backbone ({backbones}) nor a timm model."
+            )
         train_cfg = compose("train", [*backbone_overrides(name), f"dataset={cfg.dataset_name}"])
         build(train_cfg.backbone, num_classes=2)  # weights that cannot be had here: refused now
 
@@ -64,7 +66,16 @@ def locations(cfg: DictConfig) -> list[str]:
 
 def settings(cfg: DictConfig) -> dict:
     """What the advice key hashes: a re-run with the same settings (any budget) continues."""
-    keys = ("dataset_name", "candidates", "top_k", "seed", "rank", "search", "data", "train_overrides")
+    keys = (
+        "dataset_name",
+        "candidates",
+        "top_k",
+        "seed",
+        "rank",
+        "search",
+        "data",
+        "train_overrides",
+    )
     chosen = {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in keys}
     chosen["search"] = {k: v for k, v in chosen["search"].items() if k != "storage"}
     return chosen

@@ -91,7 +91,9 @@ def fit(n, acc) -> Curve:
 
     n, acc = np.asarray(n, dtype=float), np.asarray(acc, dtype=float)
     if len(np.unique(n)) < 3:
-        raise ValueError(f"A learning curve needs points at 3 or more data sizes, got {len(np.unique(n))}.")
+        raise ValueError(
+            f"A learning curve needs points at 3 or more data sizes, got {len(np.unique(n))}."
+        )
     spread = max(acc.max() - acc.min(), 1e-3)
     start = (min(acc.max() + spread / 2, 1.0), spread * np.sqrt(n.min()), 0.5)
     bounds = ([0.0, 0.0, 1e-3], [1.0, np.inf, 5.0])  # an accuracy: a in [0, 1]; rising: b, c > 0

@@ -1,5 +1,5 @@
-"""Stage 3: the best configuration trained at several fractions of the data, with seeds (full
-data first, so the recommendation's own accuracy comes first), then a learning curve fitted to
+"""Stage 3: the best configuration trained at several fractions of the data, with seeds (see
+plan() for the order), then a learning curve fitted to
 (training images, test accuracy). A finished run of the same configuration, fraction and seed
 is reused; no run starts whose estimated cost would end past the stage's deadline."""
 
@@ -49,8 +49,11 @@ def train_images(overrides: list[str], fraction: float) -> int:
 
 
 def plan(fractions: list[float], seeds: list[int]) -> list[tuple[float, int]]:
-    """Seed by seed, full data first: what a cut-short budget keeps is the most useful."""
-    return [(f, s) for s in seeds for f in sorted(fractions, reverse=True)]
+    """Seed by seed; in each, all the data first (the recommendation's own accuracy), then the
+    rest smallest first (cheap, and three sizes make a curve): what a cut-short budget keeps
+    is the most useful."""
+    order = [max(fractions), *sorted(f for f in fractions if f != max(fractions))]
+    return [(f, s) for s in seeds for f in order]
 
 
 def run_one(job: DataJob, fraction: float, seed: int) -> dict:

@@ -39,10 +39,17 @@ def data_section(advice: Advice) -> list[str]:
         f"b = {curve.b:.4g} ± {err[1]:.3g}, c = {curve.c:.3f} ± {err[2]:.3f} (std errors from the "
         f"fit's covariance). Band: central {advice.band:.0%} of the curve over parameter draws.",
         "",
-        table([
-            {**r, "expected_acc": percent(r["expected_acc"]), "low": percent(r["low"]),
-             "high": percent(r["high"])} for r in projections(advice)
-        ]),  # fmt: skip
+        table(
+            [
+                {
+                    **r,
+                    "expected_acc": percent(r["expected_acc"]),
+                    "low": percent(r["low"]),
+                    "high": percent(r["high"]),
+                }
+                for r in projections(advice)
+            ]
+        ),  # fmt: skip
     ]
     if advice.target_acc is not None:
         n, low, high = curve.images_for(advice.target_acc, advice.band)

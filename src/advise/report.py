@@ -119,7 +119,11 @@ def write(advice: Advice, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for stem, rows in (("ranking", advice.ranking), ("trials", advice.trials), ("data", advice.data)):
+    for stem, rows in (
+        ("ranking", advice.ranking),
+        ("trials", advice.trials),
+        ("data", advice.data),
+    ):
         if rows:
             files += write_table([{k: _cell(v) for k, v in r.items()} for r in rows], out, stem)
     files.append(out / "advice.json")

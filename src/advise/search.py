@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 

@@ -30,7 +30,12 @@ class Stages:
         shares = self.cfg.shares
         ranking = self.rank(self.budget.deadline(shares.rank))
         kept = [row["backbone"] for row in ranking[: self.cfg.top_k]]
-        log.info("Ranking by %s: %s; kept %s", self.cfg.rank.score, [r["backbone"] for r in ranking], kept)
+        log.info(
+            "Ranking by %s: %s; kept %s",
+            self.cfg.rank.score,
+            [r["backbone"] for r in ranking],
+            kept,
+        )
         trials, measured = [], []
         for index, name in enumerate(kept):
             trials += self.search(name, index, len(kept), measured)
@@ -101,14 +106,20 @@ class Stages:
             [*overrides, *self.where], self.out, best["seconds"] or 0.0,
         )  # fmt: skip
         units = data_stage.plan(list(cfg.data.fractions), list(cfg.data.seeds))
-        quota = None if budget.runs is None else max(0, budget.runs - budget.run_quota(cfg.shares.search))
+        quota = (
+            None
+            if budget.runs is None
+            else max(0, budget.runs - budget.run_quota(cfg.shares.search))
+        )
         return data_stage.run_fractions(job, units, budget, budget.deadline(cfg.shares.data), quota)
 
     # --- 4. report ----------------------------------------------------------------------------
     def report(self, ranking, trials, best, overrides, data_rows) -> Path:
         from src.advise.curve import fit
 
-        points = [(r["train_images"], r["test_acc"]) for r in data_rows if r["test_acc"] is not None]
+        points = [
+            (r["train_images"], r["test_acc"]) for r in data_rows if r["test_acc"] is not None
+        ]
         curve, note = None, ""
         try:
             curve = fit(*zip(*points, strict=True)) if points else None

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from mlflow import MlflowClient
 
-from src.similarity.tracking import experiment_id
+from src.similarity.tracking import experiment_id, run_status
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,5 @@ def parent_run(
         )
         run_id = run.info.run_id
         log.info("Advice %s: MLflow run %s in %s", key, run_id, experiment)
-    try:
+    with run_status(client, run_id):
         yield client, run_id
-    except BaseException as error:
-        killed = isinstance(error, KeyboardInterrupt | SystemExit)
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        client.set_terminated(run_id, "KILLED" if killed else "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")

@@ -79,8 +79,15 @@ def mlflow_run(
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
     log.info("MLflow run %s (%s) in %s", run_id, experiment, tracking_uri)
-    try:
+    with run_status(client, run_id):
         yield client, run_id
+
+
+@contextmanager
+def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """The run ends FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag."""
+    try:
+        yield
     except BaseException as error:
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
         client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
