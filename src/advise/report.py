@@ -96,7 +96,7 @@ def plot(advice: Advice, path: Path) -> Path | None:
         for times in (2, 5):
             ax.axvline(n.max() * times, color="grey", ls=":", lw=1)
     ax.set(xscale="log", xlabel="training images", ylabel="test accuracy (%)",
-           title=f"{advice.dataset}: data efficiency of the recommended configuration")  # fmt: skip
+           title=f"{advice.dataset}: data efficiency of the recommendation")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
