@@ -43,6 +43,14 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"data.fractions={fractions}: in (0, 1], with 1.0; data.seeds non-empty.")
     if cfg.target_acc is not None and not 0 < cfg.target_acc < 1:
         raise ValueError(f"target_acc={cfg.target_acc}: an accuracy in (0, 1), or null.")
+    choices = list(cfg.search.params.strategy.choices)
+    unknown = sorted(set(cfg.search.enqueue) - set(choices)) + sorted(
+        set(choices) - set(cfg.search.cost)
+    )
+    if unknown:
+        raise ValueError(
+            f"search: {unknown} must be strategy choices, each with a search.cost factor."
+        )
     backbones = sorted(p.stem for p in (CONF_DIR / "backbone").glob("[!_]*.yaml"))
     for name in cfg.candidates:
         if name not in backbones and not timm.is_model(name):
@@ -85,6 +93,7 @@ def advise(cfg: DictConfig) -> Path:
     from src.advise.budget import Budget
     from src.advise.tracking import advice_key, parent_run
     from src.errors import refuse_bad_input
+    from src.similarity.tracking import log_params
 
     OmegaConf.resolve(cfg)  # ${hydra:...} now, before jobs swap HydraConfig for their own
     with refuse_bad_input():
@@ -96,6 +105,7 @@ def advise(cfg: DictConfig) -> Path:
         cfg.paths.tracking_uri, cfg.experiment_name, cfg.paths.artifact_location, key, tags
     ) as (client, parent):
         client.set_tag(parent, "budget", str(cfg.budget))
+        log_params(client, parent, settings(cfg))  # the same on a re-run: they make the key
         from src.advise.stages import Stages
 
         return Stages(cfg, budget, client, parent, key, locations(cfg)).run()

@@ -99,7 +99,12 @@ def run_fractions(
             budget.skip(f"data: fraction {fraction} seed {seed} (~{estimate:.0f}s)")
             continue
         start = time.perf_counter()
-        row = run_one(job, fraction, seed)
+        try:
+            row = run_one(job, fraction, seed)
+        except Exception as error:  # one failed run must not cost the report
+            log.warning("Data run fraction %s seed %s failed", fraction, seed, exc_info=error)
+            budget.skip(f"data: fraction {fraction} seed {seed} failed ({type(error).__name__})")
+            continue
         elapsed = time.perf_counter() - start
         if elapsed > 5:  # a reused run costs nothing and says nothing about the cost
             measured.append((elapsed, cost_factor(fraction)))

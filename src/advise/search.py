@@ -105,7 +105,10 @@ def run_study(sweeper, job: SearchJob, budget: Budget, until: float, parent: str
         log.info("Trial %d of %s took %.0fs", number, job.study_name, seconds)
         return result
 
-    worker.run(launch)
+    try:
+        worker.run(launch)
+    except RuntimeError as error:  # max_failures reached: report what the study has
+        budget.skip(f"search {job.backbone}: stopped, {error}")
     if study_run and client.get_run(study_run).info.status == "RUNNING":
         client.set_terminated(study_run, "FINISHED")  # a budget-stopped study: resumable anyway
     return worker.study.get_trials(deepcopy=False)

@@ -54,7 +54,7 @@ class Stages:
         job = RankJob(
             self.client, self.parent, self.key, cfg.dataset_name, cfg.experiment_name,
             [f"max_per_class={cfg.rank.max_per_class}", f"knn_k={cfg.rank.knn_k}",
-             f"seed={cfg.seed}", *self.where[1:]],
+             f"seed={cfg.seed}", *(o for o in self.where if o.startswith("paths."))],
             self.out,
         )  # fmt: skip
         return rank(job, list(cfg.candidates), cfg.rank.score, self.budget, until)

@@ -75,12 +75,17 @@ def mlflow_run(
         experiment_id(client, experiment, artifact_location), run_name=run_name, tags=tags
     )
     run_id = run.info.run_id
-    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[start : start + 100])
+    log_params(client, run_id, params)
     log.info("MLflow run %s (%s) in %s", run_id, experiment, tracking_uri)
     with run_status(client, run_id):
         yield client, run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """A nested dict as flat params ("a/b"), each value cut to MLflow's 6000 characters."""
+    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
 
 
 @contextmanager
