@@ -57,7 +57,7 @@ class Stages:
              f"seed={cfg.seed}", *(o for o in self.where if o.startswith("paths."))],
             self.out,
         )  # fmt: skip
-        return rank(job, list(cfg.candidates), cfg.rank.score, self.budget, until)
+        return rank(job, list(cfg.candidates), cfg.rank.score, cfg.top_k, self.budget, until)
 
     # --- 2. search ----------------------------------------------------------------------------
     def train_overrides(self, backbone: str, test: bool) -> list[str]:
