@@ -150,13 +150,15 @@ def test_unknown_dataset_exits_2_with_one_line(tmp_path):
 
 # --- budget and resume on real runs -------------------------------------------------------------
 def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
-    start = time.monotonic()
     report = advise_in_process(tiny(tmp_path, "20s"))
-    elapsed = time.monotonic() - start
     text = report.read_text()
-    assert "## Skipped for the budget" in text and "- search mobilenetv2" in text
-    # The first unit of each stage always runs; after that nothing starts that would overrun.
-    assert elapsed < 20 + 60
+    # The ranking's one candidate always runs; after that no unit starts that would end past its
+    # stage's share (a loaded machine may skip even the first trial): never a data run in 20 s.
+    assert "- search mobilenetv2: further trials" in text
+    assert "No data-fraction run fitted the budget." in text
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("advise").experiment_id])
+    assert not [r for r in runs if r.data.tags.get("advise_stage") == "data"]
 
 
 def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):

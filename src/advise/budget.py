@@ -53,6 +53,14 @@ class Budget:
             return self.seconds is None or self.elapsed() < self.seconds
         return self.elapsed() + estimate <= until
 
+    def time_limit(self, until: float) -> list[str]:
+        """A training run's override that stops it at `until` (Lightning's max_time), should it
+        run far longer than estimated (a machine that got busier): the budget still holds."""
+        if self.seconds is None or until == math.inf:
+            return []
+        left = max(int(until - self.elapsed()), 1)
+        return [f"++trainer.max_time='00:{left // 3600:02d}:{left // 60 % 60:02d}:{left % 60:02d}'"]
+
     def run_quota(self, share: float) -> int | None:
         """Training runs a stage with this share of a run budget may use (None: time budget)."""
         return None if self.runs is None else max(1, round(share * self.runs))

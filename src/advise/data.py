@@ -56,7 +56,7 @@ def plan(fractions: list[float], seeds: list[int]) -> list[tuple[float, int]]:
     return [(f, s) for s in seeds for f in order]
 
 
-def run_one(job: DataJob, fraction: float, seed: int) -> dict:
+def run_one(job: DataJob, fraction: float, seed: int, limit: list[str]) -> dict:
     tags = {
         "advise_key": job.key,
         "advise_stage": "data",
@@ -70,7 +70,7 @@ def run_one(job: DataJob, fraction: float, seed: int) -> dict:
         log.info("Data: reused fraction %s seed %s (run %s)", fraction, seed, run.info.run_id)
     else:
         n = train_images(job.overrides, fraction)
-        overrides = [*job.overrides, f"dataset.fraction={fraction}", f"seed={seed}"]
+        overrides = [*job.overrides, f"dataset.fraction={fraction}", f"seed={seed}", *limit]
         out = job.output_dir / "data" / f"f{fraction}-s{seed}"
         run_tags = {**tags, "train_images": str(n), PARENT: job.parent}
         result, _, _ = run_train(overrides, out, run_tags)
@@ -100,7 +100,7 @@ def run_fractions(
             continue
         start = time.perf_counter()
         try:
-            row = run_one(job, fraction, seed)
+            row = run_one(job, fraction, seed, budget.time_limit(until))
         except Exception as error:  # one failed run must not cost the report
             log.warning("Data run fraction %s seed %s failed", fraction, seed, exc_info=error)
             budget.skip(f"data: fraction {fraction} seed {seed} failed ({type(error).__name__})")

@@ -100,6 +100,7 @@ def run_study(sweeper, job: SearchJob, budget: Budget, until: float, parent: str
 
     def launch(number: int, params: dict[str, Any]):
         overrides = [*job.overrides, *to_overrides(params), sweeper._identity_override(number)]
+        overrides += budget.time_limit(until)
         out = job.output_dir / f"trial{number:03d}"
         result, _, seconds = run_train(overrides, out, job.tags)
         log.info("Trial %d of %s took %.0fs", number, job.study_name, seconds)
