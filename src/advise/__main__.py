@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+# The budget's clock: the heavy imports (torch, timm, MLflow) and the checks come after, and count.
+STARTED = time.monotonic()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -97,7 +101,7 @@ def advise(cfg: DictConfig) -> Path:
 
     OmegaConf.resolve(cfg)  # ${hydra:...} now, before jobs swap HydraConfig for their own
     with refuse_bad_input():
-        budget = Budget.parse(cfg.budget)
+        budget = Budget.parse(cfg.budget, started=STARTED if __name__ == "__main__" else None)
         check(cfg)
     key = advice_key(settings(cfg))
     tags = {"dataset": cfg.dataset_name, "budget": str(cfg.budget)}

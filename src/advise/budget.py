@@ -24,8 +24,9 @@ class Budget:
     skipped: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, value) -> Budget:
-        """'20m', '90s', '1.5h', '30t' (training runs), or a bare number of minutes."""
+    def parse(cls, value, started: float | None = None) -> Budget:
+        """'20m', '90s', '1.5h', '30t' (training runs), or a bare number of minutes; the clock
+        runs from `started` (time.monotonic()), by default from now."""
         match = PATTERN.match(str(value))
         if not match or float(match.group(1)) <= 0:
             raise ValueError(
@@ -36,8 +37,11 @@ class Budget:
         if unit == "t":
             if amount != int(amount):
                 raise ValueError(f"budget={value!r}: a number of trials is a whole number.")
-            return cls(runs=int(amount), text=str(value))
-        return cls(seconds=amount * UNITS[unit], text=str(value))
+            budget = cls(runs=int(amount), text=str(value))
+        else:
+            budget = cls(seconds=amount * UNITS[unit], text=str(value))
+        budget.started = time.monotonic() if started is None else started
+        return budget
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -47,10 +51,10 @@ class Budget:
         return math.inf if self.seconds is None else share * self.seconds
 
     def fits(self, estimate: float, until: float, first: bool = False) -> bool:
-        """Would a unit estimated at `estimate` seconds, started now, end by `until`? A stage's
-        first unit (nothing to report without it) only needs some budget left at all."""
+        """Would a unit estimated at `estimate` seconds, started now, end by `until`? A first unit
+        (nothing to report without it) only needs to start before `until`."""
         if first:
-            return self.seconds is None or self.elapsed() < self.seconds
+            return self.elapsed() < until
         return self.elapsed() + estimate <= until
 
     def time_limit(self, until: float) -> list[str]:

@@ -67,14 +67,14 @@ def rank(
     job: RankJob, candidates: list[str], by: str, keep: int, budget: Budget, until: float
 ) -> list[dict]:
     """One row per scored candidate, best first by `by`. Scoring is far cheaper than training, and
-    the search needs `keep` backbones: the first `keep` are scored while any budget is left; any
-    further one only if its scoring would end by `until`."""
+    the search needs `keep` backbones: the first `keep` are always scored; any further one only if
+    its scoring would end by `until`."""
     rows, measured = [], []
     for name in candidates:
         run = cached(job, name)
         if run is not None:
             log.info("Ranking: reused the scores of %s (run %s)", name, run.info.run_id)
-        elif not budget.fits(scaled_estimate(measured, 1.0), until, first=len(rows) < keep):
+        elif len(rows) >= keep and not budget.fits(scaled_estimate(measured, 1.0), until):
             budget.skip(f"rank: scoring {name}")
             continue
         else:

@@ -59,9 +59,10 @@ class BudgetWorker(Worker):
         waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         upcoming = waiting[0].system_attrs.get("fixed_params", {}) if waiting else {}
         factor = self.job.cost.get(upcoming.get("strategy"), max(self.job.cost.values()))
-        measured = durations(self.study.get_trials(deepcopy=False), self.job.cost) or self.job.prior
-        estimate = scaled_estimate(measured, factor)
-        if not self.budget.fits(estimate, self.until, first=not measured):
+        own = durations(self.study.get_trials(deepcopy=False), self.job.cost)
+        estimate = scaled_estimate(own or self.job.prior, factor)
+        # A backbone's first trial starts while its window is open: without it, no result at all.
+        if not self.budget.fits(estimate, self.until, first=not own):
             left = self.until - self.budget.elapsed()
             self.budget.skip(
                 f"search {self.job.backbone}: further trials (next ~{estimate:.0f}s, {left:.0f}s left)"
