@@ -58,7 +58,8 @@ class Curve:
         if not self.has_band():
             return np.full(n.shape, np.nan), np.full(n.shape, np.nan)
         p = self.draws(seed)
-        values = power_law(n[None, :], p[:, :1], p[:, 1:2], p[:, 2:3])
+        # An accuracy: draws past 1 (or below 0) are clipped, not extrapolated.
+        values = np.clip(power_law(n[None, :], p[:, :1], p[:, 1:2], p[:, 2:3]), 0.0, 1.0)
         tail = (1 - level) / 2 * 100
         return np.percentile(values, tail, axis=0), np.percentile(values, 100 - tail, axis=0)
 
