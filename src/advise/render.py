@@ -80,7 +80,8 @@ def results_markdown(advice: Advice, taus: list[dict]) -> str:
         table(advice.ranking) if advice.ranking else "(no candidate scored)",
         "",
         "Agreement of each score's order with the best val accuracy each backbone reached in the "
-        "search (Kendall τ; with 2 backbones it is +1 or -1: the order agreed or not):",
+        "search (Kendall τ; with 2 backbones it is +1 or -1: the order agreed or not; nan where "
+        "fewer than 2 backbones were trained or all reached the same accuracy):",
         "",
         table(taus) if taus else "(fewer than 2 trained backbones)",
         "",
