@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup train test test-all lint ui bench report clean
+.PHONY: setup train test test-all lint ui bench report advise clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # A table (md, tex, csv) and plots from MLflow runs: `make report ARGS="+filters.study=X"`.
 report: $(STAMP)
 	$(PY) -m src.report $(ARGS)
+
+# From a data set to a recommendation under a budget, e.g. make advise ARGS="dataset=digits budget=15m".
+advise: $(STAMP)
+	$(PY) -m src.advise $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -75,12 +75,24 @@ def mlflow_run(
         experiment_id(client, experiment, artifact_location), run_name=run_name, tags=tags
     )
     run_id = run.info.run_id
+    log_params(client, run_id, params)
+    log.info("MLflow run %s (%s) in %s", run_id, experiment, tracking_uri)
+    with run_status(client, run_id):
+        yield client, run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """A nested dict as flat params ("a/b"), each value cut to MLflow's 6000 characters."""
     items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
-    log.info("MLflow run %s (%s) in %s", run_id, experiment, tracking_uri)
+
+
+@contextmanager
+def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """The run ends FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag."""
     try:
-        yield client, run_id
+        yield
     except BaseException as error:
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
         client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])

@@ -1,0 +1,112 @@
+"""Stage 3: the best configuration trained at several fractions of the data, with seeds (see
+plan() for the order), then a learning curve fitted to
+(training images, test accuracy). A finished run of the same configuration, fraction and seed
+is reused; no run starts whose estimated cost would end past the stage's deadline."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from src.advise.budget import Budget, scaled_estimate
+from src.advise.jobs import compose, run_train
+from src.advise.tracking import PARENT, find_runs
+
+log = logging.getLogger(__name__)
+METRIC = "test/acc"
+
+
+@dataclass(frozen=True)
+class DataJob:
+    client: MlflowClient
+    parent: str
+    key: str
+    experiment: str
+    overrides: list[str]  # the winning trial's, test=true
+    output_dir: Path
+    prior: float  # seconds the winning trial took on all the data
+
+
+def config_id(overrides: list[str]) -> str:
+    return hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:10]
+
+
+def cost_factor(fraction: float) -> float:
+    """Seconds ~ fixed part (model, evaluation on val and test) + a part that grows with the data."""
+    return 0.3 + 0.7 * fraction
+
+
+def train_images(overrides: list[str], fraction: float) -> int:
+    """How many images the training split holds at this fraction (the curve's n)."""
+    from src.train import build
+
+    cfg = compose("train", [*overrides, f"dataset.fraction={fraction}"])
+    return len(build(cfg.dataset).splits.train)
+
+
+def plan(fractions: list[float], seeds: list[int]) -> list[tuple[float, int]]:
+    """Seed by seed; in each, all the data first (the recommendation's own accuracy), then the
+    rest smallest first (cheap, and three sizes make a curve): what a cut-short budget keeps
+    is the most useful."""
+    order = [max(fractions), *sorted(f for f in fractions if f != max(fractions))]
+    return [(f, s) for s in seeds for f in order]
+
+
+def run_one(job: DataJob, fraction: float, seed: int, limit: list[str]) -> dict:
+    tags = {
+        "advise_key": job.key,
+        "advise_stage": "data",
+        "advise_config": config_id(job.overrides),
+        "advise_fraction": str(fraction),
+        "advise_seed": str(seed),
+    }
+    found = find_runs(job.client, job.experiment, tags)
+    if found:
+        run = found[0]
+        log.info("Data: reused fraction %s seed %s (run %s)", fraction, seed, run.info.run_id)
+    else:
+        n = train_images(job.overrides, fraction)
+        overrides = [*job.overrides, f"dataset.fraction={fraction}", f"seed={seed}", *limit]
+        out = job.output_dir / "data" / f"f{fraction}-s{seed}"
+        run_tags = {**tags, "train_images": str(n), PARENT: job.parent}
+        result, _, _ = run_train(overrides, out, run_tags)
+        result.return_value  # noqa: B018  a failed data run is an error: re-raise it here
+        run = find_runs(job.client, job.experiment, tags)[0]
+    return {
+        "fraction": fraction,
+        "seed": seed,
+        "train_images": int(run.data.tags["train_images"]),
+        "test_acc": run.data.metrics.get(METRIC),
+        "val_acc": run.data.metrics.get("val/acc"),
+        "run_id": run.info.run_id,
+    }
+
+
+def run_fractions(
+    job: DataJob, units: list[tuple[float, int]], budget: Budget, until: float, quota: int | None
+) -> list[dict]:
+    """Every planned run that fits (time, or a run quota), in order; the rest skipped, said so."""
+    import time
+
+    rows, measured = [], [(job.prior, cost_factor(1.0))]
+    for index, (fraction, seed) in enumerate(units):
+        estimate = scaled_estimate(measured, cost_factor(fraction))
+        if (quota is not None and index >= quota) or not budget.fits(estimate, until):
+            budget.skip(f"data: fraction {fraction} seed {seed} (~{estimate:.0f}s)")
+            continue
+        start = time.perf_counter()
+        try:
+            row = run_one(job, fraction, seed, budget.time_limit(until))
+        except Exception as error:  # one failed run must not cost the report
+            log.warning("Data run fraction %s seed %s failed", fraction, seed, exc_info=error)
+            budget.skip(f"data: fraction {fraction} seed {seed} failed ({type(error).__name__})")
+            continue
+        elapsed = time.perf_counter() - start
+        if elapsed > 5:  # a reused run costs nothing and says nothing about the cost
+            measured.append((elapsed, cost_factor(fraction)))
+        rows.append(row)
+    return rows

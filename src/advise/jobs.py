@@ -1,0 +1,91 @@
+"""Training and scoring jobs of the advisor, run in this process: conf/train.yaml (or
+conf/similarity.yaml) composed with overrides, then src.train's `train(cfg)` (or src.similarity's
+`measure(cfg)`), exactly what `python -m src.train <overrides>` would run."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def backbone_overrides(name: str) -> list[str]:
+    """A conf/backbone name as it is; any other name is a timm model on the _timm base."""
+    if (CONF_DIR / "backbone" / f"{name}.yaml").is_file():
+        return [f"backbone={name}"]
+    return ["backbone=_timm", f"backbone.name={name}"]
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """A config of conf/ with its hydra node (for `${hydra:runtime.choices.*}`)."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+
+    try:
+        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    except HydraException as error:  # unknown data set or backbone config: bad input
+        raise ValueError(str(error).splitlines()[0]) from None
+
+
+@contextmanager
+def as_job(cfg: DictConfig, output_dir: Path) -> Iterator[DictConfig]:
+    """HydraConfig is a process-wide singleton: while a composed job runs, it holds that job's
+    choices (run tags, run names read them); the advisor's own comes back afterwards."""
+    instance = HydraConfig.instance()
+    saved = instance.cfg
+    instance.set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    try:
+        yield cfg
+    finally:
+        instance.cfg = saved
+
+
+def run_train(
+    overrides: list[str], output_dir: Path, tags: dict[str, str]
+) -> tuple[JobReturn, dict[str, float], float]:
+    """(Hydra's JobReturn of train(cfg), its metrics, seconds): the JobReturn is what the sweeper's
+    Worker reads a trial from. `tags` go on the run's MLflow logger (the advisor finds runs by them)."""
+    from src.sweeps.sweeper import release_devices
+    from src.train import train
+
+    start = time.perf_counter()
+    cfg = compose("train", overrides)
+    result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+    metrics: dict[str, float] = {}
+    with as_job(cfg, output_dir):
+        with open_dict(cfg):
+            cfg.logger.mlflow.tags = dict(tags)
+        try:
+            metrics = train(cfg)
+            result.return_value = metrics.get(cfg.monitor.metric)
+        except Exception as error:  # a failed or pruned trial is the Worker's to judge
+            result.status, result.return_value = JobStatus.FAILED, error
+        finally:
+            release_devices()
+    return result, metrics, time.perf_counter() - start
+
+
+def command(overrides: list[str]) -> str:
+    """The `python -m src.train ...` line that reruns a job (values quoted only where needed)."""
+    plain = re.compile(r"^[\w.,\-\[\]/+=:]+$")
+
+    def shell(item: str) -> str:
+        key, _, value = item.partition("=")
+        value = value.strip("'") if re.fullmatch(r"'[\w.\-]+'", value) else value
+        text = f"{key}={value}"
+        return text if plain.match(text) else f'"{text}"'
+
+    return "python -m src.train " + " ".join(shell(o) for o in overrides)

@@ -1,0 +1,100 @@
+"""RESULTS.md of an advice: the headline, then the evidence of each stage with its MLflow runs."""
+
+from __future__ import annotations
+
+import math
+
+from src.advise.report import Advice, accuracy, curve_label, percent, projections, table
+
+
+def headline(advice: Advice) -> str:
+    if advice.best is None:
+        return "No recommendation: no search trial completed within the budget."
+    mean, std, seeds = accuracy(advice.data)
+    best = advice.best
+    params = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
+    spread = f" ± {100 * std:.2f}" if math.isfinite(std) else ""
+    acc = (
+        f"test accuracy {100 * mean:.2f}{spread}% (mean ± std over {seeds} seed{'s' * (seeds > 1)})"
+        if seeds
+        else f"val accuracy {percent(best['val_acc'])} (no full-data test run fitted the budget)"
+    )
+    return f"**Recommendation: {best['backbone']} + {best['strategy']}** ({params}): {acc}."
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def data_section(advice: Advice) -> list[str]:
+    lines = ["## 3. How much data", ""]
+    if not advice.data:
+        return [*lines, "No data-fraction run fitted the budget.", ""]
+    lines += [table(advice.data), ""]
+    if advice.curve is None:
+        return [*lines, f"No learning curve: {advice.curve_note}", ""]
+    curve, err = advice.curve, advice.curve.stderr()
+    lines += [
+        f"Fit: {curve_label(curve)} over {curve.n_points} runs; a = {curve.a:.4f} ± {err[0]:.4f}, "
+        f"b = {curve.b:.4g} ± {err[1]:.3g}, c = {curve.c:.3f} ± {err[2]:.3f} (std errors from the "
+        f"fit's covariance). Band: central {advice.band:.0%} of the curve over parameter draws.",
+        "",
+        table(
+            [
+                {
+                    **r,
+                    "expected_acc": percent(r["expected_acc"]),
+                    "low": percent(r["low"]),
+                    "high": percent(r["high"]),
+                }
+                for r in projections(advice)
+            ]
+        ),  # fmt: skip
+    ]
+    if advice.target_acc is not None:
+        n, low, high = curve.images_for(advice.target_acc, advice.band)
+        reach = (
+            f"about {n:,.0f} training images (band {low:,.0f} – {high:,.0f})"
+            if math.isfinite(n)
+            else f"not reachable: the curve levels off at {percent(curve.a)}"
+        )
+        lines += [f"Target {percent(advice.target_acc)}: {reach}.", ""]
+    return [*lines, "![data efficiency](data_efficiency.png)", ""]
+
+
+def results_markdown(advice: Advice, taus: list[dict]) -> str:
+    lines = [
+        f"# Advice for `{advice.dataset}`",
+        "",
+        headline(advice),
+        "",
+        f"Budget {advice.budget}: used {advice.elapsed}. MLflow parent run `{advice.parent_run}`"
+        " (tag kind=advise); every run below is nested under it.",
+        "",
+        "## Reproduce the winning configuration",
+        "",
+        f"```\n{advice.command}\n```" if advice.command else "(no winner)",
+        "",
+        "## 1. Ranking before training (transferability on a subsample)",
+        "",
+        table(advice.ranking) if advice.ranking else "(no candidate scored)",
+        "",
+        "Agreement of each score's order with the best val accuracy each backbone reached in the "
+        "search (Kendall τ; with 2 backbones it is +1 or -1: the order agreed or not; nan where "
+        "fewer than 2 backbones were trained or all reached the same accuracy):",
+        "",
+        table(taus) if taus else "(fewer than 2 trained backbones)",
+        "",
+        "## 2. Search (Optuna, pruned; val accuracy)",
+        "",
+        table(sorted(advice.trials, key=lambda r: -(r["val_acc"] or 0)))
+        if advice.trials
+        else "(no trial)",
+        "",
+        *data_section(advice),
+        "## Skipped for the budget",
+        "",
+        *([f"- {item}" for item in advice.skipped] or ["Nothing."]),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The four stages of an advice in order, each told how far into the budget it may run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.advise import data as data_stage
+from src.advise import search as search_stage
+from src.advise.budget import Budget
+from src.advise.jobs import backbone_overrides, command
+from src.advise.rank import RankJob, rank
+from src.advise.report import Advice, accuracy, kendall, projections, write
+from src.sweeps.space import to_overrides
+
+log = logging.getLogger(__name__)
+
+
+class Stages:
+    def __init__(self, cfg: DictConfig, budget: Budget, client, parent: str, key: str, where):
+        self.cfg, self.budget, self.client, self.parent, self.key = cfg, budget, client, parent, key
+        self.where = list(where)  # experiment and paths overrides: not part of the command
+        self.out = Path(cfg.output_dir)
+        self.cost = OmegaConf.to_container(cfg.search.cost)
+
+    def run(self) -> Path:
+        shares = self.cfg.shares
+        ranking = self.rank(self.budget.deadline(shares.rank))
+        kept = [row["backbone"] for row in ranking[: self.cfg.top_k]]
+        log.info(
+            "Ranking by %s: %s; kept %s",
+            self.cfg.rank.score,
+            [r["backbone"] for r in ranking],
+            kept,
+        )
+        trials, measured = [], []
+        for index, name in enumerate(kept):
+            trials += self.search(name, index, len(kept), measured)
+        best = search_stage.best_trial(trials, self.cost)
+        data_rows, overrides = [], None
+        if best is not None:
+            overrides = self.train_overrides(best["backbone"], test=True) + to_overrides(
+                {"strategy": best["strategy"], **best["params"]}
+            )
+            data_rows = self.data(best, overrides)
+        return self.report(ranking, trials, best, overrides, data_rows)
+
+    # --- 1. rank ------------------------------------------------------------------------------
+    def rank(self, until: float) -> list[dict]:
+        cfg = self.cfg
+        job = RankJob(
+            self.client, self.parent, self.key, cfg.dataset_name, cfg.experiment_name,
+            [f"max_per_class={cfg.rank.max_per_class}", f"knn_k={cfg.rank.knn_k}",
+             f"seed={cfg.seed}", *(o for o in self.where if o.startswith("paths."))],
+            self.out,
+        )  # fmt: skip
+        return rank(job, list(cfg.candidates), cfg.rank.score, cfg.top_k, self.budget, until)
+
+    # --- 2. search ----------------------------------------------------------------------------
+    def train_overrides(self, backbone: str, test: bool) -> list[str]:
+        cfg = self.cfg
+        return [
+            *backbone_overrides(backbone),
+            f"dataset={cfg.dataset_name}",
+            *cfg.train_overrides,
+            f"trainer.max_epochs={cfg.search.max_epochs}",
+            f"test={str(test).lower()}",
+            f"seed={cfg.seed}",
+        ]
+
+    def search(self, name: str, index: int, count: int, measured: list) -> list[dict]:
+        """One backbone's study; its share of the search window, or of the trial quota."""
+        budget, cfg = self.budget, self.cfg
+        start, end = budget.elapsed(), budget.deadline(cfg.shares.search)
+        until = start + (end - start) / (count - index) if math.isfinite(end) else end
+        quota = budget.run_quota(cfg.shares.search)
+        n_trials = cfg.search.max_trials if quota is None else max(1, (quota + index) // count)
+        job = search_stage.SearchJob(
+            backbone=name,
+            study_name=f"advise-{cfg.dataset_name}-{name}-{self.key}",
+            overrides=[*self.train_overrides(name, test=False), *self.where],
+            tags={"advise_key": self.key, "advise_stage": "search", "advise_backbone": name},
+            output_dir=self.out / "search" / name,
+            n_trials=n_trials,
+            cost=self.cost,
+            prior=list(measured),
+        )
+        mlflow = {
+            "tracking_uri": cfg.paths.tracking_uri,
+            "experiment_name": cfg.experiment_name,
+            "artifact_location": cfg.paths.artifact_location,
+        }
+        sweeper = search_stage.make_sweeper(cfg, job, mlflow)
+        trials = search_stage.run_study(sweeper, job, budget, until, self.parent, self.client)
+        measured += search_stage.durations(trials, self.cost)
+        return search_stage.trial_rows(name, trials)
+
+    # --- 3. data ------------------------------------------------------------------------------
+    def data(self, best: dict, overrides: list[str]) -> list[dict]:
+        cfg, budget = self.cfg, self.budget
+        job = data_stage.DataJob(
+            self.client, self.parent, self.key, cfg.experiment_name,
+            [*overrides, *self.where], self.out, best["seconds"] or 0.0,
+        )  # fmt: skip
+        units = data_stage.plan(list(cfg.data.fractions), list(cfg.data.seeds))
+        quota = (
+            None
+            if budget.runs is None
+            else max(0, budget.runs - budget.run_quota(cfg.shares.search))
+        )
+        return data_stage.run_fractions(job, units, budget, budget.deadline(cfg.shares.data), quota)
+
+    # --- 4. report ----------------------------------------------------------------------------
+    def report(self, ranking, trials, best, overrides, data_rows) -> Path:
+        from src.advise.curve import fit
+
+        points = [
+            (r["train_images"], r["test_acc"]) for r in data_rows if r["test_acc"] is not None
+        ]
+        curve, note = None, ""
+        try:
+            curve = fit(*zip(*points, strict=True)) if points else None
+            note = "" if points else "no data runs"
+        except (ValueError, RuntimeError) as error:  # too few sizes, or the fit did not converge
+            note = str(error)
+        advice = Advice(
+            dataset=self.cfg.dataset_name, budget=str(self.cfg.budget), parent_run=self.parent,
+            ranking=ranking, trials=trials, best=best,
+            command=command([o for o in overrides if o not in self.where]) if overrides else None,
+            data=data_rows, curve=curve, curve_note=note, target_acc=self.cfg.target_acc,
+            band=self.cfg.data.band, elapsed=self.budget.describe(), skipped=self.budget.skipped,
+        )  # fmt: skip
+        files = write(advice, self.out)
+        for path in files:
+            self.client.log_artifact(self.parent, str(path))
+        self.log_metrics(advice)
+        log.info("Advice: %s", (self.out / "RESULTS.md").read_text().splitlines()[2])
+        return self.out / "RESULTS.md"
+
+    def log_metrics(self, advice: Advice) -> None:
+        mean, std, seeds = accuracy(advice.data)
+        values = {"advise/test_acc_mean": mean, "advise/test_acc_std": std,
+                  "advise/elapsed_min": self.budget.elapsed() / 60,
+                  "advise/skipped": len(advice.skipped)}  # fmt: skip
+        for row in projections(advice):
+            values[f"advise/expected_acc_{row['data']}"] = row["expected_acc"]
+        for row in kendall(advice.ranking, advice.trials):
+            values[f"advise/kendall_tau_{row['score']}"] = row["kendall_tau"]
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.client.log_metric(self.parent, name, float(value))
+        if advice.best:
+            choice = f"{advice.best['backbone']}+{advice.best['strategy']}"
+            self.client.set_tag(self.parent, "recommended", choice)

@@ -1,0 +1,190 @@
+"""The advisor (python -m src.advise): the learning-curve fit, the budget, bad input, and a run
+killed in its search stage that resumes (ranking reused, study continued). Tiny real runs: digits,
+10 images per class at 32 px, a few batches, the two cheap strategies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from mlflow import MlflowClient
+from omegaconf import open_dict
+
+from src.advise.budget import Budget
+from src.advise.curve import fit, power_law
+from src.errors import InvalidInput
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    "logger.mlflow.log_model=false", "dataset.num_workers=0", "dataset.samples_per_class=10",
+    "dataset.batch_size=16", "backbone.input_size=[3,32,32]", "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+]  # fmt: skip
+
+
+def tiny(tmp_path: Path, budget: str) -> list[str]:
+    """An advice over one backbone and the two cheap strategies, everything in tmp_path."""
+    return [
+        "dataset=digits",
+        f"budget={budget}",
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path}/hydra",
+        "candidates=[mobilenetv2]",
+        "top_k=1",
+        "rank.max_per_class=5",
+        "search.max_epochs=2",
+        "search.enqueue=[feature_extract,linear_probe]",
+        "search.params.strategy.choices=[feature_extract,linear_probe]",
+        "data.fractions=[0.5,1.0]",
+        "data.seeds=[0]",
+        "train_overrides=[" + ",".join(f"'{o}'" for o in TRAIN) + "]",
+    ]
+
+
+def advise_in_process(overrides: list[str]) -> Path:
+    from src.advise.__main__ import advise
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("advise", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            del cfg.hydra  # as hydra.main hands it over
+        return advise(cfg)
+
+
+def advise_command(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "src.advise", *overrides]
+
+
+# --- the learning curve -------------------------------------------------------------------------
+def synthetic(seed: int, a=0.95, b=0.8, c=0.5):
+    rng = np.random.default_rng(seed)
+    n = np.repeat([50, 100, 200, 400, 800, 1600], 2)
+    return n, power_law(n, a, b, c) + rng.normal(0, 0.003, n.size)
+
+
+def test_curve_recovers_a_known_curve_and_its_extrapolation_lies_in_the_band():
+    curve = fit(*synthetic(seed=1))
+    assert curve.a == pytest.approx(0.95, abs=0.01)
+    assert curve.b == pytest.approx(0.8, abs=0.25)
+    assert curve.c == pytest.approx(0.5, abs=0.1)
+    low, high = curve.band(3200, level=0.9)
+    assert low[0] < curve(3200) < high[0]
+    assert low[0] < power_law(3200, 0.95, 0.8, 0.5) < high[0]
+    n, n_low, n_high = curve.images_for(0.93)
+    assert n_low < n < n_high and n == pytest.approx(((0.8 / 0.02) ** 2), rel=0.5)
+
+
+def test_band_covers_the_true_curve_at_2x_about_as_often_as_it_says():
+    truth = power_law(3200, 0.95, 0.8, 0.5)
+    inside = 0
+    for seed in range(30):
+        low, high = fit(*synthetic(seed)).band(3200, level=0.9)
+        inside += low[0] <= truth <= high[0]
+    assert inside >= 24  # nominal 90%: 27 of 30
+
+
+def test_no_band_from_as_many_points_as_parameters():
+    curve = fit([100, 200, 400], [0.8, 0.85, 0.88])
+    assert not curve.has_band() and np.isnan(curve.band(800)[0][0])
+
+
+# --- the budget ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, seconds, runs",
+    [
+        ("20m", 1200, None),
+        ("90s", 90, None),
+        ("1.5h", 5400, None),
+        ("30t", None, 30),
+        (15, 900, None),
+    ],
+)
+def test_budget_parses_minutes_seconds_hours_and_trials(text, seconds, runs):
+    budget = Budget.parse(text)
+    assert (budget.seconds, budget.runs) == (seconds, runs)
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "0m", "-5m", "2.5t", "10x", ""])
+def test_budget_refuses_nonsense(text):
+    with pytest.raises(ValueError, match="budget="):
+        Budget.parse(text)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("budget=abc", "budget='abc'"),
+        ("budget=0", "budget=0"),
+        ("candidates=[nope_net]", "nope_net"),
+    ],
+)
+def test_bad_input_is_refused_before_any_run(tmp_path, override, message):
+    with pytest.raises(InvalidInput, match=message):
+        advise_in_process([*tiny(tmp_path, "1t"), override])
+    assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(
+        f"sqlite:///{tmp_path}/mlflow.db"
+    ).search_experiments(filter_string="name = 'advise'")
+
+
+def test_unknown_dataset_exits_2_with_one_line(tmp_path):
+    done = subprocess.run(
+        advise_command(["dataset=nope", "budget=5m", f"paths.root_dir={tmp_path}"]),
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "dataset='nope'" in done.stderr
+
+
+# --- budget and resume on real runs -------------------------------------------------------------
+def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
+    report = advise_in_process(tiny(tmp_path, "20s"))
+    text = report.read_text()
+    # The ranking's one candidate always runs; after that no unit starts that would end past its
+    # stage's share (a loaded machine may skip even the first trial): never a data run in 20 s.
+    assert "- search mobilenetv2: further trials" in text
+    assert "No data-fraction run fitted the budget." in text
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("advise").experiment_id])
+    assert not [r for r in runs if r.data.tags.get("advise_stage") == "data"]
+
+
+def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
+    command = advise_command(tiny(tmp_path, "3t"))  # 2 search trials, 1 data run
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while "Trial 1:" not in log.read_text() and first.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Ranking: reused the scores of mobilenetv2" in second.stdout + second.stderr
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (experiment,) = client.search_experiments(filter_string="name = 'advise'")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sum(r.data.tags.get("kind") == "similarity" for r in runs) == 1  # scored once
+    assert sum(r.data.tags.get("kind") == "advise" for r in runs) == 1  # one parent, continued
+    storage = f"sqlite:///{tmp_path}/outputs/advise/optuna.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    states = [t.state.name for t in trials]
+    assert states[:2] == ["COMPLETE", "FAIL"]  # trial 1 died with its worker
+    assert states[2:] == ["COMPLETE"]  # the study went on from trial 2, up to its 2 trials
+    assert (tmp_path / "outputs/advise/digits/RESULTS.md").is_file()
