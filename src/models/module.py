@@ -81,6 +81,12 @@ class TransferModule(L.LightningModule):
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
 
+    def configure_model(self) -> None:
+        # Before DDP wraps the model: a fixed frozen set is frozen now, so DDP reduces only what
+        # trains (src/models/distributed.py). on_train_epoch_start sets the same state again.
+        if not self.strategy.changes_trainable:
+            self.strategy.apply(self.model, self.strategy.param_groups(self.model), epoch=0)
+
     def on_train_epoch_start(self) -> None:
         # Also runs first thing after a resume, so the restored epoch gets its own freeze state.
         self.strategy.apply(self.model, self.trainer.optimizers[0].param_groups, self.current_epoch)
@@ -100,28 +106,31 @@ class TransferModule(L.LightningModule):
             logits = self(images)
         loss = self.criterion(logits, targets)
         for name, term in self.regularisation.penalties(self.model, features).items():
-            self.log(f"train/{name}", term, on_step=False, on_epoch=True)
+            self.log(f"train/{name}", term, on_step=False, on_epoch=True, sync_dist=True)
             loss = loss + term
         self.train_acc.update(logits, labels)  # epoch value only: no per-step compute
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Tensors are averaged over DDP ranks (sync_dist); torchmetrics objects sync their own
+        # state (counts) across ranks when computed, so acc is exact, not a mean of rank means.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch, stage: str, scalars, per_class) -> None:
         images, labels = batch
         logits = self(images)
-        self.log(f"{stage}/loss", self.eval_criterion(logits, labels), on_epoch=True, prog_bar=True)
+        loss = self.eval_criterion(logits, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         scalars.update(logits, labels)
         per_class.update(logits, labels)
         self.log_dict(scalars, on_epoch=True, prog_bar=stage == "val")
 
     def _log_per_class(self, stage: str, per_class) -> None:
-        values = per_class.compute()
+        values = per_class.compute()  # synced over DDP ranks: the same on every rank
         per_class.reset()
         if self.trainer.sanity_checking:
             return
         for name, acc in zip(self.class_names, values["acc_per_class"], strict=True):
-            self.log(f"{stage}/acc_class/{metric_key(name)}", acc)
+            self.log(f"{stage}/acc_class/{metric_key(name)}", acc, sync_dist=True)
         self.confusion[stage] = values["confusion"].cpu()
 
     def validation_step(self, batch, batch_idx: int) -> None:
