@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,7 +86,9 @@ def mlflow_server(backend_uri: str, artifacts: Path, proxied: bool = True) -> It
                backend_uri, *where, "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]  # fmt: skip
     log = artifacts.parent / f"mlflow-server-{port}.log"
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):  # up to 120 s for a cold start (schema migration) on 2 busy cores
@@ -97,6 +100,10 @@ def mlflow_server(backend_uri: str, artifacts: Path, proxied: bool = True) -> It
             except OSError:
                 time.sleep(0.5)
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    finally:  # the server and its uvicorn workers, which may not mind a lone SIGTERM on a busy box
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -148,8 +148,9 @@ def fail_dead_trials(study: optuna.Study, locked: bool) -> list[optuna.trial.Fro
     with no name was left by a worker that died in between.
     """
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # runs the retry callback itself
+    # The study's storage is Optuna's cache around the RDBStorage (not an RDBStorage itself):
+    # fail_stale_trials asks it whether heartbeats are on. It runs the retry callback itself.
+    optuna.storages.fail_stale_trials(study)
     stale = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     dead = [t for t in running if t.number in stale]
     failed = {t.number for t in dead}
