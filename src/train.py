@@ -27,6 +27,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.models.module import TransferModule, check_optimizer
     from src.tracking import SameConfigOnEveryRank, record_failure
     from src.tracking.resume import config_fingerprint, resume_point, shared_with_ranks
+    from src.tracking.secrets import redact
     from src.tracking.store import prepare_store
 
     # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
@@ -81,7 +82,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         for c in mlflow_configs:
             prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
-        config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        # A password in a URL (a sweep's storage) is masked here as in the logged params.
+        config_file.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
     try:
         if trainer.is_global_zero:
             open_run(cfg, loggers, point, fingerprint, datamodule, config_file)

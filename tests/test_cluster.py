@@ -39,16 +39,24 @@ def sweep_overrides(name: str, n_trials: int) -> list[str]:
     ]
 
 
+# `python -m src.train` on a machine of another name: the sweep tells workers apart by hostname.
+AS_HOST = (
+    "import os, runpy, socket, sys; host = os.environ.pop('WORKER_HOST'); "
+    "socket.gethostname = lambda: host; "
+    "runpy.run_module('src.train', run_name='__main__', alter_sys=True)"
+)
+
+
 def start_worker(
     tmp_path: Path, env: dict[str, str], overrides: list[str], log: str, host: str | None = None
 ) -> subprocess.Popen:
-    """A sweep worker; with `host`, in a UTS namespace of that hostname: to the sweep it is
-    another machine (its dead process cannot be seen, only its silent heartbeat)."""
-    command = [sys.executable, "-m", "src.train", "-m", *TINY, f"paths.root_dir={tmp_path}"]
-    command += overrides
-    if host:
-        command = ["unshare", "-u", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *command]
+    """A sweep worker; with `host`, as if on another machine of that name: its death cannot be
+    seen from here (no pid to check), only its heartbeat going silent."""
+    start = ["-c", AS_HOST] if host else ["-m", "src.train"]
+    command = [sys.executable, *start, "-m", *TINY, f"paths.root_dir={tmp_path}", *overrides]
     environment = {**os.environ, **env, "PROJECT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if host:
+        environment["WORKER_HOST"] = host
     return subprocess.Popen(
         command,
         cwd=ROOT,
