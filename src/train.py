@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if trainer.is_global_zero:
             open_run(cfg, loggers, point, fingerprint, datamodule, config_file)
-        with shared_with_ranks(point if cfg.get("resume") else None):
+        with shared_with_ranks(point):
             strategy.fit(trainer, module, datamodule, ckpt_path=point and str(point.checkpoint))
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):

@@ -33,9 +33,10 @@ def sweep_overrides(name: str, n_trials: int) -> list[str]:
         f"hydra.sweeper.study_name={name}",
         f"hydra.sweeper.n_trials={n_trials}",
         "trainer.max_epochs=1",
-        # Seconds, not minutes, so a dead worker is noticed within the test.
+        # Seconds, not minutes, so a dead worker is noticed within the test (a grace period
+        # long enough that a live worker on a starved machine still beats in time).
         "hydra.sweeper.heartbeat_interval=1",
-        "hydra.sweeper.grace_period=4",
+        "hydra.sweeper.grace_period=10",
     ]
 
 

@@ -140,3 +140,21 @@ def test_concurrent_feature_extraction_is_done_once(tmp_path, monkeypatch):
         thread.join()
     assert len(calls) == 1
     assert sorted(stats["feature_cache/hits"] for _, stats in results) == [0, 1]
+
+
+# --- every rank resumes the same run -------------------------------------------------------------
+def test_ranks_take_rank_zeros_resume_decision(tmp_path, monkeypatch):
+    """Ranks Lightning launches inherit rank 0's choice; ranks that torchrun/srun start together
+    cannot share one search, so `resume=auto` is refused there before any work."""
+    from src.errors import InvalidInput
+    from src.tracking import resume
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.delenv(resume.RESUME_ENV, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(InvalidInput, match="resume=auto with 4 ranks started by torchrun/srun"):
+        resume.resume_point("auto", uri, "x", "fingerprint")
+    with resume.shared_with_ranks(None):  # rank 0 found nothing to resume: nor do the others
+        assert os.environ[resume.RESUME_ENV] == ""
+        assert resume.resume_point("auto", uri, "x", "fingerprint") is None
+    assert resume.RESUME_ENV not in os.environ

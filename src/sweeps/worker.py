@@ -156,6 +156,13 @@ class Worker:
 
     def _tell(self, number: int, job_return) -> None:
         state, value, reason = objective_value(job_return)
+        if self.study.trials[number].state.is_finished():
+            # Another worker took it for dead (no heartbeat for grace_period: a stalled machine)
+            # and queued its retry; Optuna refuses a second verdict, so this one is only logged.
+            log.warning(
+                "Trial %d was failed by heartbeat meanwhile; its %s is dropped", number, state
+            )
+            return
         if state == "FAIL":
             self.study._storage.set_trial_user_attr(
                 self.study.trials[number]._trial_id, "fail_reason", reason

@@ -121,7 +121,8 @@ def resume_point(
 
 @contextlib.contextmanager
 def shared_with_ranks(point: ResumePoint | None) -> Iterator[None]:
-    """While fitting (when Lightning launches ranks > 0), they inherit rank 0's resume decision."""
+    """While fitting (when Lightning launches ranks > 0), they inherit rank 0's resume decision
+    (read only where `resume` is set)."""
     os.environ[RESUME_ENV] = point.run_id if point else ""
     try:
         yield
