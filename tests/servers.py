@@ -52,7 +52,9 @@ def postgres_server() -> Iterator[str]:
     run = lambda *args: subprocess.run(  # noqa: E731
         [*as_owner, *map(str, args)], check=True, capture_output=True, text=True, timeout=120
     )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    options = (
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    )
     try:
         run(bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
         run(bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start")

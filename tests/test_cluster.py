@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from src.sweeps.runs import RUN_ATTR
-from src.sweeps.study import WORKER_ATTR
+from src.sweeps.study import WORKER_ATTR, open_storage
 from tests.servers import create_database
 from tests.test_sweeps import ROOT, TINY
 
@@ -149,6 +149,7 @@ def test_a_killed_workers_trial_fails_by_heartbeat_and_is_retried(
 def wait_for_training_trial(storage: str, name: str, owner: str, worker, tmp_path: Path) -> int:
     """The number of a trial `owner` is training right now (its job has opened its MLflow run)."""
     deadline = time.monotonic() + 240
+    storage = open_storage(storage)  # one connection pool for all the polling
     while time.monotonic() < deadline:
         assert worker.poll() is None, (tmp_path / "b.log").read_text()[-3000:]
         try:

@@ -54,6 +54,7 @@ def storage_path(url: str) -> Path | None:
     return None
 
 
+@functools.cache  # one engine (connection pool) per process: a trial per job must not add one
 def open_storage(
     url: str,
     heartbeat_interval: int | None = None,
