@@ -63,6 +63,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with open_dict(cfg):
             cfg.paths.output_dir = str(point.output_dir)
     mlflow_configs = [c for c in (cfg.get("logger") or {}).values() if "MLFlow" in c._target_]
+    # Every process, DDP ranks included: an MLflow client migrates a fresh store as it is built,
+    # so the schema must exist first (file-locked for sqlite). No run is created here.
+    for c in mlflow_configs:
+        prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
     loggers = [
         instantiate(c, **({"run_id": point.run_id} if point and c in mlflow_configs else {}))
         for c in (cfg.get("logger") or {}).values()
@@ -74,14 +78,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks.append(SameConfigOnEveryRank(fingerprint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    # 3. The run: config in, fit, test, status out. Under DDP only global rank 0 opens the store
-    # and writes (config, MLflow run, checkpoints); the other ranks' MLflow loggers are no-ops.
+    # 3. The run: config in, fit, test, status out. Under DDP only global rank 0 writes (config,
+    # MLflow run, checkpoints); the other ranks' MLflow loggers are no-ops (rank_zero_experiment).
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
     if trainer.is_global_zero:
-        for c in mlflow_configs:
-            prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
         # A password in a URL (a sweep's storage) is masked here as in the logged params.
         config_file.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
     try:

@@ -12,11 +12,15 @@ cd "$(dirname "$0")/../.."
 
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
-NPROC_PER_NODE=${NPROC_PER_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+NPROC_PER_NODE=${NPROC_PER_NODE:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 RUN_ID=${RUN_ID:-$(date +%Y-%m-%d_%H-%M)}
 ACCELERATOR=${ACCELERATOR:-gpu}  # cpu: gloo instead of nccl
+if (( NPROC_PER_NODE < 1 )); then
+  echo "torchrun.sh: no GPU found; set NPROC_PER_NODE (and ACCELERATOR=cpu to run on CPUs)" >&2
+  exit 2
+fi
 
 command=(
   .venv/bin/torchrun
