@@ -36,7 +36,7 @@ def run_cli(tmp_path: Path, overrides: list[str], log: str = "train.log") -> str
         f"hydra.run.dir={tmp_path}/run",
         "dataset.num_workers=0",
     ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     (tmp_path / log).write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done.stdout + done.stderr
