@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup train test test-all lint ui bench report advise clean
+.PHONY: setup train test test-all lint ui server bench report advise clean
 
 setup: $(STAMP)
 
@@ -50,8 +50,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 
+# Browse this machine's runs (the local sqlite store, or MLFLOW_TRACKING_URI's).
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+
+# The tracking server workers on other machines log to (docs/cluster.md): runs in BACKEND_STORE
+# (PostgreSQL there), artifacts uploaded through the server into ARTIFACTS. Loopback by default:
+# HOST=0.0.0.0 only behind a firewall or a proxy with authentication.
+BACKEND_STORE ?= sqlite:///$(CURDIR)/mlflow.db
+ARTIFACTS ?= $(CURDIR)/mlartifacts
+server: $(STAMP)
+	$(VENV)/bin/mlflow server --backend-store-uri "$(BACKEND_STORE)" --artifacts-destination "$(ARTIFACTS)" --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf outputs mlflow.db mlartifacts .pytest_cache

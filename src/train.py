@@ -26,14 +26,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.errors import refuse_bad_input
     from src.models.module import TransferModule, check_optimizer
     from src.models.tasks import task_for
-    from src.similarity.tracking import attach_similarity, similarity_key
-    from src.tracking import log_run_metadata, mlflow_loggers, record_failure
-    from src.tracking.resume import (
-        config_fingerprint,
-        find_resume_point,
-        process_tags,
-        reopen,
-    )
+    from src.tracking import SameConfigOnEveryRank, record_failure
+    from src.tracking.resume import config_fingerprint, resume_point, shared_with_ranks
     from src.tracking.secrets import redact
     from src.tracking.store import prepare_store
 
@@ -66,13 +60,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
     point = None
     if cfg.get("resume"):
-        point = find_resume_point(
+        point = resume_point(
             str(cfg.resume), cfg.paths.tracking_uri, cfg.experiment_name, fingerprint
         )
     if point is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(point.output_dir)
     mlflow_configs = [c for c in (cfg.get("logger") or {}).values() if "MLFlow" in c._target_]
+    # Every process, DDP ranks included: an MLflow client migrates a fresh store as it is built,
+    # so the schema must exist first (file-locked for sqlite). No run is created here.
     for c in mlflow_configs:
         prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
     loggers = [
@@ -83,23 +79,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
     if not loggers:  # Lightning refuses an LR monitor with nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(SameConfigOnEveryRank(fingerprint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    # 3. The run: config in, fit, test, status out.
+    # 3. The run: config in, fit, test, status out. Under DDP only global rank 0 writes (config,
+    # MLflow run, checkpoints); the other ranks' MLflow loggers are no-ops (rank_zero_experiment).
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "config.yaml"
-    config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if trainer.is_global_zero:
+        # A password in a URL (a sweep's storage) is masked here as in the logged params.
+        config_file.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
     try:
-        tags = {**run_tags(cfg), **process_tags(output_dir, fingerprint)}
-        tags["skipped_images"] = str(len(datamodule.source.skipped))
-        # A resumed run keeps the params it was started with (MLflow refuses to change them).
-        params = {} if point else redact(OmegaConf.to_container(cfg, resolve=True))
-        log_run_metadata(loggers, params, tags, config_file)
-        for logger in mlflow_loggers(loggers) if point else ():
-            reopen(logger, point)
-        attach_similarity(loggers, similarity_key(cfg))  # the scores measured before training
-        strategy.fit(trainer, module, datamodule, ckpt_path=point and str(point.checkpoint))
+        if trainer.is_global_zero:
+            open_run(cfg, loggers, point, fingerprint, datamodule, config_file)
+        with shared_with_ranks(point):
+            strategy.fit(trainer, module, datamodule, ckpt_path=point and str(point.checkpoint))
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         if cfg.get("test"):
             metrics.update(strategy.test(trainer, module, datamodule))
@@ -107,6 +102,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         record_failure(loggers, error)
         raise
     return metrics
+
+
+def open_run(cfg: DictConfig, loggers, point, fingerprint: str, datamodule, config_file: Path):
+    """Rank 0's MLflow run: params, tags, the resolved config, similarity scores; a resumed run
+    shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
+    from src.similarity.tracking import attach_similarity, similarity_key
+    from src.tracking import log_run_metadata, mlflow_loggers
+    from src.tracking.resume import process_tags, reopen
+    from src.tracking.secrets import redact
+
+    tags = {**run_tags(cfg), **process_tags(config_file.parent, fingerprint)}
+    tags["skipped_images"] = str(len(datamodule.source.skipped))
+    params = {} if point else redact(OmegaConf.to_container(cfg, resolve=True))
+    log_run_metadata(loggers, params, tags, config_file)
+    for logger in mlflow_loggers(loggers) if point else ():
+        reopen(logger, point)
+    attach_similarity(loggers, similarity_key(cfg))  # the scores measured before training
 
 
 def build_data(cfg: DictConfig):

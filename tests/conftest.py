@@ -50,3 +50,24 @@ def only_run(cfg: DictConfig):
     client = mlflow.MlflowClient(cfg.paths.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment_name).experiment_id])
     return run
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on loopback for the test module (tests/servers.py)."""
+    from tests.servers import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    """`mlflow server` with a PostgreSQL backend store and an artifact destination: what
+    docs/cluster.md sets up for workers on several machines. Yields (url, artifacts folder)."""
+    from tests.servers import create_database, mlflow_server
+
+    artifacts = tmp_path_factory.mktemp("mlflow-server") / "artifacts"
+    artifacts.mkdir()
+    with mlflow_server(create_database(postgres, "mlflow"), artifacts) as url:
+        yield url, artifacts

@@ -6,11 +6,8 @@ import csv
 import json
 import re
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from mlflow.entities import Metric
 from src.errors import InvalidInput
 from src.report.__main__ import report_from_config
 from src.report.build import write_report
+from tests.servers import mlflow_server
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 EXPERIMENT = "fixture_study"
@@ -271,12 +269,6 @@ def test_bad_input_is_refused_before_a_report_run(store, tmp_path, override, mes
         write_report(report_from_config(compose_report(uri, tmp_path, [override])))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=data,
@@ -289,25 +281,8 @@ def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
 def server(store) -> str:
     """`mlflow server` on a free loopback port over the fixture store, as `make ui` starts it."""
     uri, root = store
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri,
-               "--default-artifact-root", str(root / "artifacts"), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):  # up to 60 s for a cold start on 2 cores
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {process.returncode}")
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with mlflow_server(uri, root / "artifacts", proxied=False) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_mlflow_server_finds_a_study_with_its_params_and_metrics(server):

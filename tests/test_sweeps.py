@@ -434,3 +434,33 @@ def test_a_key_not_in_the_config_is_refused_before_any_trial(tmp_path, monkeypat
         sweep(tmp_path, [searchpath, "hparams_search=typo"], monkeypatch)
     assert "hydra.sweeper.params.optimizer.lrr: no such key" in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "optuna.db").exists()
+
+
+# --- a trial's MLflow run is nested from the moment it exists --------------------------------------
+def test_a_trial_job_creates_its_run_already_nested(tmp_path):
+    """The sweeper hands the parent run id to the job on its command line, so the job's logger
+    creates its run with `mlflow.parentRunId` (a SIGKILL right after creation left a second
+    top-level run when the tag came later, from TrialReporter)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    sweeper = OptunaSweeper(
+        study_name="nested",
+        storage=f"sqlite:///{tmp_path}/o.db",
+        metric="val/acc",
+        direction="max",
+        n_trials=1,
+        params=OmegaConf.create({"optimizer.lr": {"type": "float", "low": 0.1, "high": 1.0}}),
+        sampler=OmegaConf.create({"_target_": "optuna.samplers.RandomSampler"}),
+        mlflow=OmegaConf.create(
+            {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment_name": "x"}
+        ),
+    )
+    overrides = sweeper._trial_overrides(["seed=3"], 7, {"optimizer.lr": 0.5}, "parent123")
+    cfg = compose_train(tmp_path, overrides)
+    logger = instantiate(cfg.logger.mlflow)
+    run = logger.experiment.get_run(logger.run_id)  # the run as it was created
+    assert run.data.tags["mlflow.parentRunId"] == "parent123"
+    assert run.data.tags["optuna.trial.number"] == "7"
+    assert run.data.tags["mlflow.runName"] == "nested-trial007"
+    assert cfg.optimizer.lr == 0.5 and cfg.callbacks.optuna_trial.trial_number == 7

@@ -271,24 +271,26 @@ class TransferDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.splits  # noqa: B018
 
-    def _loader(self, split: str, transform: Callable | None, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, split: str, transform: Callable | None, shuffle: bool, shard: bool = False
+    ) -> DataLoader:
         images = self.images(split)
-        if self.batch_transforms is not None and self.in_memory:  # one indexing op per batch
-            return DataLoader(
-                TensorSubset(images.as_tensor(), images.targets, getattr(self.splits, split)),
-                batch_size=self.batch_size,
-                sampler=self._sampler(split, shuffle),
-                collate_fn=_already_batched,
-                pin_memory=torch.cuda.is_available(),
-                drop_last=shuffle and len(getattr(self.splits, split)) > self.batch_size,
-            )
-        dataset = TransformedSubset(images, getattr(self.splits, split), transform)
+        indices = getattr(self.splits, split)
+        batched = self.batch_transforms is not None and self.in_memory  # one indexing op per batch
+        dataset = (
+            TensorSubset(images.as_tensor(), images.targets, indices)
+            if batched
+            else TransformedSubset(images, indices, transform)
+        )
+        sampler = _eval_shard(dataset) if shard else self._sampler(split, shuffle)
+        workers = 0 if batched else self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=self._sampler(split, shuffle),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            sampler=sampler,
+            collate_fn=_already_batched if batched else None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle and len(dataset) > self.batch_size,  # no size-1 BatchNorm batch
         )
@@ -340,10 +342,24 @@ class TransferDataModule(L.LightningDataModule):
         return self._loader("train", self.train_transform, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_transform, shuffle=False)
+        return self._loader("val", self.eval_transform, shuffle=False, shard=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_transform, shuffle=False)
+        return self._loader("test", self.eval_transform, shuffle=False, shard=True)
+
+
+def _eval_shard(dataset: Dataset) -> Sampler | None:
+    """Under DDP each rank scores its own slice of an evaluation split, every image exactly once.
+    Lightning's default DistributedSampler would pad the split with repeats to an equal length per
+    rank and count those images twice; torchmetrics sums the ranks' counts, so slices may differ
+    in length (evaluation has no per-step collective: losses sync at the epoch's end)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def _describe(value) -> str:

@@ -35,7 +35,10 @@ class FiniteLoss(L.Callback):
             return
         bad = ~torch.isfinite(loss.detach())
         self.bad = bad if self.bad is None else self.bad | bad
-        if (trainer.global_step % self.every == 0 or trainer.is_last_batch) and self.bad.item():
+        if not (trainer.global_step % self.every == 0 or trainer.is_last_batch):
+            return
+        # Under DDP every rank must stop at the same step, or the others wait for it forever.
+        if trainer.strategy.reduce_boolean_decision(bool(self.bad.item()), all=False):
             raise FloatingPointError(
                 f"train/loss became non-finite by step {trainer.global_step} "
                 f"(epoch {trainer.current_epoch}). Try a lower optimizer.lr, "

@@ -81,6 +81,12 @@ class TransferModule(L.LightningModule):
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
 
+    def configure_model(self) -> None:
+        # Before DDP wraps the model: a fixed frozen set is frozen now, so DDP reduces only what
+        # trains (src/models/distributed.py). on_train_epoch_start sets the same state again.
+        if not self.strategy.changes_trainable:
+            self.strategy.apply(self.model, self.strategy.param_groups(self.model), epoch=0)
+
     def on_train_epoch_start(self) -> None:
         # Also runs first thing after a resume, so the restored epoch gets its own freeze state.
         self.strategy.apply(self.model, self.trainer.optimizers[0].param_groups, self.current_epoch)
@@ -100,24 +106,28 @@ class TransferModule(L.LightningModule):
             logits = self(images)
         loss = self.criterion(logits, targets)
         for name, term in self.regularisation.penalties(self.model, features).items():
-            self.log(f"train/{name}", term, on_step=False, on_epoch=True)
+            self.log(f"train/{name}", term, on_step=False, on_epoch=True, sync_dist=True)
             loss = loss + term
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        # Tensors are averaged over DDP ranks (sync_dist); torchmetrics objects sync their own
+        # state (counts) across ranks when computed, so acc is exact, not a mean of rank means.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(self.task.train_step(logits, labels), on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch, stage: str) -> None:
         images, labels = batch
         logits = self(images)
-        self.log(f"{stage}/loss", self.task.eval_loss(logits, labels), on_epoch=True, prog_bar=True)
+        loss = self.task.eval_loss(logits, labels)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(
             self.task.eval_step(stage, logits, labels), on_epoch=True, prog_bar=stage == "val"
         )
 
     def _epoch_end(self, stage: str) -> None:
-        """Values that need the whole epoch: per class (and, multi-label, every score)."""
+        """Values that need the whole epoch: per class (and, multi-label, every score). Computed
+        torchmetrics are synced over DDP ranks, so every rank logs the same value."""
         for key, value in self.task.epoch_end(stage, self.trainer.sanity_checking).items():
-            self.log(key, value, prog_bar=key == f"{stage}/auroc")
+            self.log(key, value, prog_bar=key == f"{stage}/auroc", sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "val")

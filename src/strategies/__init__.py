@@ -52,6 +52,10 @@ class Strategy:
         self.bn = bn
         self.stage_names: list[str] = []  # backbone groups, input side first; set by param_groups
 
+    # Whether `trainable` depends on the epoch: DDP must then track every parameter (see
+    # src/models/distributed.py); otherwise the model is frozen before DDP wraps it.
+    changes_trainable = False
+
     # --- what subclasses override -------------------------------------------------------------
     def trainable(self, group: str, epoch: int) -> bool:
         return True
@@ -182,6 +186,8 @@ class GradualUnfreeze(Finetune):
     full lr over ramp_epochs. Stages below the last milestone's stay frozen.
     """
 
+    changes_trainable = True
+
     def __init__(
         self,
         milestones: Sequence[int],
@@ -230,6 +236,8 @@ class GradualUnfreeze(Finetune):
 
 class LPFT(Finetune):
     """Linear probe for probe_epochs, then everything trains (Kumar et al. 2022)."""
+
+    changes_trainable = True
 
     def __init__(self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
         super().__init__(backbone_lr_mult, bn)

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning.pytorch as L
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -92,28 +93,38 @@ def cached_features(
         paths = [cache_dir / f"{cache_key(identity)}.pt"]
         if logits:
             paths.append(cache_dir / f"{cache_key(dict(identity, head=head))}.pt")
-        if all(path.is_file() for path in paths):
-            stored = [torch.load(path, map_location="cpu", weights_only=True) for path in paths]
-            result[split] = (stored[0]["features"], stored[0]["labels"])
-            result[split] += (stored[1]["logits"],) if logits else ()
-            hits += 1
-            continue
-        start = time.perf_counter()
-        result[split] = extract(model, datamodule.eval_batches(split, device), device, logits)
-        elapsed = time.perf_counter() - start
-        seconds += elapsed
-        _save(paths[0], {"features": result[split][0], "labels": result[split][1]}, identity)
-        if logits:
-            _save(paths[1], {"logits": result[split][2]}, dict(identity, head=head))
-        log.info(
-            "Features %s: %s in %.1fs -> %s",
-            split,
-            tuple(result[split][0].shape),
-            elapsed,
-            paths[0],
-        )
+        # One process extracts, the others (DDP ranks started by torchrun or srun, parallel sweep
+        # workers) wait for it and read its file. A shared file system gives one lock per cluster.
+        with FileLock(str(paths[0].with_suffix(".lock"))):
+            result[split], elapsed = _load_or_extract(model, datamodule, split, device, paths)
+            if elapsed is not None:  # the logits first: features present means both are
+                if logits:
+                    _save(paths[1], {"logits": result[split][2]}, dict(identity, head=head))
+                features, labels = result[split][:2]
+                _save(paths[0], {"features": features, "labels": labels}, identity)
+        hits += elapsed is None
+        seconds += elapsed or 0.0
+        if elapsed is not None:
+            log.info(
+                "Features %s: %s in %.1fs -> %s",
+                split,
+                tuple(result[split][0].shape),
+                elapsed,
+                paths[0],
+            )
     log.info("Feature cache: %d of %d splits reused from %s", hits, len(splits), cache_dir)
     return result, {"feature_cache/hits": hits, "feature_cache/extract_seconds": seconds}
+
+
+def _load_or_extract(model, datamodule, split: str, device, paths: list[Path]):
+    """(tensors, seconds spent extracting; None when read from the cache)."""
+    if all(path.is_file() for path in paths):
+        stored = [torch.load(path, map_location="cpu", weights_only=True) for path in paths]
+        tensors = (stored[0]["features"], stored[0]["labels"])
+        return tensors + ((stored[1]["logits"],) if len(paths) > 1 else ()), None
+    start = time.perf_counter()
+    tensors = extract(model, datamodule.eval_batches(split, device), device, len(paths) > 1)
+    return tensors, time.perf_counter() - start
 
 
 def _save(path: Path, tensors: dict, identity: dict) -> None:

@@ -15,7 +15,7 @@ import math
 import lightning.pytorch as L
 import optuna
 
-from src.sweeps.runs import PARENT_ATTR, RUN_ATTR
+from src.sweeps.runs import RUN_ATTR
 from src.sweeps.study import open_storage
 from src.tracking import mlflow_loggers
 
@@ -51,18 +51,8 @@ class TrialReporter(L.Callback):
         self._link_runs(trainer, study)
 
     def _link_runs(self, trainer: L.Trainer, study: optuna.Study) -> None:
-        """Nest this job's MLflow run under the study's parent run; remember it in the trial."""
-        parent = study.user_attrs.get(PARENT_ATTR)
+        """Remember this job's MLflow run in its trial (the sweeper created it nested, tagged)."""
         for logger in mlflow_loggers(trainer.loggers):
-            tags = {
-                "optuna.study": self.study_name,
-                "optuna.trial.number": str(self.number),
-                "mlflow.runName": f"{self.study_name}-trial{self.number:03d}",
-            }
-            if parent:
-                tags["mlflow.parentRunId"] = parent
-            for key, value in tags.items():
-                logger.experiment.set_tag(logger.run_id, key, value)
             self.trial.set_user_attr(RUN_ATTR, logger.run_id)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

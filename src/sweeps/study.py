@@ -1,14 +1,20 @@
 """The study behind a sweep: storage, a cross-process lock, worker seeds, trial accounting.
 
 Workers never talk to each other, only to the storage. Everything that must be atomic across
-them (count the trials, create the next one, number the workers) runs under `StudyLock`, a file
-lock beside file-based storages (sqlite, journal). Server databases (PostgreSQL, MySQL) get no lock:
-two workers racing for the last trial may then overshoot `n_trials` by one each.
+them (count the trials, create the next one, number the workers) runs under `study_lock`: a file
+lock beside file-based storages (sqlite, journal), a PostgreSQL advisory lock on a PostgreSQL
+storage (held by a connection, so the server frees it when a worker dies). Other server databases
+get no lock: two workers racing for the last trial may then overshoot `n_trials` by one each.
+
+A worker that dies mid-trial stops its trial's heartbeat (RDB storages); after grace_period the
+next worker to look marks it FAIL and Optuna's RetryHeartbeatStaleTrialCallback queues a copy
+with the same parameters, which that worker runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -48,8 +54,15 @@ def storage_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """`journal:<file>` -> Optuna's journal file; anything else is an SQLAlchemy URL."""
+@functools.cache  # one engine (connection pool) per process: a trial per job must not add one
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retries: int | None = None,
+):
+    """`journal:<file>` -> Optuna's journal file; anything else is an SQLAlchemy URL. With a
+    heartbeat, a trial whose worker went silent is failed and retried up to max_retries times."""
     path = storage_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,27 +75,57 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = None
+        if heartbeat_interval and max_retries:
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
+            heartbeat_stale_trial_callback=retry,
         )
 
 
 @contextlib.contextmanager
 def study_lock(url: str) -> Iterator[bool]:
-    """Exclusive across processes on this machine (and on shared file systems with flock);
-    yields whether a lock is held (none for server databases)."""
+    """Exclusive across processes on this machine (and on shared file systems with flock), or
+    across machines on PostgreSQL; yields whether a lock is held."""
     path = storage_path(url)
-    if path is None:
-        yield False
-        return
-    from filelock import FileLock
+    if path is not None:
+        from filelock import FileLock
 
-    # Not "<file>.lock": Optuna's journal backend takes that name for its own lock.
-    with FileLock(str(path) + ".sweep-lock", timeout=600):
-        yield True
+        # Not "<file>.lock": Optuna's journal backend takes that name for its own lock.
+        with FileLock(str(path) + ".sweep-lock", timeout=600):
+            yield True
+    elif url.startswith("postgresql"):
+        with _advisory_lock(url):
+            yield True
+    else:
+        yield False
+
+
+ADVISORY_KEY = 0x7472616E73666572  # "transfer": one lock per database, held for milliseconds
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str) -> Iterator[None]:
+    from sqlalchemy import text
+
+    with _engine(url).connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+
+
+@functools.cache
+def _engine(url: str):
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(url, poolclass=NullPool)
 
 
 def claim_worker_index(study: optuna.Study) -> int:
@@ -98,25 +141,41 @@ def worker_id() -> str:
 
 
 def fail_dead_trials(study: optuna.Study, locked: bool) -> list[optuna.trial.FrozenTrial]:
-    """RUNNING trials whose worker process on this host is gone (killed, OOM-killed) become FAIL.
+    """RUNNING trials whose worker is gone become FAIL (and, with a retry callback, run again).
 
-    A worker names itself on its trial before it lets go of the lock, so under the lock a RUNNING
-    trial with no name was left by a worker that died in between. Workers on other hosts are
-    covered by Optuna's heartbeat (RDB storages) instead.
+    Across hosts: Optuna's heartbeat (RDB storages) fails a trial whose worker stopped beating for
+    grace_period. On this host, a worker process that no longer exists is known at once. A worker
+    names itself on its trial before it lets go of the lock, so under the lock a RUNNING trial
+    with no name was left by a worker that died in between.
     """
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # The study's storage is Optuna's cache around the RDBStorage (not an RDBStorage itself):
+    # fail_stale_trials asks it whether heartbeats are on. It runs the retry callback itself.
+    optuna.storages.fail_stale_trials(study)
+    stale = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    dead = [t for t in running if t.number in stale]
+    failed = {t.number for t in dead}
+    for trial in dead:
+        log.warning("Trial %d: no heartbeat from %s; marked FAIL", trial.number, _owner(trial))
+    retry = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     host = socket.gethostname()
-    dead = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(WORKER_ATTR, "")
-        owner_host, _, pid = owner.rpartition(":")
-        orphan = locked and not owner
-        if orphan or (owner_host == host and pid.isdigit() and not pid_alive(int(pid))):
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            log.warning("Trial %d: its worker %s is gone; marked FAIL", trial.number, owner)
-            dead.append(trial)
+    for trial in running:
+        owner_host, _, pid = _owner(trial).rpartition(":")
+        orphan = locked and not _owner(trial)
+        if trial.number in failed or not (
+            orphan or (owner_host == host and pid.isdigit() and not pid_alive(int(pid)))
+        ):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("Trial %d: its worker %s is gone; marked FAIL", trial.number, _owner(trial))
+        if retry is not None:
+            retry(study, study._storage.get_trial(trial._trial_id))
+        dead.append(trial)
     return dead
+
+
+def _owner(trial: optuna.trial.FrozenTrial) -> str:
+    return trial.system_attrs.get(WORKER_ATTR, "")
 
 
 def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

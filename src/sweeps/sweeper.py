@@ -47,6 +47,7 @@ class OptunaSweeper(Sweeper):
         enqueue_trials: list | None = None,
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
+        max_retries: int = 1,
         mlflow: DictConfig | None = None,
     ):
         if direction not in DIRECTIONS:
@@ -62,6 +63,7 @@ class OptunaSweeper(Sweeper):
         self.sampler_cfg, self.pruner_cfg = _plain(sampler), _plain(pruner)
         self.enqueue = _plain(enqueue_trials) or []
         self.heartbeat = (heartbeat_interval, grace_period)
+        self.max_retries = max_retries
         self.mlflow = _plain(mlflow) if mlflow and mlflow.get("tracking_uri") else None
         self.config: DictConfig | None = None
         self.launcher = None
@@ -84,10 +86,29 @@ class OptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         worker = Worker(self, sweep_dir)
-        return worker.run(lambda trial, params: self._launch(fixed, trial, params))
+        return worker.run(
+            lambda trial, params: self._launch(
+                self._trial_overrides(fixed, trial, params, worker.parent_run_id), trial
+            )
+        )
 
-    def _launch(self, fixed: list[str], number: int, params: dict[str, Any]):
+    def _trial_overrides(
+        self, fixed: list[str], number: int, params: dict[str, Any], parent_run_id: str | None
+    ) -> list[str]:
+        """The job's command line: the fixed overrides, the trial's parameters, its identity (for
+        TrialReporter) and, with MLflow, its run's name and tags. The run is created nested under
+        the study's parent run: no moment exists where it stands alone (a SIGKILL included)."""
         overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
+        if self.mlflow:
+            run_name = f"{self.study_name}-trial{number:03d}"
+            tags = {"optuna.study": self.study_name, "optuna.trial.number": str(number)}
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            overrides += to_overrides({"logger.mlflow.run_name": run_name})
+            overrides += [to_dict_override("logger.mlflow.tags", tags)]
+        return overrides
+
+    def _launch(self, overrides: list[str], number: int):
         environ = dict(os.environ)
         os.environ[TRIAL_ENV] = json.dumps(
             {"number": number, "sweep_dir": str(self.config.hydra.sweep.dir)}
@@ -118,6 +139,7 @@ class OptunaSweeper(Sweeper):
         """A DDP rank > 0: run rank 0's current trial with its parameters, create nothing."""
         import optuna
 
+        from src.sweeps.runs import PARENT_ATTR
         from src.sweeps.study import open_storage
 
         identity = json.loads(os.environ[TRIAL_ENV])
@@ -126,7 +148,8 @@ class OptunaSweeper(Sweeper):
         with open_dict(self.config):
             self.config.hydra.sweep.dir = identity["sweep_dir"]
         log.info("DDP rank %s follows trial %d", os.environ["LOCAL_RANK"], identity["number"])
-        overrides = [*fixed, *to_overrides(params), self._identity_override(identity["number"])]
+        parent = study.user_attrs.get(PARENT_ATTR)
+        overrides = self._trial_overrides(fixed, identity["number"], params, parent)
         return self.launcher.launch([overrides], initial_job_idx=identity["number"])
 
     # --- checks before any work ----------------------------------------------------------------

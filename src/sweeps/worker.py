@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,7 @@ class Worker:
         with study_lock(s.storage):  # the first worker creates the tables and the study
             study = optuna.create_study(
                 study_name=s.study_name,
-                storage=open_storage(s.storage, *s.heartbeat),
+                storage=open_storage(s.storage, *s.heartbeat, s.max_retries),
                 direction=s.direction,
                 load_if_exists=True,
                 pruner=pruner,
@@ -59,8 +60,9 @@ class Worker:
             if index == 0 and not study.trials:
                 for params in s.enqueue:
                     study.enqueue_trial(params)
-            if s.mlflow:
-                runs.open_parent(study, s.mlflow, self._parent_params())
+            self.parent_run_id = (
+                runs.open_parent(study, s.mlflow, self._parent_params()) if s.mlflow else None
+            )
         study.sampler = self._sampler(seed=s.seed + index)
         log.info(
             "Study %s (%s): worker %d, sampler %s seed %d, %d trials in storage",
@@ -122,20 +124,45 @@ class Worker:
         return returns
 
     def _next_trial(self) -> tuple[int, dict[str, Any]] | None:
+        """The next trial to run, or None when the study is done. While the budget is used up but
+        other workers' trials still run, wait: if one of them dies, its retry is ours to run."""
+        waiting = False
+        while (next_trial := self._ask()) is _WAIT:
+            if not waiting:
+                log.info("n_trials reached; waiting for the trials other workers are running")
+            waiting = True
+            time.sleep(self.poll_seconds)
+        return next_trial
+
+    def _ask(self):
         """Under the lock: settle trials of dead workers, check the budgets, create the next trial."""
         with study_lock(self.s.storage) as locked:
             for trial in fail_dead_trials(self.study, locked):
                 self._tag(trial.number)
-            if count(self.study, self.counted) >= self.n_trials:
-                return None
             if count(self.study, (TrialState.FAIL,)) >= self.s.max_failures:
                 return None
+            if count(self.study, self.counted) >= self.n_trials:
+                running = count(self.study, (TrialState.RUNNING,))
+                return _WAIT if running and self.poll_seconds else None
             trial = self.study.ask()
             self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
             return trial.number, self.s.space.suggest(trial)
 
+    @property
+    def poll_seconds(self) -> float | None:
+        """How often a waiting worker looks again: only heartbeats can reveal a dead worker."""
+        interval = getattr(self.study._storage, "get_heartbeat_interval", lambda: None)()
+        return min(interval, 5.0) if interval else None
+
     def _tell(self, number: int, job_return) -> None:
         state, value, reason = objective_value(job_return)
+        if self.study.trials[number].state.is_finished():
+            # Another worker took it for dead (no heartbeat for grace_period: a stalled machine)
+            # and queued its retry; Optuna refuses a second verdict, so this one is only logged.
+            log.warning(
+                "Trial %d was failed by heartbeat meanwhile; its %s is dropped", number, state
+            )
+            return
         if state == "FAIL":
             self.study._storage.set_trial_user_attr(
                 self.study.trials[number]._trial_id, "fail_reason", reason
@@ -158,12 +185,15 @@ class Worker:
         failures = count(self.study, (TrialState.FAIL,))
         done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
         if self.s.mlflow:
-            runs.summarise(
-                self.study,
-                self.s.mlflow["tracking_uri"],
-                self.sweep_dir / "optuna",
-                finished=done >= self.n_trials or failures >= self.s.max_failures,
-            )
+            # Workers that end together would write the same parent-run tags at once, which
+            # MLflow's store (select, then insert) refuses: one at a time.
+            with study_lock(self.s.storage):
+                runs.summarise(
+                    self.study,
+                    self.s.mlflow["tracking_uri"],
+                    self.sweep_dir / "optuna",
+                    finished=done >= self.n_trials or failures >= self.s.max_failures,
+                )
         complete = count(self.study, (TrialState.COMPLETE,))
         if complete:
             best = self.study.best_trial
@@ -176,6 +206,9 @@ class Worker:
                 f"hydra.sweeper.max_failures={self.s.max_failures}; stopped after {done} of "
                 f"{self.n_trials} trials. See each trial's user attr fail_reason."
             )
+
+
+_WAIT = object()
 
 
 def _build(cfg: dict[str, Any]):

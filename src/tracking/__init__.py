@@ -14,7 +14,14 @@ from src.tracking.plots import plot_confusion, plot_learning_curves
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunArtifacts", "git_state", "log_run_metadata", "record_failure", "mlflow_loggers"]
+__all__ = [
+    "RunArtifacts",
+    "SameConfigOnEveryRank",
+    "git_state",
+    "log_run_metadata",
+    "record_failure",
+    "mlflow_loggers",
+]
 
 # Per-epoch values kept for the learning-curve plot.
 CURVE_METRICS = ("train/loss_epoch", "val/loss", "train/acc", "val/acc", "val/auroc")
@@ -115,3 +122,29 @@ class RunArtifacts(L.Callback):
         for logger in mlflow_loggers(trainer.loggers):
             for path in paths:
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
+
+
+class SameConfigOnEveryRank(L.Callback):
+    """Under DDP, every rank must train the same config: a rank started with other overrides (a
+    sweep's command line re-run with other sampled values, a stale script on one node) would
+    average gradients of different hyperparameters without any error. The ranks exchange their
+    config fingerprints once, refuse to train if they differ, and rank 0 records them in its run."""
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint, self.checked = fingerprint, False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.checked or trainer.world_size == 1:
+            return
+        import torch
+
+        halves = [int(self.fingerprint[i : i + 8], 16) for i in (0, 8)]  # 64 bits as 2 int64
+        mine = torch.tensor(halves, dtype=torch.int64, device=trainer.strategy.root_device)
+        gathered = trainer.strategy.all_gather(mine).reshape(-1, 2).tolist()
+        prints = [f"{a:08x}{b:08x}" for a, b in gathered]
+        if len(set(prints)) > 1:
+            raise RuntimeError(f"DDP ranks composed different configs (fingerprints {prints}).")
+        self.checked = True
+        for logger in mlflow_loggers(trainer.loggers):
+            logger.experiment.set_tag(logger.run_id, "ddp.world_size", str(trainer.world_size))
+            logger.experiment.set_tag(logger.run_id, "ddp.config_fingerprints", ",".join(prints))

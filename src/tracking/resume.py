@@ -8,11 +8,13 @@ and stays RUNNING in MLflow; its `host` and `pid` tags tell a dead process from 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 UNFINISHED = ("RUNNING", "FAILED", "KILLED", "SCHEDULED")
+# Rank 0's decision ("" = start afresh), inherited by the DDP ranks Lightning launches from it.
+RESUME_ENV = "TRANSFERLAB_RESUME_RUN"
 
 
 @dataclass
@@ -88,6 +92,42 @@ def find_resume_point(
             return point
     log.info("resume=auto: no unfinished run of this config with a checkpoint; starting afresh")
     return None
+
+
+def resume_point(
+    resume: str, tracking_uri: str, experiment_name: str, fingerprint: str
+) -> ResumePoint | None:
+    """find_resume_point, the same on every DDP rank. Rank 0 decides; a rank Lightning launched
+    from it reuses that decision (its own search would see rank 0's run alive and pick another).
+    Ranks started all at once by torchrun or srun cannot share one search: they need a run id."""
+    from src.errors import InvalidInput
+
+    inherited = os.environ.get(RESUME_ENV)
+    if inherited is not None:
+        return (
+            find_resume_point(inherited, tracking_uri, experiment_name, fingerprint)
+            if inherited
+            else None
+        )
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    if resume == "auto" and world > 1:
+        raise InvalidInput(
+            f"resume=auto with {world} ranks started by torchrun/srun: each rank would search on "
+            "its own. Pass resume=<MLflow run id> (SLURM requeues resume by themselves, see "
+            "docs/cluster.md)."
+        )
+    return find_resume_point(resume, tracking_uri, experiment_name, fingerprint)
+
+
+@contextlib.contextmanager
+def shared_with_ranks(point: ResumePoint | None) -> Iterator[None]:
+    """While fitting (when Lightning launches ranks > 0), they inherit rank 0's resume decision
+    (read only where `resume` is set)."""
+    os.environ[RESUME_ENV] = point.run_id if point else ""
+    try:
+        yield
+    finally:
+        os.environ.pop(RESUME_ENV, None)
 
 
 def reopen(logger, point: ResumePoint) -> None:
