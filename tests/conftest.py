@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,16 @@ def tracking_server(postgres, tmp_path_factory):
     artifacts.mkdir()
     with mlflow_server(create_database(postgres, "mlflow"), artifacts) as url:
         yield url, artifacts
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_per_test():
+    """mlflow.set_tracking_uri (Lightning's MLFlowLogger calls it) also exports
+    MLFLOW_TRACKING_URI to this process; left set, a later test's config (paths.tracking_uri reads
+    it) and its subprocesses would write into an earlier test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
