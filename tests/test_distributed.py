@@ -3,6 +3,7 @@ only, with metrics reduced over both ranks, and one checkpoint that a single pro
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -158,3 +159,24 @@ def test_ranks_take_rank_zeros_resume_decision(tmp_path, monkeypatch):
         assert os.environ[resume.RESUME_ENV] == ""
         assert resume.resume_point("auto", uri, "x", "fingerprint") is None
     assert resume.RESUME_ENV not in os.environ
+
+
+def test_sync_batchnorm_keeps_timm_norm_activation_layers():
+    """torch's converter drops the activation inside timm's BatchNormAct2d; ours keeps it."""
+    import timm
+    from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
+
+    from src.models.distributed import TimmSyncBatchNorm, TransferDDP
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3).eval()
+    with torch.no_grad():
+        expected = model(images)
+        ours = TimmSyncBatchNorm().apply(copy.deepcopy(model)).eval()(images)
+        torchs = TorchSyncBatchNorm().apply(copy.deepcopy(model)).eval()(images)
+    assert torch.equal(ours, expected)
+    assert not torch.allclose(torchs, expected)  # the bug this plugin exists for
+    strategy = TransferDDP()
+    strategy._layer_sync = TorchSyncBatchNorm()  # what Lightning hands over for sync_batchnorm
+    assert isinstance(strategy._layer_sync, TimmSyncBatchNorm)
