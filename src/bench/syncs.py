@@ -61,15 +61,27 @@ class Sync:
     where: str  # the innermost frames outside torch, for a readable failure
 
 
-# Code whose tensors stay on the host on every machine, so reading them is no sync: torch's
-# optimizers keep each step count on the CPU (unless capturable or fused), samplers draw the
-# epoch's order with a CPU generator.
+# Code whose tensors stay on the host on every machine, so reading them is no sync. Callers:
+# torch's optimizers keep each step count on the CPU (unless capturable or fused), samplers draw
+# the epoch's order with a CPU generator. Anywhere below: a DataLoader's fetch, where datasets
+# read and transform images per image, on the host (a worker process has no device).
 HOST_SIDE_CALLERS = ("/torch/optim/", "/torch/utils/data/", "/src/data/sampling.py")
+HOST_SIDE_STACKS = ("/torch/utils/data/_utils/fetch.py",)
+
+
+def _on_host(frame) -> bool:
+    if any(part in frame.f_code.co_filename for part in HOST_SIDE_CALLERS):
+        return True
+    while frame is not None:
+        if any(part in frame.f_code.co_filename for part in HOST_SIDE_STACKS):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @dataclass
 class SyncCounter:
-    """Counts syncs while active, except reads made by HOST_SIDE_CALLERS."""
+    """Counts syncs while active, except reads on the host side (_on_host)."""
 
     syncs: list[Sync] = field(default_factory=list)
     _depth: int = 0  # inside a patched method: its own aten ops are the same sync
@@ -96,8 +108,7 @@ class SyncCounter:
         counter = self
 
         def counted(tensor, *args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if counter._depth == 0 and not any(part in caller for part in HOST_SIDE_CALLERS):
+            if counter._depth == 0 and not _on_host(sys._getframe(1)):
                 counter.record(f"Tensor.{name}")
             counter._depth += 1
             try:
@@ -115,7 +126,11 @@ class _DataDependentOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.counter._depth == 0 and _is_data_dependent(func, args):
+        if (
+            self.counter._depth == 0
+            and _is_data_dependent(func, args)
+            and not _on_host(sys._getframe(1))
+        ):
             self.counter.record(f"aten.{func.__name__}")
         return func(*args, **kwargs)
 

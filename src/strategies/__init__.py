@@ -46,10 +46,18 @@ class Strategy:
     `frozen` (statistics and affine parameters fixed everywhere).
     """
 
-    def __init__(self, bn: str = "train"):
+    def __init__(
+        self, bn: str = "train", cache_prefix: bool | str = "auto", prefix_cache_dir: str = "cache"
+    ):
+        """cache_prefix: auto | true | false, compute the backbone layers frozen for the whole run
+        once per image, cached in prefix_cache_dir (src/strategies/prefix.py)."""
+        from src.strategies.prefix import check_mode
+
         if bn not in BN_POLICIES:
             raise ValueError(f"strategy.bn='{bn}': choose one of {BN_POLICIES}.")
-        self.bn = bn
+        check_mode(cache_prefix)
+        self.bn, self.cache_prefix, self.prefix_cache_dir = bn, cache_prefix, prefix_cache_dir
+        self.prefix_plan = None  # set by plan_prefix_cache, before the run
         self.stage_names: list[str] = []  # backbone groups, input side first; set by param_groups
 
     # Whether `trainable` depends on the epoch: DDP must then track every parameter (see
@@ -71,6 +79,18 @@ class Strategy:
     def check(self, max_epochs: int, regularisation=None) -> None:
         """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
+    def plan_prefix_cache(self, model: nn.Module, regularisation, datamodule, max_epochs) -> None:
+        """Decide what the run caches (before it starts); cache_prefix=true refuses a run where
+        the cache cannot be exact."""
+        from src.strategies.prefix import plan
+
+        self.prefix_plan = plan(self, model, regularisation, datamodule, max_epochs)
+        if self.cache_prefix is True and not self.prefix_plan.on:
+            raise ValueError(
+                f"strategy.cache_prefix=true, but no prefix can be cached exactly: "
+                f"{self.prefix_plan.reason}. Use strategy.cache_prefix=auto or false."
+            )
+
     def fit(
         self,
         trainer: L.Trainer,
@@ -78,8 +98,12 @@ class Strategy:
         datamodule: L.LightningDataModule,
         ckpt_path: str | None = None,
     ) -> None:
-        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG)."""
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG). The frozen
+        prefix's outputs are cached where that is exact (cache_prefix)."""
+        from src.strategies.prefix import prefix_cached
+
+        with prefix_cached(self, trainer, module, datamodule) as data:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     def test(
         self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
@@ -130,8 +154,8 @@ class Strategy:
 class Finetune(Strategy):
     """Everything trainable; the pretrained backbone at backbone_lr_mult x the head's lr."""
 
-    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train", **options):
+        super().__init__(bn, **options)
         if backbone_lr_mult <= 0:
             raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: must be > 0.")
         self.backbone_lr_mult = backbone_lr_mult
@@ -143,8 +167,8 @@ class Finetune(Strategy):
 class Scratch(Finetune):
     """Random initialisation (its config sets backbone.pretrained=false), everything at one lr."""
 
-    def __init__(self, bn: str = "train"):
-        super().__init__(backbone_lr_mult=1.0, bn=bn)
+    def __init__(self, bn: str = "train", **options):
+        super().__init__(backbone_lr_mult=1.0, bn=bn, **options)
 
 
 class LinearProbe(Strategy):
@@ -158,8 +182,10 @@ class Partial(Finetune):
     """The first `freeze_stages` backbone groups (stem first) frozen; negative counts from the top,
     so -1 freezes all but the last stage."""
 
-    def __init__(self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(backbone_lr_mult, bn)
+    def __init__(
+        self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train", **options
+    ):
+        super().__init__(backbone_lr_mult, bn, **options)
         self.freeze_stages = freeze_stages
 
     def trainable(self, group: str, epoch: int) -> bool:
@@ -171,8 +197,8 @@ class Partial(Finetune):
 class Surgical(Strategy):
     """Only backbone group `block` (0 = stem, -1 = the last stage) and the head train (Lee et al. 2023)."""
 
-    def __init__(self, block: int, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, block: int, bn: str = "train", **options):
+        super().__init__(bn, **options)
         self.block = block
 
     def trainable(self, group: str, epoch: int) -> bool:
@@ -195,8 +221,9 @@ class GradualUnfreeze(Finetune):
         ramp_epochs: float = 1.0,
         backbone_lr_mult: float = 1.0,
         bn: str = "train",
+        **options,
     ):
-        super().__init__(backbone_lr_mult, bn)
+        super().__init__(backbone_lr_mult, bn, **options)
         self.milestones = list(milestones)
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ValueError(
@@ -239,8 +266,10 @@ class LPFT(Finetune):
 
     changes_trainable = True
 
-    def __init__(self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(backbone_lr_mult, bn)
+    def __init__(
+        self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train", **options
+    ):
+        super().__init__(backbone_lr_mult, bn, **options)
         if probe_epochs < 1:
             raise ValueError(f"strategy.probe_epochs={probe_epochs}: must be >= 1.")
         self.probe_epochs = probe_epochs
@@ -260,8 +289,8 @@ class LayerDecay(Strategy):
     """Layer-wise lr decay: lr x decay^(depth from the head), timm's per-block groups; norms and
     biases get no weight decay."""
 
-    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train", **options):
+        super().__init__(bn, **options)
         if not 0 < decay <= 1:
             raise ValueError(f"strategy.decay={decay}: valid range (0, 1].")
         self.decay, self.min_scale = decay, min_scale
@@ -300,6 +329,9 @@ class FeatureExtract(Strategy):
 
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD
+
+    def plan_prefix_cache(self, model, regularisation, datamodule, max_epochs) -> None:
+        """Nothing to plan: the whole backbone is cached already (its features)."""
 
     def check(self, max_epochs: int, regularisation=None) -> None:
         if regularisation is not None and regularisation.trains_by_gradient:
