@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
-from omegaconf import open_dict
 
 from src.advise.budget import Budget
 from src.advise.curve import fit, power_law
 from src.errors import InvalidInput
+from tests.helpers.compose import compose_config
+from tests.helpers.jobs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [
     "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
     "logger.mlflow.log_model=false", "dataset.num_workers=0", "dataset.samples_per_class=10",
@@ -55,13 +52,7 @@ def tiny(tmp_path: Path, budget: str) -> list[str]:
 def advise_in_process(overrides: list[str]) -> Path:
     from src.advise.__main__ import advise
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("advise", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            del cfg.hydra  # as hydra.main hands it over
-        return advise(cfg)
+    return advise(compose_config("advise", None, overrides))
 
 
 def advise_command(overrides: list[str]) -> list[str]:
@@ -139,6 +130,7 @@ def test_bad_input_is_refused_before_any_run(tmp_path, override, message):
     ).search_experiments(filter_string="name = 'advise'")
 
 
+@pytest.mark.slow
 def test_unknown_dataset_exits_2_with_one_line(tmp_path):
     done = subprocess.run(
         advise_command(["dataset=nope", "budget=5m", f"paths.root_dir={tmp_path}"]),
@@ -149,6 +141,7 @@ def test_unknown_dataset_exits_2_with_one_line(tmp_path):
 
 
 # --- budget and resume on real runs -------------------------------------------------------------
+@pytest.mark.slow
 def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
     report = advise_in_process(tiny(tmp_path, "2s"))
     text = report.read_text()
@@ -161,6 +154,7 @@ def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
     assert not [r for r in runs if r.data.tags.get("advise_stage") == "data"]
 
 
+@pytest.mark.slow
 def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
     command = advise_command(tiny(tmp_path, "3t"))  # 2 search trials, 1 data run
     log = tmp_path / "first.log"

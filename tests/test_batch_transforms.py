@@ -12,7 +12,7 @@ from src.data.batch_transforms import BatchTransform
 from src.data.sources import digits
 from src.models.speed import SpeedUp
 from src.regularisation import Regularisation, batch_eval_transform, eval_transform
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train
 
 CONFIG = {
     "input_size": (3, 64, 64),

@@ -7,7 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from src.train import train
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train
+
+pytestmark = pytest.mark.slow  # real training runs
 
 
 def feature_run(tmp_path, cache, *overrides):

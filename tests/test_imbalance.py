@@ -13,7 +13,7 @@ from src.data.sampling import BalancedSampler, inverse_frequency
 from src.data.sources import digits
 from src.errors import InvalidInput
 from src.train import train
-from tests.conftest import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run
 
 
 def test_long_tailed_digits_thin_each_class_geometrically():
@@ -68,6 +68,7 @@ LONG_TAILED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "balance",
     [[], ["dataset.class_weights=auto"], ["dataset.sampler=balanced"]],

@@ -240,6 +240,7 @@ class CrashAt(L.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from src.train import train
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train
+
+pytestmark = pytest.mark.slow  # two real training runs
 
 PROBE = [
     "dataset=fashion_mnist",

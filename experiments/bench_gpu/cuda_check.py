@@ -59,7 +59,7 @@ def run(name, overrides):
     )
 
 
-from tests.medmnist_files import write_medmnist_npz  # noqa: E402
+from tests.helpers.medmnist_files import write_medmnist_npz  # noqa: E402
 
 write_medmnist_npz(tmp / "med", "chestmnist")
 write_medmnist_npz(tmp / "med", "pathmnist")

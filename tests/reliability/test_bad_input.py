@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -14,9 +13,8 @@ from hydra.errors import ConfigCompositionException
 
 from src.errors import InvalidInput
 from src.train import train
-from tests.conftest import compose_train
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.compose import compose_train
+from tests.helpers.jobs import ROOT
 
 # (overrides, a fragment the message must contain)
 REFUSED_BY_TRAIN = [
@@ -68,6 +66,7 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, overrides, fragment):
     assert fragment in message
 
 
+@pytest.mark.slow
 def test_command_line_exits_2_without_a_traceback(tmp_path):
     env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
     result = subprocess.run(

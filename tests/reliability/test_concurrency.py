@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
+import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.jobs import ROOT
+
+pytestmark = pytest.mark.slow  # four training processes
 
 
 def test_four_concurrent_jobs_on_one_sqlite_store(tmp_path):

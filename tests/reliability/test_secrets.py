@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from src.train import train
-from tests.conftest import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run
 
 
 def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
