@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.train import train
-from tests.helpers.compose import compose_train
+from tests.helpers.compose import compose_train, train
 
 pytestmark = pytest.mark.slow  # real training runs
 

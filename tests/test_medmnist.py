@@ -17,8 +17,7 @@ from medmnist import INFO
 from src.data.medmnist import medmnist
 from src.errors import AssetUnavailable, InvalidInput
 from src.models.tasks import MultiLabel
-from src.train import train
-from tests.helpers.compose import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 from tests.helpers.jobs import ROOT
 from tests.helpers.medmnist_files import write_medmnist_npz
 

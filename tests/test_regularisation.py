@@ -13,8 +13,7 @@ from PIL import Image
 from src.regularisation import Regularisation
 from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 from src.strategies import Finetune, LinearProbe
-from src.train import train
-from tests.helpers.compose import CONF_DIR, compose_train
+from tests.helpers.compose import CONF_DIR, compose_train, train
 
 
 def tiny_model(**kwargs) -> torch.nn.Module:

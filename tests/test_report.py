@@ -103,10 +103,10 @@ def report(store, tmp_path_factory) -> tuple[dict[str, Path], str]:
 
 
 def test_training_runs_carry_the_tags_a_report_filters_by(tmp_path):
-    from src.train import run_tags
-    from tests.helpers.compose import compose_train
+    from src.config import run_tags
+    from tests.helpers.compose import choices, compose_train
 
-    tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]))
+    tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]), choices())
     assert {"backbone", "strategy", "dataset", "fraction", "seed"} <= set(tags)
     assert tags["study"] == "transfer_table"  # the experiment name unless `study=` says otherwise
 

@@ -118,11 +118,10 @@ def compose_similarity(tmp_path, overrides: list[str]) -> DictConfig:
 @pytest.mark.slow
 def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tiny_overrides):
     from src.similarity.__main__ import measure
-    from src.train import train
-    from tests.helpers.compose import compose_train
+    from tests.helpers.compose import choices, compose_train, train
 
     overrides = ["dataset=digits", "max_per_class=20", "backbone.input_size=[3,32,32]"]
-    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]))
+    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]), choices())
     assert scores["emd"] == pytest.approx(0.0, abs=1e-6)  # the same images on both sides
     assert scores["domain_similarity"] == pytest.approx(1.0)
     assert 0.0 < scores["linear_acc"] <= 1.0 and scores["nce"] <= 0.0

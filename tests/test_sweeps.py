@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import runpy
 import signal
 import sqlite3
 import subprocess
@@ -60,12 +61,11 @@ def command(tmp_path: Path, overrides: list[str]) -> list[str]:
 
 def sweep(tmp_path: Path, overrides: list[str], monkeypatch) -> None:
     """`python -m src.train -m ...` in this process."""
-    from src.train import main
-
     GlobalHydra.instance().clear()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(sys, "argv", ["src/train.py", *command(tmp_path, overrides)])
-    main()
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))  # what its __main__ would set, undone after
+    runpy.run_module("src.train", run_name="__main__")
 
 
 def start(tmp_path: Path, overrides: list[str], log: str) -> subprocess.Popen:

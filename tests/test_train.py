@@ -6,8 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.train import train
-from tests.helpers.compose import artifact_paths, compose_train
+from tests.helpers.compose import artifact_paths, compose_train, train
 
 
 def only_run(tmp_path):

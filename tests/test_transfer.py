@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.train import train
-from tests.helpers.compose import compose_train
+from tests.helpers.compose import compose_train, train
 
 pytestmark = pytest.mark.slow  # two real training runs
 

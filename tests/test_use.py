@@ -12,8 +12,7 @@ from src.errors import InvalidInput
 from src.eval import evaluate_run
 from src.export import export_run
 from src.predict import predict_images
-from src.train import train
-from tests.helpers.compose import compose_entry, compose_train
+from tests.helpers.compose import compose_entry, compose_train, train
 from tests.helpers.jobs import tiny
 
 TINY = tiny("trainer.max_epochs=1")

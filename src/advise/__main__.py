@@ -32,8 +32,8 @@ def check(cfg: DictConfig) -> None:
     import timm
 
     from src.advise.jobs import backbone_overrides, compose
+    from src.config import build
     from src.similarity.ranking import COLUMNS
-    from src.train import build
 
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
     if cfg.dataset_name not in known:

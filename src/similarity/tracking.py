@@ -26,12 +26,12 @@ PREFIX = "similarity/"  # every score's metric name, on similarity and training 
 MATCH_KEYS = ("backbone", "pretrained", "weights", "dataset_key")
 
 
-def similarity_key(cfg) -> dict[str, str]:
-    """Match tags of a run composed from a config with `backbone` and `dataset` (entry points only)."""
-    from hydra.core.hydra_config import HydraConfig
+def similarity_key(cfg, choices=None) -> dict[str, str]:
+    """Match tags of a run composed from a config with `backbone` and `dataset`; `choices`: the
+    job's config-group choices (the `dataset` tag names its option)."""
     from omegaconf import OmegaConf
 
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    choices = choices or {}
     source = json.dumps(OmegaConf.to_container(cfg.dataset.source, resolve=True), sort_keys=True)
     return {
         "backbone": cfg.backbone.name,

@@ -5,35 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from tests.helpers.jobs import ROOT
-
-CONF_DIR = ROOT / "conf"
+from src.config import compose, load
 
 
 def compose_raw(name: str, overrides=(), hydra: bool = False) -> DictConfig:
     """conf/<name>.yaml composed as it is; with hydra=True, its hydra node too."""
-    GlobalHydra.instance().clear()  # another test may have left one behind
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+    return load(name, overrides, hydra)
 
 
 def compose_config(
     name: str, root: Path | None, overrides=(), output_dir: Path | None = None
 ) -> DictConfig:
-    """conf/<name>.yaml as @hydra.main hands it over: HydraConfig holds the job's choices
-    (`${hydra:runtime.choices.*}` in conf/ reads them) and the hydra node is gone. With a root,
-    everything the job writes (outputs, the MLflow store) goes there."""
-    cfg = compose_raw(name, overrides, hydra=True)
-    HydraConfig().set_config(cfg)
+    """conf/<name>.yaml as @hydra.main hands it over (src.config.compose): HydraConfig holds the
+    job (its choices: `choices()`). With a root, everything the job writes (outputs, the MLflow
+    store) goes there."""
+    cfg, _ = compose(overrides, name)
+    if root is None:
+        return cfg
     with open_dict(cfg):
-        del cfg.hydra
-        if root is None:
-            return cfg
         cfg.paths.root_dir = str(root)
         if output_dir is not None:
             cfg.paths.output_dir = str(output_dir)
@@ -41,6 +33,18 @@ def compose_config(
         if "dataset" in cfg:
             cfg.dataset.num_workers = 0
     return cfg
+
+
+def choices() -> dict[str, str]:
+    """The config-group choices of the job composed last, as an entry point passes them on."""
+    return dict(HydraConfig.get().runtime.choices)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """src.training.train(cfg, choices) of a config composed here, as `python -m src.train` runs it."""
+    from src.training import train as train_job
+
+    return train_job(cfg, choices())
 
 
 def compose_train(tmp_path: Path, overrides=()) -> DictConfig:

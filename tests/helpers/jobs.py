@@ -23,13 +23,13 @@ TINY = [
 ]
 
 
-def tiny(*changes: str) -> list[str]:
+def tiny(*changes: str, without: tuple[str, ...] = ()) -> list[str]:
     """TINY with `changes` applied: a key given again replaces TINY's value in place (one value per
-    key, as a command line a person would write)."""
+    key, as a command line a person would write); keys in `without` are left to the caller."""
     merged = {item.split("=", 1)[0]: item for item in TINY}
     for item in changes:
         merged[item.split("=", 1)[0]] = item
-    return list(merged.values())
+    return [item for key, item in merged.items() if key not in without]
 
 
 # A sweep trial in ~2 s: batches of 16, two per epoch, no test, no model upload.

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from src.data.sources import image_folder
-from src.train import train
-from tests.helpers.compose import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from src.errors import InvalidInput
-from src.train import train
-from tests.helpers.compose import compose_train
+from tests.helpers.compose import compose_train, train
 from tests.helpers.jobs import ROOT
 
 # (overrides, a fragment the message must contain)

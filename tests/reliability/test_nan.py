@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.train import train
-from tests.helpers.compose import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 
 POISON = "+callbacks.poison._target_=tests.helpers.faults.PoisonWeights"
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from src.train import train
-from tests.helpers.compose import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 
 
 def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
