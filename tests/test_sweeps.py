@@ -396,7 +396,8 @@ def test_every_sampler_config_builds_an_optuna_sampler(tmp_path, sampler):
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_storages_work_under_the_sweep_lock(tmp_path, kind):
-    from src.sweeps.study import open_storage, redact, study_lock
+    from src.sweeps.study import open_storage, study_lock
+    from src.tracking.secrets import redact
 
     url = f"sqlite:///{tmp_path}/o.db" if kind == "sqlite" else f"journal:{tmp_path}/o.log"
     with study_lock(url) as locked:

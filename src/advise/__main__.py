@@ -97,7 +97,7 @@ def advise(cfg: DictConfig) -> Path:
     from src.advise.budget import Budget
     from src.advise.tracking import advice_key, parent_run
     from src.errors import refuse_bad_input
-    from src.similarity.tracking import log_params
+    from src.tracking.runs import log_params
 
     OmegaConf.resolve(cfg)  # ${hydra:...} now, before jobs swap HydraConfig for their own
     with refuse_bad_input():

@@ -12,7 +12,7 @@ import numpy as np
 
 from src.advise.curve import Curve
 from src.similarity.ranking import COLUMNS
-from src.similarity.tracking import markdown, write_table
+from src.tracking.tables import markdown, write_table
 
 
 @dataclass

@@ -39,8 +39,10 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     from src.errors import refuse_bad_input
     from src.regularisation import eval_transform
     from src.similarity import measure as m
-    from src.similarity.tracking import KIND, log_scores, mlflow_run, similarity_key, write_table
+    from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
+    from src.tracking.runs import mlflow_run
+    from src.tracking.tables import write_table
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
     with refuse_bad_input():

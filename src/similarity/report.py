@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.similarity.tracking import PREFIX, markdown
+from src.similarity.tracking import PREFIX
+from src.tracking.tables import markdown
 
 SCORES = (
     "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc",

@@ -11,13 +11,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 
 log = logging.getLogger(__name__)
 
@@ -40,65 +36,6 @@ def similarity_key(cfg, choices=None) -> dict[str, str]:
         "dataset": choices.get("dataset", "custom"),
         "dataset_key": hashlib.sha1(source.encode()).hexdigest()[:12],
     }
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a/b": 1}, the separator Lightning's MLflow logger uses for params."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
-
-
-@contextmanager
-def mlflow_run(
-    tracking_uri: str,
-    experiment: str,
-    artifact_location: str | None,
-    run_name: str,
-    tags: dict[str, str],
-    params: dict[str, Any],
-) -> Iterator[tuple[MlflowClient, str]]:
-    """An MLflow run that ends FINISHED, or FAILED/KILLED with the error as a tag."""
-    client = MlflowClient(tracking_uri)
-    run = client.create_run(
-        experiment_id(client, experiment, artifact_location), run_name=run_name, tags=tags
-    )
-    run_id = run.info.run_id
-    log_params(client, run_id, params)
-    log.info("MLflow run %s (%s) in %s", run_id, experiment, tracking_uri)
-    with run_status(client, run_id):
-        yield client, run_id
-
-
-def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """A nested dict as flat params ("a/b"), each value cut to MLflow's 6000 characters."""
-    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[start : start + 100])
-
-
-@contextmanager
-def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """The run ends FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag."""
-    try:
-        yield
-    except BaseException as error:
-        killed = isinstance(error, KeyboardInterrupt | SystemExit)
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        client.set_terminated(run_id, "KILLED" if killed else "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
 
 
 def log_scores(client: MlflowClient, run_id: str, scores: dict[str, float]) -> None:
@@ -146,25 +83,3 @@ def attach_similarity(loggers: list, key: dict[str, str]) -> dict[str, float]:
             log.warning("Similarity lookup failed: %s", error)
         log.info("Similarity scores attached: %d (from %s)", len(scores), key["dataset"])
     return scores
-
-
-def write_table(rows: list[dict], directory: Path, stem: str) -> list[Path]:
-    """rows as <stem>.csv and <stem>.md (a markdown table) in directory."""
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
-    directory.mkdir(parents=True, exist_ok=True)
-    csv, md = directory / f"{stem}.csv", directory / f"{stem}.md"
-    frame.to_csv(csv, index=False)
-    md.write_text(markdown(rows))
-    return [csv, md]
-
-
-def markdown(rows: list[dict]) -> str:
-    """A markdown table (floats to 4 digits) with the first row's keys as header."""
-    if not rows:
-        return "(no rows)\n"
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(cell(row.get(k, "")) for k in rows[0]) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

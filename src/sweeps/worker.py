@@ -24,11 +24,11 @@ from src.sweeps.study import (
     count,
     fail_dead_trials,
     open_storage,
-    redact,
     study_lock,
     worker_id,
 )
 from src.sweeps.sweeper import objective_value
+from src.tracking.secrets import redact
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from src.config import CONF_DIR as CONF_DIR  # what tests list conf/ groups from
 from src.config import compose, load
 
 
