@@ -25,7 +25,8 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
     from src.errors import refuse_bad_input
     from src.models.module import TransferModule, check_optimizer
     from src.models.tasks import task_for
-    from src.tracking import SameConfigOnEveryRank, record_failure
+    from src.tracking.callbacks import SameConfigOnEveryRank
+    from src.tracking.loggers import record_failure
     from src.tracking.resume import config_fingerprint, resume_point, shared_with_ranks
     from src.tracking.secrets import redact
     from src.tracking.store import prepare_store
@@ -110,7 +111,7 @@ def open_run(
     shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
     from src.config import run_tags
     from src.similarity.tracking import attach_similarity, similarity_key
-    from src.tracking import log_run_metadata, mlflow_loggers
+    from src.tracking.loggers import log_run_metadata, mlflow_loggers
     from src.tracking.resume import process_tags, reopen
     from src.tracking.secrets import redact
 

@@ -4,10 +4,14 @@ points are only entry points, and test modules share tests/helpers, never each o
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
-from tests.helpers.jobs import ROOT
+import pytest
+
+from tests.helpers.jobs import ROOT, child_env
 
 SRC = ROOT / "src"
 
@@ -82,3 +86,40 @@ def test_no_two_packages_of_src_import_each_other():
 
     cycles = sorted(p for p in graph if reaches(p, p, {p}))
     assert not cycles, cycles
+
+
+ENTRY_POINTS = [
+    "src.train",
+    "src.eval",
+    "src.predict",
+    "src.export",
+    "src.similarity",
+    "src.similarity.report",
+    "src.report",
+    "src.advise",
+    "src.bench",
+]
+
+
+def test_every_entry_point_is_listed_here():
+    found = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__main__")
+        for path in python_files(SRC)
+        if is_entry_point(path)
+    }
+    assert found == set(ENTRY_POINTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_entry_point_answers_help(module):
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Powered by Hydra" in done.stdout or "usage:" in done.stdout, done.stdout[-2000:]

@@ -11,9 +11,10 @@ import hashlib
 import json
 import logging
 import time
+from typing import TYPE_CHECKING
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric
+if TYPE_CHECKING:  # mlflow is imported where it is used: `--help` of the CLIs stays quick
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def similarity_key(cfg, choices=None) -> dict[str, str]:
 
 
 def log_scores(client: MlflowClient, run_id: str, scores: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     metrics = [Metric(f"{PREFIX}{k}", float(v), now, 0) for k, v in scores.items()]
     client.log_batch(run_id, metrics=metrics)
@@ -64,9 +67,10 @@ def latest_scores(client: MlflowClient, key: dict[str, str]) -> tuple[dict[str, 
 def attach_similarity(loggers: list, key: dict[str, str]) -> dict[str, float]:
     """Log the matching similarity scores on a training run (metrics `similarity/*`), with the
     match key as tags, so a table can put the prediction beside the outcome. Never fails training."""
+    from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    from src.tracking import mlflow_loggers
+    from src.tracking.loggers import mlflow_loggers
 
     scores: dict[str, float] = {}
     for logger in mlflow_loggers(loggers):
