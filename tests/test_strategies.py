@@ -12,9 +12,10 @@ import torch
 from timm.data import resolve_model_data_config
 
 from src.data import TransferDataModule
+from src.data.preprocessing import eval_transform
 from src.data.sources import digits
 from src.models.module import TransferModule
-from src.regularisation import Regularisation, eval_transform
+from src.regularisation import Regularisation
 from src.strategies import (
     LPFT,
     Finetune,

@@ -49,6 +49,7 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
 
 
+@pytest.mark.slow
 def test_exception_ends_the_run_failed_with_the_error(tmp_path, tiny_overrides, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom in training_step")

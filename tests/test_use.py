@@ -125,8 +125,8 @@ def trained_logits(root: Path, run_id: str, images):
     """The checkpoint's logits on real images, with its evaluation preprocessing."""
     import torch
 
+    from src.data.preprocessing import eval_transform
     from src.inference.trained import data_config, load_model, locate
-    from src.regularisation import eval_transform
 
     model = load_model(locate(run_id, None, f"sqlite:///{root}/mlflow.db"))
     batch = torch.stack([eval_transform(data_config(model))(image) for image in images])

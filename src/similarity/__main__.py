@@ -36,8 +36,8 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     from timm.data import resolve_model_data_config
 
     from src.config import build
+    from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
-    from src.regularisation import eval_transform
     from src.similarity import measure as m
     from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
