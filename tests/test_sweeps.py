@@ -25,7 +25,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from src.sweeps.space import SearchSpace, to_dict_override, to_overrides
-from src.sweeps.sweeper import OptunaSweeper, objective_value
+from src.sweeps.sweeper import OptunaSweeper
+from src.sweeps.worker import objective_value
 from tests.helpers.compose import CONF_DIR, artifact_paths, compose_raw, compose_train
 from tests.helpers.jobs import ROOT, TINY_TRIAL
 
