@@ -1,5 +1,5 @@
-"""Stage 4: RESULTS.md, the tables behind it (CSV), advice.json and the data-efficiency plot,
-written to the advice's output directory and logged as artifacts of its MLflow run."""
+"""Stage 4's numbers: the Advice (what every stage found), the accuracy over seeds, projections
+from the curve, Kendall tau of the ranking against the trials, and the data-efficiency plot."""
 
 from __future__ import annotations
 
