@@ -17,15 +17,14 @@ from mlflow.tracking import MlflowClient
 
 from src.eval import evaluate_run
 from tests.helpers.compose import artifact_paths, compose_entry
-from tests.helpers.jobs import ROOT
+from tests.helpers.jobs import ROOT, child_env
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def run_cli(tmp_path: Path, overrides: list[str], log: str = "train.log") -> str:
     """`python -m src.train ...` writing into tmp_path; returns its output (fails on non-zero)."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"PROJECT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     command = [
         sys.executable,
         "-m",

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from src.data.medmnist import medmnist
 from src.errors import AssetUnavailable, InvalidInput
 from src.models.tasks import MultiLabel
 from tests.helpers.compose import compose_train, only_run, train
-from tests.helpers.jobs import ROOT
+from tests.helpers.jobs import ROOT, child_env
 from tests.helpers.medmnist_files import write_medmnist_npz
 
 FAST = [
@@ -188,8 +187,7 @@ def test_missing_file_names_the_path_and_the_url(tmp_path):
 @pytest.mark.slow
 def test_command_line_offline_without_files_exits_2_with_the_path(tmp_path):
     # HOME points medmnist's default cache (~/.medmnist) at an empty folder.
-    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "HOME": str(tmp_path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = child_env(HOME=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "dataset=pathmnist",
          f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],

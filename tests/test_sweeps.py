@@ -28,7 +28,7 @@ from src.sweeps.space import SearchSpace, to_dict_override, to_overrides
 from src.sweeps.sweeper import OptunaSweeper
 from src.sweeps.worker import objective_value
 from tests.helpers.compose import CONF_DIR, artifact_paths, compose_raw, compose_train
-from tests.helpers.jobs import ROOT, TINY_TRIAL
+from tests.helpers.jobs import ROOT, TINY_TRIAL, child_env
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -70,9 +70,7 @@ def sweep(tmp_path: Path, overrides: list[str], monkeypatch) -> None:
 
 
 def start(tmp_path: Path, overrides: list[str], log: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PROJECT_ROOT"] = str(ROOT)
-    env["OMP_NUM_THREADS"] = "1"  # see one_thread
+    env = child_env(OMP_NUM_THREADS="1")  # see one_thread
     return subprocess.Popen(
         [sys.executable, "-m", "src.train", *command(tmp_path, overrides)],
         cwd=ROOT,

@@ -3,7 +3,6 @@ no MLflow run is created, nothing is written. On the command line: exit code 2, 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 
 from src.errors import InvalidInput
 from tests.helpers.compose import compose_train, train
-from tests.helpers.jobs import ROOT
+from tests.helpers.jobs import ROOT, child_env
 
 # (overrides, a fragment the message must contain)
 REFUSED_BY_TRAIN = [
@@ -67,7 +66,7 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, overrides, fragment):
 
 @pytest.mark.slow
 def test_command_line_exits_2_without_a_traceback(tmp_path):
-    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    env = child_env()
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "dataset=digits", "dataset.fraction=2",
          f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
