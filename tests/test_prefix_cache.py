@@ -10,41 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.config import build_data
 from src.errors import InvalidInput
 from src.strategies import LPFT, Finetune, GradualUnfreeze, LinearProbe, Partial, Surgical
 from src.strategies.prefix import plan
-from src.train import build_data, train
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train, train
+from tests.helpers.jobs import tiny
 
 NO_AUGMENTATION = "regularisation.augmentation=none"
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a busy shared CPU two OpenMP threads spin-wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_job(tmp_path: Path, overrides: list[str]):
-    return compose_train(
-        tmp_path,
-        [
-            "dataset=digits",
-            "backbone.input_size=[3,32,32]",
-            "trainer.max_epochs=2",
-            "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=2",
-            "trainer.limit_test_batches=2",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-            "logger=none",
-            NO_AUGMENTATION,
-            *overrides,
-        ],
-    )
+    return compose_train(tmp_path, tiny("logger=none", NO_AUGMENTATION, *overrides))
 
 
 def last_weights(root: Path) -> dict[str, torch.Tensor]:

@@ -10,25 +10,14 @@ import pytest
 import torch
 
 from src.bench.syncs import StepWindows, SyncCounter
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train, train
 
 STEPS, LOG_EVERY = 8, 4
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a busy shared CPU two OpenMP threads spin-wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def counted_run(tmp_path, overrides: list[str], monkeypatch) -> StepWindows:
     """The composed default job (every default callback, the MLflow logger, the progress bar),
     shrunk to STEPS batches, with its syncs filed per training batch."""
-    from src.train import train
-
     cfg = compose_train(
         tmp_path,
         [

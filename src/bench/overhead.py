@@ -55,18 +55,18 @@ def job_speed(overrides: list[str], steps: int, warmup: int) -> float:
     from omegaconf import open_dict
 
     from src.bench.jobs import compose
-    from src.train import train
+    from src.training import train
 
     with tempfile.TemporaryDirectory() as tmp, _tracking_uri_kept():
         # The default job's MLflow logger, on a throwaway store.
         job = [f"trainer.max_steps={warmup + steps + 1}", "test=false"]
         store = [f"paths.tracking_uri=sqlite:///{tmp}/mlflow.db"]
-        cfg = compose([*overrides, *job, *store], Path(tmp))
+        cfg, choices = compose([*overrides, *job, *store], Path(tmp))
         with open_dict(cfg):
             timer = {"_target_": f"{__name__}.StepTimer", "warmup": warmup, "steps": steps}
             cfg.callbacks.step_timer = timer
         before = len(StepTimer.seconds)
-        train(cfg)
+        train(cfg, choices)
     if len(StepTimer.seconds) == before:
         raise RuntimeError(
             f"overhead: the job ran fewer than {warmup + steps + 1} training batches "
@@ -92,11 +92,11 @@ def raw_speed(overrides: list[str], steps: int, warmup: int) -> float:
     """Images/s of the loop a researcher writes by hand over the job's own model and data:
     forward, loss, backward, optimizer step."""
     from src.bench.jobs import compose
+    from src.config import build, build_data
     from src.models.module import build_optimizer
-    from src.train import build, build_data
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose(overrides, Path(tmp))
+        cfg, _ = compose(overrides, Path(tmp))
     L.seed_everything(cfg.seed)
     datamodule, regularisation, model = build_data(cfg)
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
@@ -147,7 +147,7 @@ def describe_job(overrides: list[str]) -> str:
     from src.bench.jobs import compose
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose(overrides, Path(tmp))
+        cfg, _ = compose(overrides, Path(tmp))
     size = cfg.backbone.get("input_size") or ["", "timm's default", ""]
     return (
         f"{cfg.backbone.name} {size[-1]}px b{cfg.dataset.batch_size} {cfg.trainer.accelerator} "
