@@ -70,6 +70,10 @@ def mlflow_run(
     params: dict[str, Any],
 ) -> Iterator[tuple[MlflowClient, str]]:
     """An MLflow run that ends FINISHED, or FAILED/KILLED with the error as a tag."""
+    from src.tracking.store import prepare_store
+
+    # A training sweep may open the same fresh sqlite store at once: migrate it under the lock.
+    prepare_store(tracking_uri, experiment, artifact_location)
     client = MlflowClient(tracking_uri)
     run = client.create_run(
         experiment_id(client, experiment, artifact_location), run_name=run_name, tags=tags
