@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from src.backbones.offline import OFFLINE_BACKBONES, PACKAGED_WEIGHTS
 from src.bench import jobs, steps
 from src.bench.overhead import suite_overhead
 
@@ -66,7 +67,7 @@ def run_suites(names: list[str], args):
         yield rows
 
 
-PACKAGED = ("tf_efficientnet_lite0", "mobilenetv2_100", "efficientnet_lite0", "mobilenetv2")
+PACKAGED = (*PACKAGED_WEIGHTS, *OFFLINE_BACKBONES)
 
 
 def gpu_defaults(args) -> None:
