@@ -224,8 +224,11 @@ class TransferDataModule(L.LightningDataModule):
         shuffle: bool,
         shard: bool = False,
         dataset: Dataset | None = None,
+        batch_size: int | None = None,
     ) -> DataLoader:
-        """dataset: the split's images, or one tensor per image of it (in index order)."""
+        """dataset: the split's images, or one tensor per image of it (in index order);
+        batch_size: the data set's unless given (inference can take larger batches)."""
+        batch_size = batch_size or self.batch_size
         images = self.images(split)
         indices = getattr(self.splits, split)
         batched = dataset is not None or (self.batch_transforms is not None and self.in_memory)
@@ -239,13 +242,13 @@ class TransferDataModule(L.LightningDataModule):
         workers = 0 if batched else self.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             collate_fn=already_batched if batched else None,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.batch_size,  # no size-1 BatchNorm batch
+            drop_last=shuffle and len(dataset) > batch_size,  # no size-1 BatchNorm batch
         )
 
     def cached_loader(self, split: str, inputs: torch.Tensor) -> DataLoader:
@@ -256,9 +259,9 @@ class TransferDataModule(L.LightningDataModule):
         training = split == "train"
         return self._loader(split, None, shuffle=training, shard=not training, dataset=dataset)
 
-    def eval_loader(self, split: str) -> DataLoader:
+    def eval_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """Any split in order, with the evaluation transform (feature extraction reads train so)."""
-        return self._loader(split, self.eval_transform, shuffle=False)
+        return self._loader(split, self.eval_transform, shuffle=False, batch_size=batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.batch_transforms is None:
@@ -271,9 +274,9 @@ class TransferDataModule(L.LightningDataModule):
             return train_transform(images, seed), labels
         return eval_transform(images), labels
 
-    def eval_batches(self, split: str, device: torch.device):
+    def eval_batches(self, split: str, device: torch.device, batch_size: int | None = None):
         """(model-ready images on device, labels) for any split, in order, evaluation transform."""
-        for images, labels in self.eval_loader(split):
+        for images, labels in self.eval_loader(split, batch_size):
             images = images.to(device, non_blocking=True)
             if self.batch_transforms is not None:
                 images = self.batch_transforms[1](images)
