@@ -21,7 +21,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one configuration; returns every metric of the last epoch and of the test."""
     import lightning.pytorch as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from src.errors import refuse_bad_input
     from src.models.module import TransferModule, check_optimizer
@@ -77,8 +76,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ]
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
-    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SameConfigOnEveryRank(fingerprint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -101,14 +98,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except BaseException as error:
         record_failure(loggers, error)
         raise
+    if trainer.is_global_zero:
+        report_outcome(metrics, loggers, output_dir)
     return metrics
+
+
+def report_outcome(metrics: dict[str, float], loggers, output_dir: Path) -> None:
+    """The test scores, then the last line: the MLflow run id and the run's folder."""
+    from src.tracking import mlflow_loggers
+    from src.tracking.store import done_line
+
+    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
+        log.info("%s = %.4f", key, metrics[key])
+    mlflow = mlflow_loggers(loggers)
+    run_id, uri = (mlflow[0].run_id, mlflow[0]._tracking_uri) if mlflow else (None, None)
+    log.info(done_line(run_id, output_dir, uri))
 
 
 def open_run(cfg: DictConfig, loggers, point, fingerprint: str, datamodule, config_file: Path):
     """Rank 0's MLflow run: params, tags, the resolved config, similarity scores; a resumed run
     shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
     from src.similarity.tracking import attach_similarity, similarity_key
-    from src.tracking import log_run_metadata, mlflow_loggers
+    from src.tracking import log_dataset, log_run_metadata, mlflow_loggers
     from src.tracking.resume import process_tags, reopen
     from src.tracking.secrets import redact
 
@@ -118,6 +129,10 @@ def open_run(cfg: DictConfig, loggers, point, fingerprint: str, datamodule, conf
     log_run_metadata(loggers, params, tags, config_file)
     for logger in mlflow_loggers(loggers) if point else ():
         reopen(logger, point)
+    if not point:  # a resumed run has its input already
+        subset = {key: tags[key] for key in ("fraction", "samples_per_class")}
+        source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
+        log_dataset(loggers, tags["dataset"], source, datamodule, subset)
     attach_similarity(loggers, similarity_key(cfg))  # the scores measured before training
 
 
@@ -158,6 +173,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return {
+        "kind": str(cfg.get("kind") or "train"),  # what a report selects (train, sweep_trial, ...)
         "backbone": cfg.backbone.name,
         "pretrained": str(cfg.backbone.pretrained),
         "strategy": choices.get("strategy", cfg.strategy._target_.rsplit(".", 1)[-1]),
@@ -187,8 +203,6 @@ def main(cfg: DictConfig) -> float | None:
             raise  # in a sweep this job fails (its trial FAIL) and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
-        log.info("%s = %.4f", key, metrics[key])
     return metrics.get(cfg.monitor.metric)
 
 

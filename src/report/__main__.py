@@ -58,12 +58,10 @@ def main(cfg: DictConfig) -> None:
     from src.report.build import write_report
 
     try:
-        paths = write_report(report_from_config(cfg))
+        write_report(report_from_config(cfg))  # its last line: the report run and folder
     except InvalidInput as error:  # the message says what was asked and what exists
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for path in paths:
-        log.info("wrote %s", path)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def measure(cfg: DictConfig) -> dict[str, float]:
     from src.similarity import measure as m
     from src.similarity.tracking import KIND, log_scores, mlflow_run, similarity_key, write_table
     from src.tracking import git_state
+    from src.tracking.store import done_line
     from src.train import build
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
@@ -77,6 +78,9 @@ def measure(cfg: DictConfig) -> dict[str, float]:
         files = [output_dir / "scores.json", output_dir / "config.yaml"]
         for path in [*files, *write_table([row], output_dir, "scores")]:
             client.log_artifact(run_id, str(path))
+    for name, value in scores.items():
+        log.info("similarity/%s = %.4f", name, value)
+    log.info(done_line(run_id, output_dir, cfg.paths.tracking_uri))
     return scores
 
 
@@ -94,8 +98,6 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for name, value in scores.items():
-        log.info("similarity/%s = %.4f", name, value)
     return scores["logme"]
 
 

@@ -36,6 +36,7 @@ class WriteRanking(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from src.similarity.tracking import mlflow_run, write_table
+        from src.tracking.store import done_line
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/scores.json"))]
@@ -54,3 +55,4 @@ class WriteRanking(Callback):
             for path in files:
                 client.log_artifact(run_id, str(path))
         log.info("Ranking of %d jobs:\n%s", len(rows), files[1].read_text())
+        log.info(done_line(run_id, sweep_dir, config.paths.tracking_uri))

@@ -15,6 +15,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from src.tracking import store
+
 log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -34,17 +36,13 @@ def open_parent(study: optuna.Study, mlflow_cfg: dict[str, Any], params: dict[st
     if run_id:
         mlf.update_run(run_id, status="RUNNING")  # a resumed or second worker's sweep
         return run_id
-    name = mlflow_cfg["experiment_name"]
-    experiment = mlf.get_experiment_by_name(name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else mlf.create_experiment(name, artifact_location=mlflow_cfg.get("artifact_location"))
+    experiment_id = store.experiment_id(
+        mlf, mlflow_cfg["experiment_name"], mlflow_cfg.get("artifact_location")
     )
     run = mlf.create_run(
         experiment_id,
         run_name=f"study-{study.study_name}",
-        tags={"optuna.study": study.study_name, "sweep": "optuna"},
+        tags={"optuna.study": study.study_name, "sweep": "optuna", "kind": "sweep"},
     )
     for key, value in params.items():
         mlf.log_param(run.info.run_id, key, str(value)[:6000])

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Set while a trial's job runs: Lightning re-executes this command line for DDP ranks > 0, which
 # inherit it and rerun exactly that trial instead of starting a sweep of their own.
 TRIAL_ENV = "TRANSFERLAB_SWEEP_TRIAL"
+TRIAL_KIND = "sweep_trial"  # the `kind` tag of a trial's run; its study's parent run is kind=sweep
 DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 
 
@@ -99,6 +100,7 @@ class OptunaSweeper(Sweeper):
         TrialReporter) and, with MLflow, its run's name and tags. The run is created nested under
         the study's parent run: no moment exists where it stands alone (a SIGKILL included)."""
         overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
+        overrides.append(f"++kind={TRIAL_KIND}")  # reports leave trials out unless asked
         if self.mlflow:
             run_name = f"{self.study_name}-trial{number:03d}"
             tags = {"optuna.study": self.study_name, "optuna.trial.number": str(number)}
@@ -200,13 +202,17 @@ def release_devices() -> None:
 def objective_value(job_return) -> tuple[str, float | None, str]:
     """(state, value, reason) from a Hydra JobReturn: the job's return value is the metric."""
     import optuna
+    from hydra.core.utils import JobStatus
 
-    try:
-        value = job_return.return_value
-    except optuna.TrialPruned as pruned:
-        return "PRUNED", None, str(pruned)
-    except Exception as error:  # the job's own exception, re-raised by Hydra's JobReturn
-        log.warning("Trial failed: %s: %s", type(error).__name__, error, exc_info=error)
+    # The job's own exception, read without JobReturn.return_value: that getter prints Hydra's
+    # "Error executing job with overrides", which a pruned trial is not.
+    value = job_return._return_value
+    if job_return.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
+        return "PRUNED", None, str(value)
+    if job_return.status == JobStatus.FAILED:
+        error = value
+        log.warning("Trial failed (overrides %s): %s: %s", job_return.overrides,
+                    type(error).__name__, error, exc_info=error)  # fmt: skip
         return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
     if value is None or not math.isfinite(float(value)):
         return "FAIL", None, f"the job returned {value!r} for the monitored metric"

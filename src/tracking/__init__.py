@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from src.tracking.plots import plot_confusion, plot_learning_curves
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "GroupLearningRates",
     "RunArtifacts",
     "SameConfigOnEveryRank",
     "git_state",
+    "log_dataset",
     "log_run_metadata",
     "record_failure",
     "mlflow_loggers",
@@ -48,17 +51,59 @@ def git_state(root: str | Path = ".") -> dict[str, str]:
         return {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
+# Config keys that hold a file, folder or URL: they differ per run (output folders) or say where,
+# not what, so MLflow gets them as tags; as params they would fill the compare view's plots.
+PATH_KEY = re.compile(r"(^|[/_])(dir|dirpath|path|root|location|uri|file|storage|ckpt_path)$")
+
+
+def split_paths(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(params, path tags) of a nested config, flattened with '/' as Lightning's loggers do."""
+    from lightning.fabric.utilities.logger import _flatten_dict
+
+    flat = _flatten_dict(params, delimiter="/")
+    paths = {key: str(value) for key, value in flat.items() if PATH_KEY.search(key)}
+    return {key: value for key, value in flat.items() if key not in paths}, paths
+
+
 def log_run_metadata(
     loggers: list[Logger], params: dict[str, Any], tags: dict[str, str], config_file: Path
 ) -> None:
-    """Every logger gets the flattened config; MLflow also gets the tags and the resolved YAML."""
+    """Every logger gets the flattened config; MLflow also gets the tags and the resolved YAML.
+    Paths in the config become tags (see PATH_KEY)."""
+    params, paths = split_paths(params)
     for logger in loggers:
         logger.log_hyperparams(params)
     for logger in mlflow_loggers(loggers):
-        for key, value in tags.items():
-            logger.experiment.set_tag(logger.run_id, key, str(value))
+        for key, value in {**paths, **tags}.items():
+            logger.experiment.set_tag(logger.run_id, key, str(value)[:5000])
         logger.experiment.log_artifact(logger.run_id, str(config_file))
         log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
+
+
+def log_dataset(loggers: list[Logger], name: str, source: dict, datamodule, subset: dict) -> None:
+    """The run's data set as an MLflow input (the UI's Datasets column): its name, where the
+    images come from, a digest of the exact images of every split, and the split sizes with the
+    subsampling that made them (fraction, samples per class) as its profile."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    splits = datamodule.splits
+    sizes = {split: len(getattr(splits, split)) for split in ("train", "val", "test")}
+    digest = hashlib.sha1(
+        json.dumps([datamodule.identity(split) for split in sizes], sort_keys=True).encode()
+    ).hexdigest()[:12]
+    profile = {**{f"{split}_images": n for split, n in sizes.items()},
+               "classes": len(datamodule.classes), **subset}  # fmt: skip
+    local = any(key in source for key in ("root", "path"))
+    dataset = Dataset(
+        name=name, digest=digest, source_type="local" if local else "code",
+        source=json.dumps(source, sort_keys=True, default=str), profile=json.dumps(profile),
+    )  # fmt: skip
+    context = [InputTag("mlflow.data.context", "training")]
+    for logger in mlflow_loggers(loggers):
+        logger.experiment.log_inputs(logger.run_id, [DatasetInput(dataset, context)])
 
 
 def record_failure(loggers: list[Logger], error: BaseException) -> None:
@@ -122,6 +167,33 @@ class RunArtifacts(L.Callback):
         for logger in mlflow_loggers(trainer.loggers):
             for path in paths:
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
+
+
+class GroupLearningRates(L.Callback):
+    """The learning rate of every named parameter group, once per epoch, as `z_lr/<group>`.
+
+    One metric per stage (`z_lr/stem`, ..., `z_lr/head`): a group's norms-and-biases twin
+    (`<group>_no_wd`) always shares its rate, so it is not logged twice. The `z_` prefix sorts the
+    rates after `test/`, `train/` and `val/` in the MLflow UI, where a run's charts open on what
+    it scored. Values are Python floats already: no device sync in the training step."""
+
+    PREFIX = "z_lr/"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.loggers:
+            return
+        from src.strategies.groups import stage_of
+
+        rates: dict[str, float] = {}
+        several = len(trainer.optimizers) > 1
+        for index, optimizer in enumerate(trainer.optimizers):
+            for number, group in enumerate(optimizer.param_groups):
+                name = stage_of(group.get("name") or f"group{number}")
+                key = f"{self.PREFIX}{f'{index}/' if several else ''}{name}"
+                rates.setdefault(key, float(group["lr"]))
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=step)
 
 
 class SameConfigOnEveryRank(L.Callback):
