@@ -51,8 +51,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests
 
 # Browse this machine's runs (the local sqlite store, or MLFLOW_TRACKING_URI's).
+# Prints each experiment's runs page (model-training view, scores as columns), then serves it.
+TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+	@$(PY) -m src.tracking.ui "$(TRACKING_URI)" $(HOST) $(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(TRACKING_URI)" --host $(HOST) --port $(PORT)
 
 # The tracking server workers on other machines log to (docs/cluster.md): runs in BACKEND_STORE
 # (PostgreSQL there), artifacts uploaded through the server into ARTIFACTS. Loopback by default:

@@ -26,7 +26,7 @@ def report_from_config(cfg: DictConfig):
 
     filters = OmegaConf.to_container(cfg.filters, resolve=True)
     plots = OmegaConf.to_container(cfg.plots, resolve=True) if cfg.plots else {}
-    query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status)
+    query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status, cfg.kind)
     layout = Layout(
         rows=tuple(cfg.rows),
         columns=tuple(cfg.columns),
@@ -49,6 +49,7 @@ def report_from_config(cfg: DictConfig):
         experiment=cfg.report_experiment,
         run_name=cfg.run_name,
         artifact_location=cfg.paths.artifact_location,
+        labels={str(k): str(v) for k, v in (cfg.get("labels") or {}).items()},
     )
 
 

@@ -116,7 +116,7 @@ class Worker:
         with self.bar:
             while (trial := self._next_trial()) is not None:
                 number, params = trial
-                log.info("Trial %d started: %s", number, params)
+                log.info("Trial %d: %s", number, params)
                 try:
                     with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
                         job_return = launch(number, params)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import lightning.pytorch as L
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 
 from src.tracking.plots import plot_confusion, plot_learning_curves
+from src.tracking.store import PATH_KEY
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ def git_state(root: str | Path = ".") -> dict[str, str]:
         return {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
-# Config keys that hold a file, folder or URL: they differ per run (output folders) or say where,
-# not what, so MLflow gets them as tags; as params they would fill the compare view's plots.
-PATH_KEY = re.compile(r"(^|[/_])(dir|dirpath|path|root|location|uri|file|storage|ckpt_path)$")
 
 
 def split_paths(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -9,14 +9,39 @@ instead (see README, Scale-out).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from filelock import FileLock
 
 SQLITE = "sqlite:///"
+# Config keys that hold a file, folder or URL: they differ per run (output folders) or say where,
+# not what, so MLflow gets them as tags; as params they would fill the compare view's plots.
+PATH_KEY = re.compile(r"(^|[/_])(dir|dirpath|path|root|location|uri|file|storage|ckpt_path)$")
 # MLflow 3 opens an experiment without this tag on its GenAI page (traces); ours train models,
 # so the UI should open on the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The runs table a researcher compares in: MLflow's shared view state (an experiment tag that the
+# URL's viewStateShareKey names) with the scores and the tags that tell runs apart as columns.
+RUNS_VIEW = "runs"
+RUNS_COLUMNS = [
+    "attributes.`Dataset`", "metrics.`val/acc`", "metrics.`test/acc`", "tags.`kind`",
+    "tags.`strategy`", "tags.`dataset`", "tags.`fraction`", "tags.`seed`", "tags.`backbone`",
+]  # fmt: skip
+
+
+def experiment_tags() -> dict[str, str]:
+    import json
+
+    view = json.dumps({"selectedColumns": RUNS_COLUMNS})
+    return {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{RUNS_VIEW}": view}
+
+
+def runs_url(base: str, experiment: str) -> str:
+    """The MLflow UI page of an experiment's runs, in the model-training workspace, with the
+    columns of RUNS_VIEW (MLflow 3 otherwise opens on GenAI traces, metrics hidden)."""
+    query = f"workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/runs?{query}"
 
 
 def experiment_id(client, name: str, artifact_location: str | None = None) -> str:
@@ -28,16 +53,21 @@ def experiment_id(client, name: str, artifact_location: str | None = None) -> st
     if experiment is None:
         try:
             return client.create_experiment(
-                name, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+                name, artifact_location=artifact_location, tags=experiment_tags()
             )
         except MlflowException:  # another process created it first: fine
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
-    for key, value in EXPERIMENT_KIND.items():
+    tag_experiment(client, experiment)
+    return experiment.experiment_id
+
+
+def tag_experiment(client, experiment) -> None:
+    """The tags of experiment_tags() that an experiment lacks (one made by an older version)."""
+    for key, value in experiment_tags().items():
         if experiment.tags.get(key) is None:
             client.set_experiment_tag(experiment.experiment_id, key, value)
-    return experiment.experiment_id
 
 
 def store_dir(tracking_uri: str, default: str) -> str:
