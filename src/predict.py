@@ -45,7 +45,6 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
 def main(cfg: DictConfig) -> None:
     from src.errors import InvalidInput
-
     from src.tracking.store import done_line
 
     try:

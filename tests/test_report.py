@@ -46,7 +46,11 @@ EXPECTED = {
 }
 
 
-SIMILARITY = {"digits": 0.3, "mnist": 0.6, "fashion_mnist": 0.5}  # metric similarity/domain_similarity
+SIMILARITY = {
+    "digits": 0.3,
+    "mnist": 0.6,
+    "fashion_mnist": 0.5,
+}  # metric similarity/domain_similarity
 
 
 def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", curve=(), params=None):
@@ -54,7 +58,9 @@ def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", cur
     metrics = [Metric("test/acc", acc, start_time, 0)]
     metrics += [Metric("similarity/domain_similarity", SIMILARITY[tags["dataset"]], start_time, 0)]
     # As Lightning logs them: val/acc at the step ending each epoch, `epoch` at the same step.
-    metrics += [Metric("val/acc", value, start_time, 7 * (step + 1)) for step, value in enumerate(curve)]
+    metrics += [
+        Metric("val/acc", value, start_time, 7 * (step + 1)) for step, value in enumerate(curve)
+    ]
     metrics += [Metric("epoch", step, start_time, 7 * (step + 1)) for step in range(len(curve))]
     client.log_batch(run.info.run_id, metrics=metrics)
     for key, value in {"optimizer/lr": "0.001", "seed": tags["seed"], **(params or {})}.items():
@@ -374,7 +380,7 @@ def test_bands_stay_in_the_metric_range_and_curves_are_by_epoch(store):
     assert bounds("val/loss", 100.0) is None  # a loss has no upper end
     frame = search(Query(store[0], (EXPERIMENT,), {"study": "demo"}))
     values = histories(MlflowClient(store[0]), frame.head(1), "val/acc")
-    assert sorted(values["epoch"]) == [0, 1, 2]  # logged at steps 7, 14, 21
+    assert sorted(values["epoch"]) == [1, 2, 3]  # logged at steps 7, 14, 21
 
 
 def test_plots_take_the_title_and_skip_single_point_panels(store, tmp_path, monkeypatch, caplog):

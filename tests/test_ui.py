@@ -30,7 +30,9 @@ def rendered_text(url: str, profile) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="no chromium (apt-get install chromium)"
+)
 def test_ui_opens_on_the_runs_table_with_val_acc(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)

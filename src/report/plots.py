@@ -34,24 +34,29 @@ def seed_stats(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     return stats
 
 
-def draw_lines(ax, stats: pd.DataFrame, x: str, line: str, scale: float, limits=None) -> None:
+def draw_lines(ax, stats: pd.DataFrame, x: str, line: str, scale: float, limits=None,
+               legend: bool = True, colors: dict | None = None) -> None:  # fmt: skip
+    """One line per `line` value, mean with a ±std band (clipped to `limits`); `colors` keeps a
+    line's colour the same in every panel."""
     for name in natural_order(stats[line].astype(str)):
         points = stats[stats[line].astype(str) == name].sort_values(x)
         mean, std = points["mean"] * scale, points["std"] * scale
         low, high = mean - std, mean + std
         if limits is not None:
             low, high = low.clip(*limits), high.clip(*limits)
-        (drawn,) = ax.plot(points[x], mean, marker="o", label=name)
+        color = (colors or {}).get(name)
+        (drawn,) = ax.plot(points[x], mean, marker="o", label=name, color=color)
         ax.fill_between(points[x], low, high, color=drawn.get_color(), alpha=0.2)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
 
 
 def save(plt, fig, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    fig.savefig(path, dpi=150, bbox_inches="tight")  # a legend beside the panels stays in
     plt.close(fig)
     return path
 
@@ -65,9 +70,10 @@ def line_labels(frame: pd.DataFrame, line: str, keys: tuple[str, ...], within: l
     point = frame[within].astype(str).agg("|".join, axis=1) if len(frame) else None
     for key in keys:
         name = column(frame, key)
-        if name in frame and name not in within and point is not None:
-            if frame[name].astype(str).groupby(point).nunique().max() > 1:
-                parts.append(frame[name].astype(str).map(lambda v, k=key: value_label(k, v, labels)))
+        if name not in frame or name in within or point is None:
+            continue
+        if frame[name].astype(str).groupby(point).nunique().max() > 1:
+            parts.append(frame[name].astype(str).map(lambda v, k=key: value_label(k, v, labels)))
     return parts[0].str.cat(parts[1:], sep=", ") if len(parts) > 1 else parts[0]
 
 
@@ -89,13 +95,20 @@ def curve_data(
 
 
 def panels(data: pd.DataFrame, path: Path, axes_labels: tuple[str, str, str], scale: float,
-           xscale: str, limits=None, title: str = "") -> Path | None:  # fmt: skip
+           xscale: str, limits=None, title: str = "", percent_x: bool = False) -> Path | None:  # fmt: skip
     """One panel per data["panel"] value, one line per data["line"], mean ± std over seeds; a
     panel with fewer than 2 x values is left out (noted in the log); None if none is left."""
+    stats = seed_stats(data, ["panel", "line", "x"], "value")
+    return stats_panels(stats, path, axes_labels, scale, xscale, limits, title, percent_x)
+
+
+def stats_panels(stats: pd.DataFrame, path: Path, axes_labels: tuple[str, str, str], scale: float,
+                 xscale: str, limits=None, title: str = "", percent_x: bool = False) -> Path | None:  # fmt: skip
+    """panels() from statistics already made: columns panel, line, x, mean, std."""
     xlabel, ylabel, panel_key = axes_labels
     names = []
-    for name in natural_order(data["panel"]):
-        points = data[data["panel"] == name]["x"].nunique()
+    for name in natural_order(stats["panel"]):
+        points = stats[stats["panel"] == name]["x"].nunique()
         if points < 2:
             log.info("%s: panel %s left out: %d point(s) on its x-axis (%s)",
                      path.name, name, points, xlabel)  # fmt: skip
@@ -106,16 +119,33 @@ def panels(data: pd.DataFrame, path: Path, axes_labels: tuple[str, str, str], sc
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {line: cycle[i % len(cycle)] for i, line in enumerate(natural_order(stats["line"]))}
     for ax, name in zip(axes[0], names, strict=True):
-        stats = seed_stats(data[data["panel"] == name], ["line", "x"], "value")
-        draw_lines(ax, stats, "x", "line", scale, limits)
+        draw_lines(ax, stats[stats["panel"] == name], "x", "line", scale, limits, False, colors)
         ax.set(xscale=xscale, xlabel=xlabel, ylabel=ylabel, title=value_label(panel_key, name))
+        if xscale == "linear" and all(float(v).is_integer() for v in stats["x"]):
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.25
+        if percent_x:  # fractions read as shares of the data: 1%, 10%, 100%
+            percent_axis(ax, sorted(stats[stats["panel"] == name]["x"].unique()))
+    # One legend for every panel, beside them, where it hides no line.
+    handles, texts = {}, []
+    for ax in axes[0]:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(text, handle)
+    texts = natural_order(handles)
+    fig.legend([handles[t] for t in texts], texts, loc="center left", bbox_to_anchor=(1.0, 0.5),
+               fontsize=8, frameon=False)  # fmt: skip
     return save(plt, fig, path, title)
 
 
-def percent_axis(ax) -> None:
-    from matplotlib.ticker import FuncFormatter
+def percent_axis(ax, ticks: list[float]) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:g}%"))
 
 
@@ -132,7 +162,8 @@ def data_efficiency(
     if not len(data):
         return None
     axes = (key_label(x, labels), metric_label(metric, scale, labels), panel)
-    return panels(data, path, axes, scale, "log", bounds(metric, scale), title)
+    percent = x.rsplit("/", 1)[-1].endswith("fraction")
+    return panels(data, path, axes, scale, "log", bounds(metric, scale), title, percent)
 
 
 def imagenet_vs_transfer(
@@ -156,14 +187,14 @@ def imagenet_vs_transfer(
 
 
 def histories(client: MlflowClient, frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Columns run_id, epoch, value: every logged value of `metric` of every run, by epoch (from
-    the `epoch` metric Lightning logs at the same step; else the n-th value is epoch n)."""
+    """Columns run_id, epoch, value: every logged value of `metric` of every run, by epoch from 1
+    (from the `epoch` metric Lightning logs at the same step; else the n-th value is epoch n)."""
     rows = []
     for run_id in frame["run_id"]:
         points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
         epochs = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
-        for index, (step, value) in enumerate(points):
-            rows.append((run_id, int(epochs.get(step, index)), value))
+        for index, (step, value) in enumerate(points):  # counted from 1, as a reader does
+            rows.append((run_id, int(epochs.get(step, index)) + 1, value))
     return pd.DataFrame(rows, columns=["run_id", "epoch", "value"])
 
 

@@ -28,7 +28,9 @@ def corner(grid: Grid) -> str:
     return f"{SEP.join(grid.layout.rows)} \\ {SEP.join(grid.layout.columns)}"
 
 
-def caption(grid: Grid, title: str = "", notes: dict | None = None, labels: dict | None = None) -> str:
+def caption(
+    grid: Grid, title: str = "", notes: dict | None = None, labels: dict | None = None
+) -> str:
     """What a reader needs to read the cells: metric and unit, over how many seeds, what (n=k),
     bold and the dash mean, and every setting that differs between cells without being a row
     or column (`notes`: differ -> {param: values}, split_by -> [params made rows])."""
@@ -41,7 +43,7 @@ def caption(grid: Grid, title: str = "", notes: dict | None = None, labels: dict
     if grid.best:
         parts.append("bold: the best of its column")
     if len(grid.cells) < len(grid.row_labels) * len(grid.column_labels):
-        parts.append("— : no run")
+        parts.append("—: no run")
     text = "; ".join(parts) + "."
     if notes.get("split_by"):
         names = ", ".join(key_label(k, labels) for k in notes["split_by"])
@@ -53,7 +55,9 @@ def caption(grid: Grid, title: str = "", notes: dict | None = None, labels: dict
     return f"{title.rstrip('.')}. {text}" if title else text
 
 
-def markdown(grid: Grid, title: str = "", notes: dict | None = None, labels: dict | None = None) -> str:
+def markdown(
+    grid: Grid, title: str = "", notes: dict | None = None, labels: dict | None = None
+) -> str:
     def cell(row: str, col: str) -> str:
         text = grid.text(row, col)
         return f"**{text}**" if (row, col) in grid.best else text
@@ -139,6 +143,7 @@ def latex(grid: Grid, title: str = "", label: str = "tab:report", notes: dict | 
         r"\centering",
         rf"\caption{{{latex_escape(caption(grid, title, notes, labels))}}}",
         rf"\label{{{label}}}",
+        *([r"\small", r"\setlength{\tabcolsep}{4pt}"] if len(columns) > 4 else []),  # wide
         # Scaled to the line's width only when wider than it; never enlarged.
         r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
         rf"\begin{{tabular}}{{{spec}}}",

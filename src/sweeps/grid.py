@@ -53,7 +53,9 @@ class GridSweeper(BasicSweeper):
             self.parent_run_id = run_id
             returns = super().sweep(arguments)
             client.log_metric(run_id, "grid/jobs", sum(len(batch) for batch in returns))
-        log.info("Grid finished: MLflow parent run %s; runs in %s", run_id, self.config.hydra.sweep.dir)
+        log.info(
+            "Grid finished: MLflow parent run %s; runs in %s", run_id, self.config.hydra.sweep.dir
+        )
         return returns
 
     def get_job_batch(self):

@@ -51,8 +51,6 @@ def git_state(root: str | Path = ".") -> dict[str, str]:
         return {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
-
-
 def split_paths(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """(params, path tags) of a nested config, flattened with '/' as Lightning's loggers do."""
     from lightning.fabric.utilities.logger import _flatten_dict
