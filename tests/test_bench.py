@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from src.bench.__main__ import main
 
 
+@pytest.mark.slow
 def test_step_suites_write_side_by_side_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     tiny = ["--backbone", "resnet10t", "--image-size", "32", "--batch-size", "4"]

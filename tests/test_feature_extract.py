@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.train import train
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train, train
+
+pytestmark = pytest.mark.slow  # real training runs
 
 
 def feature_run(tmp_path, cache, *overrides):

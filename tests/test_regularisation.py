@@ -13,8 +13,7 @@ from PIL import Image
 from src.regularisation import Regularisation
 from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 from src.strategies import Finetune, LinearProbe
-from src.train import train
-from tests.conftest import CONF_DIR, compose_train
+from tests.helpers.compose import CONF_DIR, compose_train, train
 
 
 def tiny_model(**kwargs) -> torch.nn.Module:
@@ -49,6 +48,7 @@ def test_l2sp_skips_frozen_parameters_and_decays_the_head_with_beta():
     assert penalty(model).item() == pytest.approx(0.5 * 0.5 * head.pow(2).sum().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_l2sp_penalty_grows_with_training_and_is_logged(tmp_path, tiny_overrides):
     overrides = [*tiny_overrides, "regularisation=l2sp", "logger=csv"]
     metrics = train(compose_train(tmp_path, overrides))
@@ -121,6 +121,7 @@ REFUSED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):

@@ -14,7 +14,7 @@ from mlflow.entities import Metric
 
 from src.tracking.store import experiment_id
 from src.tracking.ui import runs_urls
-from tests.servers import mlflow_server
+from tests.helpers.servers import mlflow_server
 
 RUN_NAME = "finetune-digits-tf_efficientnet_lite0-s42"
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from src.errors import InvalidInput
+from src.tracking.kinds import TRAIN, run_kind
 
 PREFIXES = ("tags.", "params.", "metrics.")
-TRAIN = "train"
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,6 @@ class Query:
                 present = frame[name] if name in frame else pd.Series(None, index=frame.index)
                 frame = frame[present.isin([str(v) for v in values])]
         return frame
-
-
-def run_kind(frame: pd.DataFrame) -> pd.Series:
-    """Each run's kind: its `kind` tag, else what older runs' tags say, else a training run."""
-    kind = pd.Series(TRAIN, index=frame.index, dtype=object)
-    if "tags.advise_stage" in frame:
-        stage = frame["tags.advise_stage"]
-        kind = kind.mask(stage.notna(), "advise_" + stage.astype(str))
-    if "tags.optuna.trial.number" in frame:
-        kind = kind.mask(frame["tags.optuna.trial.number"].notna(), "sweep_trial")
-    if "tags.kind" in frame:
-        kind = frame["tags.kind"].where(frame["tags.kind"].notna(), kind)
-    return kind
 
 
 def prefixed(key: str) -> str:

@@ -40,7 +40,7 @@ class GridSweeper(BasicSweeper):
         self.swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
         if not self.mlflow:
             return super().sweep(arguments)
-        from src.similarity.tracking import mlflow_run
+        from src.tracking.runs import mlflow_run
 
         swept = {o.get_key_element(): ",".join(o.sweep_string_iterator())
                  for o in parsed if o.is_sweep_override()}  # fmt: skip

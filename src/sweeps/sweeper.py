@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -197,23 +196,3 @@ def release_devices() -> None:
         torch.distributed.destroy_process_group()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def objective_value(job_return) -> tuple[str, float | None, str]:
-    """(state, value, reason) from a Hydra JobReturn: the job's return value is the metric."""
-    import optuna
-    from hydra.core.utils import JobStatus
-
-    # The job's own exception, read without JobReturn.return_value: that getter prints Hydra's
-    # "Error executing job with overrides", which a pruned trial is not.
-    value = job_return._return_value
-    if job_return.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
-        return "PRUNED", None, str(value)
-    if job_return.status == JobStatus.FAILED:
-        error = value
-        log.warning("Trial failed (overrides %s): %s: %s", job_return.overrides,
-                    type(error).__name__, error, exc_info=error)  # fmt: skip
-        return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
-    if value is None or not math.isfinite(float(value)):
-        return "FAIL", None, f"the job returned {value!r} for the monitored metric"
-    return "COMPLETE", float(value), ""

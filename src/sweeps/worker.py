@@ -24,11 +24,10 @@ from src.sweeps.study import (
     count,
     fail_dead_trials,
     open_storage,
-    redact,
     study_lock,
     worker_id,
 )
-from src.sweeps.sweeper import objective_value
+from src.tracking.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +244,22 @@ _WAIT = object()
 def _build(cfg: dict[str, Any]):
     cfg = dict(cfg)
     return get_method(cfg.pop("_target_"))(**cfg)
+
+
+def objective_value(job_return) -> tuple[str, float | None, str]:
+    """(state, value, reason) from a Hydra JobReturn: the job's return value is the metric."""
+    from hydra.core.utils import JobStatus
+
+    # The job's own exception, read without JobReturn.return_value: that getter prints Hydra's
+    # "Error executing job with overrides", which a pruned trial is not.
+    value = job_return._return_value
+    if job_return.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
+        return "PRUNED", None, str(value)
+    if job_return.status == JobStatus.FAILED:
+        error = value
+        log.warning("Trial failed (overrides %s): %s: %s", job_return.overrides,
+                    type(error).__name__, error, exc_info=error)  # fmt: skip
+        return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
+    if value is None or not math.isfinite(float(value)):
+        return "FAIL", None, f"the job returned {value!r} for the monitored metric"
+    return "COMPLETE", float(value), ""
