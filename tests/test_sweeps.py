@@ -463,5 +463,5 @@ def test_a_trial_job_creates_its_run_already_nested(tmp_path):
     run = logger.experiment.get_run(logger.run_id)  # the run as it was created
     assert run.data.tags["mlflow.parentRunId"] == "parent123"
     assert run.data.tags["optuna.trial.number"] == "7"
-    assert run.data.tags["mlflow.runName"] == "nested-trial007"
+    assert run.data.tags["mlflow.runName"] == "trial007-nested"
     assert cfg.optimizer.lr == 0.5 and cfg.callbacks.optuna_trial.trial_number == 7

@@ -230,6 +230,11 @@ class Worker:
             log.info(
                 "Best trial %d: %s=%.4f %s", best.number, self.s.metric, best.value, best.params
             )
+        if failures < self.s.max_failures or done >= self.n_trials:
+            from src.tracking.store import done_line
+
+            parent = self.study.user_attrs.get(runs.PARENT_ATTR)  # the study's MLflow run
+            log.info(done_line(parent, self.sweep_dir, (self.s.mlflow or {}).get("tracking_uri")))
         if failures >= self.s.max_failures and done < self.n_trials:
             raise RuntimeError(
                 f"Study {self.s.study_name}: {failures} failed trials reached "
