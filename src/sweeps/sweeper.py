@@ -101,7 +101,9 @@ class OptunaSweeper(Sweeper):
         overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
         overrides.append(f"++kind={TRIAL_KIND}")  # reports leave trials out unless asked
         if self.mlflow:
-            run_name = f"trial{number:03d}-{self.study_name}"  # the UI cuts long names: number first
+            run_name = (
+                f"trial{number:03d}-{self.study_name}"  # the UI cuts long names: number first
+            )
             tags = {"optuna.study": self.study_name, "optuna.trial.number": str(number)}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
