@@ -42,6 +42,7 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
         strategy = build(cfg.strategy)
         strategy.check(cfg.trainer.max_epochs, regularisation)
         regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
+        strategy.plan_prefix_cache(backbone, regularisation, datamodule, cfg.trainer.max_epochs)
         optimizer = check_optimizer(build(cfg.optimizer))
     log.info("Strategy: %s", type(strategy).__name__)
     module = TransferModule(

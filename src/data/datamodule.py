@@ -11,7 +11,7 @@ from functools import cached_property
 import lightning.pytorch as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.batch_transforms import BatchTransform, Uint8Square
 from src.data.datasets import TensorSubset, TransformedSubset, already_batched
@@ -218,16 +218,23 @@ class TransferDataModule(L.LightningDataModule):
         self.splits  # noqa: B018
 
     def _loader(
-        self, split: str, transform: Callable | None, shuffle: bool, shard: bool = False
+        self,
+        split: str,
+        transform: Callable | None,
+        shuffle: bool,
+        shard: bool = False,
+        dataset: Dataset | None = None,
     ) -> DataLoader:
+        """dataset: the split's images, or one tensor per image of it (in index order)."""
         images = self.images(split)
         indices = getattr(self.splits, split)
-        batched = self.batch_transforms is not None and self.in_memory  # one indexing op per batch
-        dataset = (
-            TensorSubset(images.as_tensor(), images.targets, indices)
-            if batched
-            else TransformedSubset(images, indices, transform)
-        )
+        batched = dataset is not None or (self.batch_transforms is not None and self.in_memory)
+        if dataset is None:  # batched: one indexing op per batch
+            dataset = (
+                TensorSubset(images.as_tensor(), images.targets, indices)
+                if batched
+                else TransformedSubset(images, indices, transform)
+            )
         sampler = eval_shard(dataset) if shard else self._sampler(split, shuffle)
         workers = 0 if batched else self.num_workers
         return DataLoader(
@@ -240,6 +247,14 @@ class TransferDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle and len(dataset) > self.batch_size,  # no size-1 BatchNorm batch
         )
+
+    def cached_loader(self, split: str, inputs: torch.Tensor) -> DataLoader:
+        """The split's loader (order, batches, sampler, DDP shards) over tensors computed ahead,
+        one per image in the split's index order (a frozen prefix's outputs): no transform."""
+        targets = self.images(split).targets[getattr(self.splits, split)]
+        dataset = TensorSubset(inputs, targets, np.arange(len(inputs)))
+        training = split == "train"
+        return self._loader(split, None, shuffle=training, shard=not training, dataset=dataset)
 
     def eval_loader(self, split: str) -> DataLoader:
         """Any split in order, with the evaluation transform (feature extraction reads train so)."""

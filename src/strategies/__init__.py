@@ -34,8 +34,8 @@ __all__ = [
 class Finetune(Strategy):
     """Everything trainable; the pretrained backbone at backbone_lr_mult x the head's lr."""
 
-    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train", **options):
+        super().__init__(bn, **options)
         if backbone_lr_mult <= 0:
             raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: must be > 0.")
         self.backbone_lr_mult = backbone_lr_mult
@@ -47,8 +47,8 @@ class Finetune(Strategy):
 class Scratch(Finetune):
     """Random initialisation (its config sets backbone.pretrained=false), everything at one lr."""
 
-    def __init__(self, bn: str = "train"):
-        super().__init__(backbone_lr_mult=1.0, bn=bn)
+    def __init__(self, bn: str = "train", **options):
+        super().__init__(backbone_lr_mult=1.0, bn=bn, **options)
 
 
 class LinearProbe(Strategy):
@@ -62,8 +62,10 @@ class Partial(Finetune):
     """The first `freeze_stages` backbone groups (stem first) frozen; negative counts from the top,
     so -1 freezes all but the last stage."""
 
-    def __init__(self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(backbone_lr_mult, bn)
+    def __init__(
+        self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train", **options
+    ):
+        super().__init__(backbone_lr_mult, bn, **options)
         self.freeze_stages = freeze_stages
 
     def trainable(self, group: str, epoch: int) -> bool:
@@ -75,8 +77,8 @@ class Partial(Finetune):
 class Surgical(Strategy):
     """Only backbone group `block` (0 = stem, -1 = the last stage) and the head train (Lee et al. 2023)."""
 
-    def __init__(self, block: int, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, block: int, bn: str = "train", **options):
+        super().__init__(bn, **options)
         self.block = block
 
     def trainable(self, group: str, epoch: int) -> bool:
@@ -99,8 +101,9 @@ class GradualUnfreeze(Finetune):
         ramp_epochs: float = 1.0,
         backbone_lr_mult: float = 1.0,
         bn: str = "train",
+        **options,
     ):
-        super().__init__(backbone_lr_mult, bn)
+        super().__init__(backbone_lr_mult, bn, **options)
         self.milestones = list(milestones)
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ValueError(
@@ -143,8 +146,10 @@ class LPFT(Finetune):
 
     changes_trainable = True
 
-    def __init__(self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(backbone_lr_mult, bn)
+    def __init__(
+        self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train", **options
+    ):
+        super().__init__(backbone_lr_mult, bn, **options)
         if probe_epochs < 1:
             raise ValueError(f"strategy.probe_epochs={probe_epochs}: must be >= 1.")
         self.probe_epochs = probe_epochs
@@ -164,8 +169,8 @@ class LayerDecay(Strategy):
     """Layer-wise lr decay: lr x decay^(depth from the head), timm's per-block groups; norms and
     biases get no weight decay."""
 
-    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train", **options):
+        super().__init__(bn, **options)
         if not 0 < decay <= 1:
             raise ValueError(f"strategy.decay={decay}: valid range (0, 1].")
         self.decay, self.min_scale = decay, min_scale

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -258,7 +258,7 @@ class FeatureExtract(Strategy):
     def __init__(
         self,
         classifier: str = "logistic",
-        C: float = 1.0,
+        C: float | list[float] = 1.0,
         max_iter: int = 2000,
         cache_dir: str = "cache/features",
         bn: str = "train",
@@ -268,14 +268,27 @@ class FeatureExtract(Strategy):
             raise ValueError(
                 f"strategy.classifier='{classifier}': choose one of {self.CLASSIFIERS}."
             )
-        if C <= 0:
-            raise ValueError(f"strategy.C={C}: must be > 0.")
-        self.classifier, self.C, self.max_iter, self.cache_dir = classifier, C, max_iter, cache_dir
+        grid = list(C) if isinstance(C, Sequence) and not isinstance(C, str) else [C]
+        if not grid or any(
+            isinstance(c, bool) or not isinstance(c, int | float) or c <= 0 for c in grid
+        ):
+            raise ValueError(f"strategy.C={C}: must be > 0, or a non-empty list of such values.")
+        if len(grid) > 1 and classifier == "linear":
+            raise ValueError(
+                "strategy.C as a list picks a scikit-learn classifier's C; not for linear."
+            )
+        self.classifier, self.max_iter, self.cache_dir = classifier, max_iter, cache_dir
+        self.C = sorted(
+            grid
+        )  # ascending: on a validation tie the smaller C (more regularised) wins
         self.head_module: L.LightningModule | None = None
         self.features = None
 
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD
+
+    def plan_prefix_cache(self, model, regularisation, datamodule, max_epochs) -> None:
+        """Nothing to plan: the whole backbone is cached already (its features)."""
 
     def check(self, max_epochs: int, regularisation=None) -> None:
         if regularisation is not None and regularisation.trains_by_gradient:
@@ -299,10 +312,9 @@ class FeatureExtract(Strategy):
             )
         else:  # scikit-learn's class_weight="balanced" is the same inverse-frequency rule
             weigh = balanced or datamodule.class_weights == "auto"
-            fitted = sklearn_classifier(
-                self.classifier, self.C, self.max_iter, datamodule.seed, weigh, module.task
-            )
-            fitted.fit(features["train"][0].numpy(), features["train"][1].numpy())
+            fitted, chosen = self._fit_sklearn(features, datamodule.seed, weigh, module.task)
+            for logger in trainer.loggers:
+                logger.log_metrics({"strategy/C": chosen}, step=0)
             head = SklearnHead(fitted, num_classes)
         self.head_module = type(module)(
             head,
@@ -317,6 +329,21 @@ class FeatureExtract(Strategy):
             trainer.fit(self.head_module, datamodule=self.features)
         else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
             trainer.validate(self.head_module, datamodule=self.features)
+
+    def _fit_sklearn(self, features: dict, seed: int, balanced: bool, task):
+        """One classifier per C on train; with several, the one with the best validation accuracy
+        (Kornblith et al. 2019's protocol: C chosen on a held-out split, the test split untouched)."""
+        (x, y), (x_val, y_val) = (
+            (f.numpy(), labels.numpy()) for f, labels in (features["train"], features["val"])
+        )
+        best = None
+        for C in self.C:
+            fitted = sklearn_classifier(self.classifier, C, self.max_iter, seed, balanced, task)
+            fitted.fit(x, y)
+            score = fitted.score(x_val, y_val) if len(self.C) > 1 else 0.0
+            if best is None or score > best[0]:
+                best = (score, fitted, C)
+        return best[1], float(best[2])
 
     def test(self, trainer, module, datamodule) -> dict:
         assert self.head_module is not None, "fit() first"

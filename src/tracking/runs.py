@@ -89,6 +89,10 @@ def mlflow_run(
 ) -> Iterator[tuple[MlflowClient, str]]:
     """A new MLflow run with its tags and params that ends FINISHED, or FAILED/KILLED with the
     error as a tag."""
+    from src.tracking.store import prepare_store
+
+    # A training sweep may open the same fresh sqlite store at once: migrate it under the lock.
+    prepare_store(tracking_uri, experiment, artifact_location)
     client = MlflowClient(tracking_uri)
     run_id = start_run(client, experiment, artifact_location, run_name, tags)
     log_params(client, run_id, params)
