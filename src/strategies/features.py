@@ -20,6 +20,7 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.progress import progress
 from src.strategies.base import Strategy
 from src.strategies.groups import HEAD
 
@@ -149,7 +150,10 @@ def _load_or_extract(model, datamodule, split: str, device, paths: list[Path]):
         return tensors + ((stored[1]["logits"],) if len(paths) > 1 else ()), None
     start = time.perf_counter()
     batch, channels_last = inference_setup(datamodule, device)
-    batches = datamodule.eval_batches(split, device, batch)
+    batches = progress(
+        datamodule.eval_batches(split, device, batch), desc=f"Features ({split})", unit="batch",
+        total=len(datamodule.eval_loader(split, batch)),
+    )  # fmt: skip
     tensors = extract(model, batches, device, len(paths) > 1, channels_last)
     return tensors, time.perf_counter() - start
 
