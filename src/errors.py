@@ -25,3 +25,46 @@ def refuse_bad_input() -> Iterator[None]:
         raise
     except (ValueError, FileNotFoundError, NotADirectoryError, AssetUnavailable) as error:
         raise InvalidInput(str(error)) from error
+
+
+# A job stopped by SIGTERM (a scheduler, `kill`) exits 128 + 15, as a shell reports it, so that
+# `&&` chains and schedulers never read it as a success.
+SIGTERM_EXIT = 143
+
+
+class Terminated(SystemExit):
+    """SIGTERM outside Lightning's loops (building, feature extraction): raised at once."""
+
+    def __init__(self) -> None:
+        super().__init__(SIGTERM_EXIT)
+
+
+def is_sigterm(error: BaseException) -> bool:
+    """Ours, or Lightning's SIGTERMException (a SystemExit with code None: exit status 0)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(error, Terminated | SIGTERMException)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated, so the run is recorded KILLED and the exit status is 143.
+
+    Inside fit/test Lightning installs its own handler, which calls this one too: there we only
+    return, and Lightning raises SIGTERMException at its next safe point (never mid-checkpoint)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame) -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from src.data import coverage
 from src.data.batch_transforms import BatchTransform, Uint8Square
 from src.data.sampling import (
     CLASS_WEIGHTS,
@@ -179,7 +180,11 @@ class TransferDataModule(L.LightningDataModule):
             pool_idx, test_idx = carve_test(pool.targets, self.test_fraction, TEST_SPLIT_SEED)
         else:
             test_idx = np.arange(len(test))
-        return split_pool(
+        if not self.multilabel:
+            coverage.check_pool(
+                self.classes, pool.targets[pool_idx], self.samples_per_class, test is None
+            )
+        splits = split_pool(
             pool.targets,
             pool_idx,
             test_idx,
@@ -188,6 +193,18 @@ class TransferDataModule(L.LightningDataModule):
             self.val_fraction,
             self.seed,
         )
+        if not self.multilabel:
+            counts = {
+                split: np.bincount(
+                    self.images(split).targets[getattr(splits, split)], minlength=self.num_classes
+                )
+                for split in ("train", "val", "test")
+            }
+            test_fraction = self.test_fraction if test is None else None
+            coverage.check_splits(
+                self.classes, counts, self.val_fraction, test_fraction, self.samples_per_class
+            )
+        return splits
 
     @property
     def multilabel(self) -> bool:

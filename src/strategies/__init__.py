@@ -71,6 +71,18 @@ class Strategy:
     def check(self, max_epochs: int, regularisation=None) -> None:
         """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse stage settings this backbone cannot have (its stages come from timm), before
+        any run exists; subclasses check their own keys."""
+        self.stage_names = [name for name, _ in stage_groups(model) if name != HEAD]
+
+    def _check_stage(self, key: str, k: int, low: int, high: int) -> None:
+        if not low <= k <= high:
+            raise ValueError(
+                f"strategy.{key}={k}: the backbone has {len(self.stage_names)} stages "
+                f"({', '.join(self.stage_names)}); valid range [{low}, {high}]."
+            )
+
     def fit(
         self,
         trainer: L.Trainer,
@@ -162,6 +174,11 @@ class Partial(Finetune):
         super().__init__(backbone_lr_mult, bn)
         self.freeze_stages = freeze_stages
 
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        self._check_stage("freeze_stages", self.freeze_stages, -n, n)
+
     def trainable(self, group: str, epoch: int) -> bool:
         if group == HEAD:
             return True
@@ -174,6 +191,11 @@ class Surgical(Strategy):
     def __init__(self, block: int, bn: str = "train"):
         super().__init__(bn)
         self.block = block
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        self._check_stage("block", self.block, -n, n - 1)
 
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD or self.stage_names.index(group) == self.stage_index(self.block)
@@ -198,6 +220,11 @@ class GradualUnfreeze(Finetune):
     ):
         super().__init__(backbone_lr_mult, bn)
         self.milestones = list(milestones)
+        if not self.milestones:
+            raise ValueError(
+                "strategy.milestones=[]: the backbone would never unfreeze (a linear probe "
+                "recorded as gradual_unfreeze). Give at least one epoch, or use strategy=linear_probe."
+            )
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ValueError(
                 f"strategy.milestones={self.milestones}: strictly increasing epochs >= 1."
@@ -212,6 +239,15 @@ class GradualUnfreeze(Finetune):
             raise ValueError(
                 f"strategy.milestones {late} are not before trainer.max_epochs={max_epochs}; "
                 f"valid range [1, {max_epochs - 1}]."
+            )
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        if len(self.milestones) > n:
+            raise ValueError(
+                f"strategy.milestones={self.milestones}: the backbone has {n} stages, so at most "
+                f"{n} milestones can unfreeze one; the last {len(self.milestones) - n} do nothing."
             )
 
     def unfreeze_epoch(self, group: str) -> float:

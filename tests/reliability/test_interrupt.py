@@ -9,13 +9,16 @@ import time
 
 import mlflow
 
+from tests.reliability.test_fault_matrix import default_signals
 from tests.reliability.test_resume import ROOT, job, launch
 
 
 def test_ctrl_c_ends_killed_keeps_the_checkpoint_and_resumes(tmp_path):
     command, env = job(tmp_path, "interrupted", "b")
     env["TRANSFERLAB_STEP_SLEEP"] = "0.5"  # slow enough to be caught mid-training
-    running = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals
+    )
     checkpoint = tmp_path / "b" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline and running.poll() is None:

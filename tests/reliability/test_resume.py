@@ -11,6 +11,8 @@ from pathlib import Path
 import mlflow
 import torch
 
+from tests.reliability.test_fault_matrix import default_signals
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,7 +20,10 @@ def launch(tmp: Path, name: str, launch_dir: str, extra=(), kill_at: str | None 
     command, env = job(tmp, name, launch_dir, extra)
     if kill_at:
         env["TRANSFERLAB_KILL_AT"] = kill_at
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        preexec_fn=default_signals,
+    )  # fmt: skip
 
 
 def job(tmp: Path, name: str, launch_dir: str, extra=()) -> tuple[list[str], dict]:
