@@ -26,6 +26,8 @@ def check_config(cfg: DictConfig) -> None:
     from src.tracking.store import check_tracking_uri
 
     check_seed(cfg.seed)
+    if cfg.backbone.get("input_size") is not None:
+        check_input_form(list(cfg.backbone.input_size))
     check_trainer(cfg.trainer, testing=bool(cfg.get("test")))
     check_monitor(cfg.monitor.metric, cfg.monitor.mode)
     for key, logger in (cfg.get("logger") or {}).items():
@@ -73,14 +75,19 @@ def check_monitor(metric: Any, mode: Any) -> None:
         )
 
 
-def check_input_size(backbone: torch.nn.Module, input_size: tuple[int, ...], name: str) -> None:
-    """The images the data module will make (RGB, input_size from the backbone's data config)
-    must pass through the backbone: one image of zeros, no gradients, weights untouched."""
-    wanted = f"backbone.input_size={list(input_size)}"
+def check_input_form(input_size: list) -> None:
+    wanted = f"backbone.input_size={input_size}"
     if len(input_size) != 3 or any(not _is_int(v) or v < 1 for v in input_size):
         raise ValueError(f"{wanted}: [3, height, width] with height, width >= 1.")
     if input_size[0] != 3:
         raise ValueError(f"{wanted}: images are read as RGB, so the first entry must be 3.")
+
+
+def check_input_size(backbone: torch.nn.Module, input_size: tuple[int, ...], name: str) -> None:
+    """The images the data module will make (RGB, input_size from the backbone's data config)
+    must pass through the backbone: one image of zeros, no gradients, weights untouched."""
+    check_input_form(list(input_size))
+    wanted = f"backbone.input_size={list(input_size)}"
     was_training = backbone.training
     backbone.eval()
     try:

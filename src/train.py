@@ -137,16 +137,15 @@ def build_trainer(cfg: DictConfig, point, fingerprint: str, check_only: bool = F
     """(loggers, trainer). check_only: the Trainer's own argument checks, nothing opened."""
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from src.tracking import SameConfigOnEveryRank
     from src.tracking.store import prepare_store
 
-    if check_only:
+    if check_only:  # any failure to build a Trainer from these arguments is a config error
         try:
-            instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
-        except (MisconfigurationException, ValueError, TypeError) as error:
-            raise ValueError(f"trainer: {error}") from None
+            build(cfg.trainer, logger=False, enable_checkpointing=False)
+        except Exception as error:
+            raise ValueError(f"trainer: {type(error).__name__}: {error}") from None
         return None
     mlflow_configs = [c for c in (cfg.get("logger") or {}).values() if "MLFlow" in c._target_]
     # Every process, DDP ranks included: an MLflow client migrates a fresh store as it is built,

@@ -141,6 +141,8 @@ class TransferDataModule(L.LightningDataModule):
     def splits(self) -> SplitIndices:
         """Indices into the pool (train, val), the official val images and the test images."""
         splits = self._split()
+        if not self.multilabel:
+            self._check_coverage(splits)
         if self.test_samples_per_class is not None:
             # The same test images for every run and seed, so results stay comparable.
             test = self.source.test if self.source.test is not None else self.source.pool
@@ -184,7 +186,7 @@ class TransferDataModule(L.LightningDataModule):
             coverage.check_pool(
                 self.classes, pool.targets[pool_idx], self.samples_per_class, test is None
             )
-        splits = split_pool(
+        return split_pool(
             pool.targets,
             pool_idx,
             test_idx,
@@ -193,18 +195,23 @@ class TransferDataModule(L.LightningDataModule):
             self.val_fraction,
             self.seed,
         )
-        if not self.multilabel:
-            counts = {
-                split: np.bincount(
-                    self.images(split).targets[getattr(splits, split)], minlength=self.num_classes
-                )
-                for split in ("train", "val", "test")
-            }
-            test_fraction = self.test_fraction if test is None else None
-            coverage.check_splits(
-                self.classes, counts, self.val_fraction, test_fraction, self.samples_per_class
+
+    def _check_coverage(self, splits: SplitIndices) -> None:
+        """Every class in train (and, where this module splits, in val and test)."""
+        counts = {
+            split: np.bincount(
+                self.images(split).targets[getattr(splits, split)], minlength=self.num_classes
             )
-        return splits
+            for split in ("train", "val", "test")
+        }
+        carved = self.source.test is None
+        coverage.check_splits(
+            self.classes,
+            counts,
+            self.val_fraction if self.source.val is None else None,
+            self.test_fraction if carved else None,
+            self.samples_per_class,
+        )
 
     @property
     def multilabel(self) -> bool:

@@ -33,11 +33,11 @@ def check_pool(classes: list[str], pool_targets: np.ndarray, samples_per_class: 
         )
 
 
-def check_splits(classes: list[str], counts: dict[str, np.ndarray], val_fraction: float,
+def check_splits(classes: list[str], counts: dict[str, np.ndarray], val_fraction: float | None,
                  test_fraction: float | None, samples_per_class: int | None) -> None:  # fmt: skip
     """After splitting (counts per class of train, val, test): refuse a class with no training
-    image; warn when a class's val or test share (test_fraction None: an official test split)
-    is far from the one asked for, as rounding on a small class makes it."""
+    image; warn when a class's val or test share (None: an official split) is far from the one
+    asked for, as rounding on a small class makes it."""
     labelled = counts["train"] + counts["val"]
     empty = np.flatnonzero(counts["train"] == 0)
     if len(empty):
@@ -46,14 +46,14 @@ def check_splits(classes: list[str], counts: dict[str, np.ndarray], val_fraction
             for c in empty
         ]
         m = max(2, int(labelled[empty].min()))
-        fixes = [f"dataset.val_fraction below {(m - 0.5) / m:.2f}"]
-        if samples_per_class is not None:
+        fixes = [] if val_fraction is None else [f"dataset.val_fraction below {(m - 0.5) / m:.2f}"]
+        if samples_per_class is not None and val_fraction is not None:
             fixes.append(f"dataset.samples_per_class >= {_enough(val_fraction)}")
         raise ValueError(
             f"class(es) {', '.join(parts)} would get no training image. What would work: "
-            f"{' or '.join(fixes)}, or more images in those classes."
+            f"{' or '.join([*fixes, 'more images in those classes'])}."
         )
-    shares = {"val": (counts["val"], labelled, val_fraction)}
+    shares = {} if val_fraction is None else {"val": (counts["val"], labelled, val_fraction)}
     if test_fraction is not None:
         shares["test"] = (counts["test"], labelled + counts["test"], test_fraction)
     for split, (part, whole, wanted) in shares.items():

@@ -43,6 +43,7 @@ class SingleLabel(nn.Module):
 
     def check(self, regularisation, monitor: str) -> None:
         """Every regulariser works with one label per image; the monitor must be logged."""
+        check_class_keys(self.class_names)
         per_class = [f"val/acc_class/{metric_key(name)}" for name in self.class_names]
         logged = [*self.scalars["val"].keys(), "val/loss", "train/loss_epoch", "train/acc"]
         check_monitored(monitor, logged, per_class, "single-label")
@@ -82,6 +83,20 @@ class SingleLabel(nn.Module):
         }
 
 
+def check_class_keys(class_names: list[str]) -> None:
+    """Per-class metrics are named by class: two names that make one MLflow key would overwrite
+    each other's values without a word."""
+    seen: dict[str, str] = {}
+    for name in class_names:
+        key = metric_key(name)
+        if key in seen:
+            raise ValueError(
+                f"classes '{seen[key]}' and '{name}' would both log as val/acc_class/{key}: "
+                "rename one (class folder names may use letters, digits, '_', '-' and '.')."
+            )
+        seen[key] = name
+
+
 def check_monitored(monitor: str, logged: list[str], per_class: list[str], kind: str) -> None:
     """Refuse a monitor that is never logged: otherwise it fails only after the first epoch."""
     if monitor in logged or monitor in per_class:
@@ -117,6 +132,7 @@ class MultiLabel(nn.Module):
                 "multi-label ones: set regularisation.mixup_alpha=0 regularisation.cutmix_alpha=0, "
                 "or use regularisation=default, light, none or l2sp."
             )
+        check_class_keys(self.class_names)
         logged = [f"val/{name}" for name in MULTILABEL_METRICS] + ["train/loss_epoch"]
         check_monitored(monitor, logged, [], "multi-label")
 

@@ -38,13 +38,13 @@ BY_CONFIG = [
     (["monitor.metric=val/acc", "monitor.mode=min"], "use monitor.mode=max"),
     (["monitor.metric=acc"], "monitor.metric=acc"),
     (["resume=last"], "resume=last: choose null, auto or an MLflow run id"),
+    (["backbone.input_size=[1,64,64]"], "first entry must be 3"),
+    (["backbone.input_size=[3,64]"], "[3, height, width]"),
 ]
 
 # Refused once the data and the model are built (each builds the small default backbone).
 BY_MODEL = [
-    (["backbone.input_size=[1,64,64]"], "first entry must be 3"),
     (["backbone.input_size=[3,0,0]"], "backbone.input_size=[3, 0, 0]"),
-    (["backbone.input_size=[3,64]"], "[3, height, width]"),
     (["strategy=partial", "strategy.freeze_stages=99"], "strategy.freeze_stages=99"),
     (["strategy=partial", "strategy.freeze_stages=-99"], "valid range [-"),
     (["strategy=surgical", "strategy.block=999"], "strategy.block=999"),
@@ -163,7 +163,7 @@ def test_resume_of_a_run_in_use_is_refused(tmp_path, tiny_overrides):
     tags = {"config_fingerprint": fingerprint, "output_dir": str(output), "pid": "1"}
     run_id = _store_with_run(tmp_path, "RUNNING", tags, {})
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(output)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, str(output)], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -207,19 +207,36 @@ def test_image_folder_too_small_for_its_splits_is_refused(
     assert_nothing_created(tmp_path)
 
 
-def test_command_line_refusals_exit_2_with_one_line(tmp_path):
+CLI_CASES = {
+    "tracking-uri": (["src.train", "dataset=digits"], "unknown scheme 'sqlit'"),
+    "n_trials": (
+        ["src.train", "-m", "hparams_search=lr_wd", "hydra.sweeper.n_trials=0"],
+        "hydra.sweeper.n_trials=0",
+    ),
+    "top_k": (["src.predict", "images=.", "top_k=-1"], "top_k=-1"),
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=[] if c == "tracking-uri" else [pytest.mark.slow]) for c in CLI_CASES],
+)
+def test_command_line_refusals_exit_2_with_one_line(tmp_path, case):
     """On the command line: exit code 2, one error line, no traceback, nothing created."""
+    arguments, fragment = CLI_CASES[case]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(PROJECT_ROOT=str(ROOT), MLFLOW_TRACKING_URI=f"sqlit:///{tmp_path}/x.db")
+    if case != "tracking-uri":
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
     result = subprocess.run(
-        [sys.executable, "-m", "src.train", "dataset=digits", f"paths.root_dir={tmp_path}",
-         f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", *arguments, f"paths.root_dir={tmp_path}",
+         f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
         preexec_fn=default_signals,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     errors = [line for line in output.splitlines() if "Invalid input" in line]
-    assert len(errors) == 1 and "unknown scheme 'sqlit'" in errors[0], output[-2000:]
+    assert len(errors) == 1 and fragment in errors[0], output[-2000:]
     assert "Traceback" not in output
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlartifacts").exists()
