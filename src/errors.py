@@ -46,25 +46,39 @@ def is_sigterm(error: BaseException) -> bool:
     return isinstance(error, Terminated | SIGTERMException)
 
 
+class SigtermSeen:
+    """Whether SIGTERM arrived: Lightning does not always act on it (in the last evaluation batch,
+    after the last training batch), so the entry point checks between its stages too."""
+
+    received = False
+
+    def check(self) -> None:
+        if self.received:
+            raise Terminated()
+
+
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[SigtermSeen]:
     """SIGTERM raises Terminated, so the run is recorded KILLED and the exit status is 143.
 
-    Inside fit/test Lightning installs its own handler, which calls this one too: there we only
-    return, and Lightning raises SIGTERMException at its next safe point (never mid-checkpoint)."""
+    Inside fit/test Lightning installs its own handler, which calls this one too: there it is only
+    noted, and Lightning raises SIGTERMException at its next safe point (never mid-checkpoint), or
+    the entry point does when that stage ends (`SigtermSeen.check`)."""
     import signal
     import threading
 
+    seen = SigtermSeen()
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
+        yield seen  # signal handlers can only be set from the main thread
         return
 
     def handler(signum, frame) -> None:
+        seen.received = True
         if signal.getsignal(signal.SIGTERM) is handler:
             raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield seen
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,7 @@ model (`check_input_size`, the strategy's and the task's own checks) follow in `
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -26,8 +27,9 @@ def check_config(cfg: DictConfig) -> None:
     from src.tracking.store import check_tracking_uri
 
     check_seed(cfg.seed)
-    if cfg.backbone.get("input_size") is not None:
-        check_input_form(list(cfg.backbone.input_size))
+    check_preprocessing(cfg.backbone)
+    if not isinstance(cfg.get("experiment_name"), str) or not cfg.experiment_name.strip():
+        raise ValueError(f"experiment_name={cfg.get('experiment_name')!r}: a non-empty name.")
     check_trainer(cfg.trainer, testing=bool(cfg.get("test")))
     check_monitor(cfg.monitor.metric, cfg.monitor.mode)
     for key, logger in (cfg.get("logger") or {}).items():
@@ -51,6 +53,10 @@ def check_trainer(trainer: DictConfig, testing: bool) -> None:
         raise ValueError(f"trainer.max_epochs={epochs}: an integer >= 1.")
     if not _is_int(steps) or not (steps == -1 or steps >= 1):
         raise ValueError(f"trainer.max_steps={steps}: -1 (no limit) or an integer >= 1.")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and not (isinstance(clip, int | float) and 0 <= clip < float("inf")):
+        # a negative norm would flip every gradient instead of clipping it
+        raise ValueError(f"trainer.gradient_clip_val={clip}: a number >= 0, or null (no clipping).")
     limits = ["limit_train_batches", "limit_val_batches"] + ["limit_test_batches"] * testing
     for key in limits:
         value = trainer.get(key, 1.0)
@@ -73,6 +79,25 @@ def check_monitor(metric: Any, mode: Any) -> None:
             f"monitor.mode={mode} for monitor.metric={metric} would select the worst checkpoint: "
             f"use monitor.mode={'min' if falls else 'max'}."
         )
+
+
+def check_preprocessing(backbone: DictConfig) -> None:
+    """Overrides of the backbone's preprocessing: an RGB input size, three finite means, three
+    positive stds (0 divides by zero), a positive crop fraction."""
+    if backbone.get("input_size") is not None:
+        check_input_form(list(backbone.input_size))
+    for key, positive in (("mean", False), ("std", True)):
+        values = backbone.get(key)
+        if values is None:
+            continue
+        values = list(values)
+        numbers = all(isinstance(v, int | float) and math.isfinite(v) for v in values)
+        if len(values) != 3 or not numbers or (positive and min(values) <= 0):
+            what = "three numbers > 0" if positive else "three finite numbers"
+            raise ValueError(f"backbone.{key}={values}: {what}, one per RGB channel (or null).")
+    crop = backbone.get("crop_pct")
+    if crop is not None and not (isinstance(crop, int | float) and 0 < crop < float("inf")):
+        raise ValueError(f"backbone.crop_pct={crop}: a number > 0 (1.0: no crop), or null.")
 
 
 def check_input_form(input_size: list) -> None:

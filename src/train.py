@@ -28,13 +28,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logging.getLogger("lightning").handlers.clear()
     # 1. One validation pass: everything that can refuse bad input, the resume target claimed
     # last, before any MLflow run, store or folder exists.
-    with sigterm_raises():
+    with sigterm_raises() as sigterm:
         with refuse_bad_input():
             check_config(cfg)
             L.seed_everything(cfg.seed, workers=True)
             job = prepare(cfg)
         try:
-            return job.run()
+            return job.run(sigterm)
         finally:
             job.release()
 
@@ -51,7 +51,7 @@ class Job:
         if self.lock is not None:
             self.lock.release()
 
-    def run(self) -> dict[str, float]:
+    def run(self, sigterm) -> dict[str, float]:
         """The run: store, loggers, trainer, config in, fit, test, status out. Under DDP only
         global rank 0 writes (config, MLflow run, checkpoints); the other ranks' MLflow loggers
         are no-ops (rank_zero_experiment)."""
@@ -83,9 +83,11 @@ class Job:
             checkpoint = point and str(point.checkpoint)
             with shared_with_ranks(point):
                 self.strategy.fit(trainer, self.module, self.datamodule, ckpt_path=checkpoint)
+            sigterm.check()
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
             if cfg.get("test"):
                 metrics.update(self.strategy.test(trainer, self.module, self.datamodule))
+                sigterm.check()
         except BaseException as error:
             record_failure(loggers, error)
             raise

@@ -269,7 +269,7 @@ def _class_folder(path: str, key: str, on_bad_image: str, skipped: list[str]) ->
     if empty:
         why = " once the unreadable ones are skipped" if bad else ""
         raise ValueError(
-            f"{where}: class folder(s) {empty} hold no readable image{why} (extensions "
+            f"{where}: empty class folder(s) {empty}: no readable image{why} (extensions "
             f"{', '.join(IMAGE_EXTENSIONS)}). Add images or remove the folder(s)."
         )
     return FileImages(paths, targets, classes)

@@ -144,8 +144,8 @@ class Finetune(Strategy):
 
     def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train"):
         super().__init__(bn)
-        if backbone_lr_mult <= 0:
-            raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: must be > 0.")
+        if not 0 < backbone_lr_mult < float("inf"):  # NaN fails too
+            raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: a finite number > 0.")
         self.backbone_lr_mult = backbone_lr_mult
 
     def lr_scale(self, group: str) -> float:

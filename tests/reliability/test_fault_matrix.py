@@ -85,6 +85,13 @@ CASES = {
 }
 
 
+NO_CHECKPOINT_YET = (
+    "sigkill_before_first_checkpoint",
+    "sigkill_during_feature_extraction",
+    "sigterm_during_feature_extraction",
+)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_fault_then_resume_auto_ends_with_one_finished_run(tmp_path, case):
     extra, faults, status = CASES[case]
@@ -101,11 +108,25 @@ def test_a_fault_then_resume_auto_ends_with_one_finished_run(tmp_path, case):
     finished = assert_one_finished_run(tmp_path)
     if "test=true" in extra:
         assert len(history(tmp_path, finished, "test/acc")) == 1
-    if case in ("sigkill_before_first_checkpoint", "sigkill_during_feature_extraction"):
+    if case in NO_CHECKPOINT_YET:  # nothing to resume from: it ends KILLED, a new run finishes
         (dead,) = [r for r in runs(tmp_path) if r.info.status != "FINISHED"]
-        assert dead.info.status == "KILLED" and "died" in dead.data.tags["killed_reason"]
+        reason = "SIGTERM" if status == 143 else "died"
+        assert dead.info.status == "KILLED" and reason in dead.data.tags["killed_reason"]
     else:  # continued in the same run, from its checkpoint
         assert len(runs(tmp_path)) == 1 and finished.data.tags["resumed_from"].endswith(".ckpt")
+
+
+def test_a_resumer_killed_in_turn_is_resumed_again(tmp_path):
+    """SIGKILL mid-epoch, then SIGKILL of the resuming job in a later epoch, then resume=auto."""
+    code, stderr = finish(start(tmp_path, "a", ["test=false"], TRANSFERLAB_KILL_AT="1:1"))
+    assert code == -9, stderr[-3000:]
+    resumer = ["test=false", "resume=auto"]
+    code, stderr = finish(start(tmp_path, "b", resumer, TRANSFERLAB_KILL_AT="2:0"))
+    assert code == -9, stderr[-3000:]
+    code, stderr = finish(start(tmp_path, "c", resumer))
+    assert code == 0, stderr[-3000:]
+    finished = assert_one_finished_run(tmp_path)
+    assert finished.data.tags["resumes"] == "2"
 
 
 def test_two_concurrent_resumers_share_nothing(tmp_path):

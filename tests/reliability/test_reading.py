@@ -126,7 +126,7 @@ def test_hidden_folders_are_not_classes(tmp_path):
 def test_a_class_emptied_by_skip_is_refused_by_name(tmp_path):
     root = _folder(tmp_path / "images", (("a", 3), ("b", 0)))
     (root / "b" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"\['b'\] hold no readable image once the unreadable"):
+    with pytest.raises(ValueError, match=r"\['b'\]: no readable image once the unreadable"):
         image_folder(str(root), on_bad_image="skip")
 
 
