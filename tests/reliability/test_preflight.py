@@ -40,6 +40,11 @@ BY_CONFIG = [
     (["resume=last"], "resume=last: choose null, auto or an MLflow run id"),
     (["backbone.input_size=[1,64,64]"], "first entry must be 3"),
     (["backbone.input_size=[3,64]"], "[3, height, width]"),
+    (["backbone.std=[0,0,0]"], "three numbers > 0"),  # divides by zero
+    (["backbone.mean=[0.5,0.5]"], "one per RGB channel"),
+    (["backbone.crop_pct=0"], "backbone.crop_pct=0"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1"),  # flips gradients
+    (["experiment_name=''"], "experiment_name=''"),
 ]
 
 # Refused once the data and the model are built (each builds the small default backbone).
@@ -62,6 +67,8 @@ BY_MODEL = [
     (["trainer.accelerator=tpu"], "trainer: "),
     (["dataset.samples_per_class=2", "dataset.val_fraction=0.8"], "no training image"),
     (["resume=0123456789abcdef0123456789abcdef"], "no such MLflow run"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf: must be a finite number"),
+    (["strategy.backbone_lr_mult=inf"], "strategy.backbone_lr_mult=inf"),
 ]
 
 
