@@ -57,13 +57,19 @@ def check_trainer(trainer: DictConfig, testing: bool) -> None:
     if clip is not None and not (isinstance(clip, int | float) and 0 <= clip < float("inf")):
         # a negative norm would flip every gradient instead of clipping it
         raise ValueError(f"trainer.gradient_clip_val={clip}: a number >= 0, or null (no clipping).")
-    limits = ["limit_train_batches", "limit_val_batches"] + ["limit_test_batches"] * testing
-    for key in limits:
+    # 0 validation batches is a run without validation (benchmarks): allowed, unlike 0 training
+    # batches, or 0 test batches when testing.
+    limits = {"limit_train_batches": 1, "limit_val_batches": 0, "limit_test_batches": testing}
+    for key, least in limits.items():
         value = trainer.get(key, 1.0)
-        count = _is_int(value) and value >= 1
-        fraction = isinstance(value, float) and 0 < value <= 1
+        count = _is_int(value) and value >= least
+        fraction = isinstance(value, float) and (0 < value <= 1 or (value == 0 and not least))
         if not (count or fraction):
-            raise ValueError(f"trainer.{key}={value}: a fraction in (0.0, 1.0] or a count >= 1.")
+            raise ValueError(
+                f"trainer.{key}={value}: a fraction in (0.0, 1.0] or a count >= 1"
+                + ("" if least else " (0: none)")
+                + "."
+            )
 
 
 def check_monitor(metric: Any, mode: Any) -> None:

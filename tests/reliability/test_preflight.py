@@ -31,7 +31,7 @@ BY_CONFIG = [
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1"),
     (["trainer.max_steps=0"], "trainer.max_steps=0"),
     (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0"),
-    (["trainer.limit_val_batches=0.0"], "trainer.limit_val_batches=0.0"),
+    (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches=-1"),
     (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),
     (["monitor.mode=maximum"], "monitor.mode=maximum: choose min or max"),
     (["monitor.metric=val/loss"], "monitor.mode=max for monitor.metric=val/loss would select"),
