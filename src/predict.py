@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 
 def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     """Top-k (label, probability) per image; printed, and written to cfg.csv when set."""
+    from src.config import build
+    from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
     from src.inference import predict as P
     from src.inference.trained import data_config, load_model, locate
-    from src.regularisation import eval_transform
-    from src.train import build
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():

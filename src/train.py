@@ -1,7 +1,7 @@
 """Main job: `python -m src.train backbone=resnet50 strategy=finetune`.
 
-Runs straight through: build (and validate) everything, open the MLflow run, fit, test on the best
-checkpoint, return the metrics.
+The entry point only: Hydra composes the config, src.training runs the job (build and validate
+everything, open the MLflow run, fit, test on the best checkpoint). Nothing imports this module.
 """
 
 from __future__ import annotations
@@ -11,254 +11,10 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
-
-
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test one configuration; returns every metric of the last epoch and of the test."""
-    import lightning.pytorch as L
-
-    from src.errors import refuse_bad_input, sigterm_raises
-    from src.preflight import check_config
-
-    # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
-    logging.getLogger("lightning").handlers.clear()
-    # 1. One validation pass: everything that can refuse bad input, the resume target claimed
-    # last, before any MLflow run, store or folder exists.
-    with sigterm_raises() as sigterm:
-        with refuse_bad_input():
-            check_config(cfg)
-            L.seed_everything(cfg.seed, workers=True)
-            job = prepare(cfg)
-        try:
-            return job.run(sigterm)
-        finally:
-            job.release()
-
-
-class Job:
-    """A validated job: its objects built, its resume point (if any) claimed."""
-
-    def __init__(self, cfg: DictConfig, datamodule, strategy, module, point, fingerprint: str):
-        self.cfg, self.datamodule, self.strategy, self.module = cfg, datamodule, strategy, module
-        self.point, self.fingerprint = point, fingerprint
-        self.lock = point.lock if point else None
-
-    def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-
-    def run(self, sigterm) -> dict[str, float]:
-        """The run: store, loggers, trainer, config in, fit, test, status out. Under DDP only
-        global rank 0 writes (config, MLflow run, checkpoints); the other ranks' MLflow loggers
-        are no-ops (rank_zero_experiment)."""
-        from src.tracking import record_failure
-        from src.tracking.claim import RunLock
-        from src.tracking.resume import shared_with_ranks
-        from src.tracking.secrets import redact
-
-        cfg, point = self.cfg, self.point
-        if point is not None and point.checkpoint is None:
-            return finished_metrics(cfg, point.run_id)  # completed by the process we waited for
-        if point is not None:
-            with open_dict(cfg):  # a resumed job writes on in its old folder and MLflow run
-                cfg.paths.output_dir = str(point.output_dir)
-        loggers, trainer = build_trainer(cfg, point, self.fingerprint)
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if self.lock is None and trainer.is_global_zero:  # a fresh run: this process owns it
-            self.lock = RunLock(output_dir)
-            if not self.lock.acquire():
-                raise RuntimeError(f"{output_dir} is in use by another training process.")
-        config_file = output_dir / "config.yaml"
-        if trainer.is_global_zero:
-            # A password in a URL (a sweep's storage) is masked here as in the logged params.
-            config_file.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
-        try:
-            if trainer.is_global_zero:
-                open_run(cfg, loggers, point, self.fingerprint, self.datamodule, config_file)
-            checkpoint = point and str(point.checkpoint)
-            with shared_with_ranks(point):
-                self.strategy.fit(trainer, self.module, self.datamodule, ckpt_path=checkpoint)
-            sigterm.check()
-            metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-            if cfg.get("test"):
-                metrics.update(self.strategy.test(trainer, self.module, self.datamodule))
-                sigterm.check()
-        except BaseException as error:
-            record_failure(loggers, error)
-            raise
-        return metrics
-
-
-def prepare(cfg: DictConfig) -> Job:
-    """Build and check everything against the data and the model; claim the resume target."""
-    from hydra.utils import instantiate
-
-    from src.models.module import TransferModule, check_optimizer
-    from src.models.tasks import task_for
-    from src.preflight import check_input_size
-    from src.tracking.resume import config_fingerprint, resume_point
-
-    datamodule, regularisation, backbone = build_data(cfg)
-    input_size = tuple(datamodule_input_size(backbone))
-    check_input_size(backbone, input_size, cfg.backbone.name)
-    task = task_for(datamodule.classes, datamodule.multilabel, datamodule.loss_weights)
-    task.check(regularisation, cfg.monitor.metric)
-    strategy = build(cfg.strategy)
-    strategy.check(cfg.trainer.max_epochs, regularisation)
-    strategy.check_model(backbone)
-    regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
-    optimizer = check_optimizer(build(cfg.optimizer))
-    log.info("Strategy: %s", type(strategy).__name__)
-    module = TransferModule(
-        model=backbone,
-        strategy=strategy,
-        optimizer=optimizer,
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        regularisation=regularisation,
-        class_names=datamodule.classes,
-        task=task,
-    )
-    build_trainer(cfg, None, "", check_only=True)  # precision, accelerator, devices, strategy
-    # Unresolved: ${paths.output_dir} differs per launch, the choices behind it do not.
-    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
-    point = None
-    if cfg.get("resume"):
-        point = resume_point(
-            str(cfg.resume), cfg.paths.tracking_uri, cfg.experiment_name, fingerprint,
-            flat_params(cfg),
-        )  # fmt: skip
-    return Job(cfg, datamodule, strategy, module, point, fingerprint)
-
-
-def build_trainer(cfg: DictConfig, point, fingerprint: str, check_only: bool = False):
-    """(loggers, trainer). check_only: the Trainer's own argument checks, nothing opened."""
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor
-
-    from src.tracking import SameConfigOnEveryRank
-    from src.tracking.store import prepare_store
-
-    if check_only:  # any failure to build a Trainer from these arguments is a config error
-        try:
-            build(cfg.trainer, logger=False, enable_checkpointing=False)
-        except Exception as error:
-            raise ValueError(f"trainer: {type(error).__name__}: {error}") from None
-        return None
-    mlflow_configs = [c for c in (cfg.get("logger") or {}).values() if "MLFlow" in c._target_]
-    # Every process, DDP ranks included: an MLflow client migrates a fresh store as it is built,
-    # so the schema must exist first (file-locked for sqlite). No run is created here.
-    for c in mlflow_configs:
-        prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
-    loggers = [
-        instantiate(c, **({"run_id": point.run_id} if point and c in mlflow_configs else {}))
-        for c in (cfg.get("logger") or {}).values()
-    ]
-    built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
-    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(SameConfigOnEveryRank(fingerprint))
-    return loggers, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-
-def datamodule_input_size(backbone) -> list[int]:
-    from timm.data import resolve_model_data_config
-
-    return list(resolve_model_data_config(backbone)["input_size"])
-
-
-def flat_params(cfg: DictConfig) -> dict[str, str]:
-    """The config as MLflow params: flattened with "/", secrets masked, values as text."""
-    from lightning.fabric.utilities.logger import _flatten_dict
-
-    from src.tracking.secrets import redact
-
-    flat = _flatten_dict(redact(OmegaConf.to_container(cfg, resolve=True)))
-    return {key: str(value) for key, value in flat.items()}
-
-
-def finished_metrics(cfg: DictConfig, run_id: str) -> dict[str, float]:
-    """The last values of a run another process completed while this one waited to resume it."""
-    from mlflow.tracking import MlflowClient
-
-    return dict(MlflowClient(cfg.paths.tracking_uri).get_run(run_id).data.metrics)
-
-
-def open_run(cfg: DictConfig, loggers, point, fingerprint: str, datamodule, config_file: Path):
-    """Rank 0's MLflow run: params, tags, the resolved config, similarity scores; a resumed run
-    shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
-    from src.similarity.tracking import attach_similarity, similarity_key
-    from src.tracking import log_run_metadata, mlflow_loggers
-    from src.tracking.resume import process_tags, reopen, retire_dead_runs
-    from src.tracking.secrets import redact
-
-    tags = {**run_tags(cfg), **process_tags(config_file.parent, fingerprint)}
-    tags["skipped_images"] = str(len(datamodule.source.skipped))
-    params = {} if point else redact(OmegaConf.to_container(cfg, resolve=True))
-    log_run_metadata(loggers, params, tags, config_file)
-    for logger in mlflow_loggers(loggers):
-        if point:
-            reopen(logger, point)
-        else:  # an earlier run of this config that died is not resumed: it ends KILLED
-            retire_dead_runs(logger, fingerprint)
-    attach_similarity(loggers, similarity_key(cfg))  # the scores measured before training
-
-
-def build_data(cfg: DictConfig):
-    """(datamodule, regularisation, backbone): the data ready, preprocessed as the backbone wants."""
-    from timm.data import resolve_model_data_config
-
-    datamodule = build(cfg.dataset)
-    datamodule.prepare_data()
-    datamodule.setup()
-    regularisation = build(cfg.regularisation)
-    backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
-    data_config = resolve_model_data_config(backbone)
-    log.info("Preprocessing from the backbone: %s", data_config)
-    datamodule.set_transforms(*regularisation.transforms(data_config))
-    return datamodule, regularisation, backbone
-
-
-def build(node: DictConfig, **kwargs):
-    """hydra's instantiate, re-raising a constructor's own error: Hydra's wrapper prints its repr,
-    escaping the newlines of a message written to be read."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as wrapped:
-        if wrapped.__cause__ is None:
-            raise
-        raise wrapped.__cause__ from None
-
-
-def run_tags(cfg: DictConfig) -> dict[str, str]:
-    """What a researcher filters runs by in the MLflow UI."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from src.tracking import git_state
-
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    return {
-        "backbone": cfg.backbone.name,
-        "pretrained": str(cfg.backbone.pretrained),
-        "strategy": choices.get("strategy", cfg.strategy._target_.rsplit(".", 1)[-1]),
-        "dataset": choices.get("dataset", cfg.dataset.source._target_.rsplit(".", 1)[-1]),
-        "regularisation": choices.get("regularisation", "custom"),
-        "fraction": str(cfg.dataset.fraction),
-        "samples_per_class": str(cfg.dataset.samples_per_class),
-        "class_weights": str(cfg.dataset.get("class_weights")),
-        "sampler": str(cfg.dataset.get("sampler", "shuffle")),
-        "seed": str(cfg.seed),
-        "study": str(cfg.get("study") or cfg.experiment_name),
-        **git_state(PROJECT_ROOT),
-    }
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="train")
@@ -267,16 +23,18 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from src.errors import SIGTERM_EXIT, InvalidInput, is_sigterm
+    from src.training import train
 
+    hydra_cfg = HydraConfig.get()
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, hydra_cfg.runtime.choices)
     except SystemExit as stop:
         if is_sigterm(stop):  # Lightning's SIGTERMException would exit 0: a stop is no success
             log.error("Stopped by SIGTERM: the run is KILLED; resume=auto continues it")
             raise SystemExit(SIGTERM_EXIT) from None
         raise
     except InvalidInput as error:  # the message names the key and what is valid: no traceback
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # in a sweep this job fails (its trial FAIL) and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None

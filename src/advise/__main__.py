@@ -32,8 +32,8 @@ def check(cfg: DictConfig) -> None:
     import timm
 
     from src.advise.jobs import backbone_overrides, compose
+    from src.config import build
     from src.similarity.ranking import COLUMNS
-    from src.train import build
 
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
     if cfg.dataset_name not in known:
@@ -97,7 +97,7 @@ def advise(cfg: DictConfig) -> Path:
     from src.advise.budget import Budget
     from src.advise.tracking import advice_key, parent_run
     from src.errors import refuse_bad_input
-    from src.similarity.tracking import log_params
+    from src.tracking.runs import log_params
 
     OmegaConf.resolve(cfg)  # ${hydra:...} now, before jobs swap HydraConfig for their own
     with refuse_bad_input():

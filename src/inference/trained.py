@@ -85,7 +85,7 @@ def load_model(trained: Trained) -> nn.Module:
     """The run's backbone with its trained weights, in eval mode; fills trained.class_names."""
     from omegaconf import OmegaConf
 
-    from src.train import build
+    from src.config import build
 
     state = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)
     # The backbone's weights only (the module also holds the task's class weights, thresholds).

@@ -23,8 +23,8 @@ from src.tracking.resume import (
     find_resume_point,
     reopen,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.faults import HOLD_LOCK
+from tests.helpers.jobs import ROOT
 
 
 def _checkpoint(path: Path, epoch: int) -> None:
@@ -50,7 +50,10 @@ def test_the_newest_loadable_checkpoint_is_chosen(tmp_path):
 
 def test_a_run_lock_is_held_by_one_process_and_freed_when_it_dies(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "locked"
     assert not RunLock(tmp_path).acquire()
@@ -60,16 +63,6 @@ def test_a_run_lock_is_held_by_one_process_and_freed_when_it_dies(tmp_path):
     assert lock.acquire()  # the OS dropped the dead holder's lock
     assert not RunLock(tmp_path).acquire()  # and now this process holds it
     lock.release()
-
-
-HOLD = """
-import sys, time
-from src.tracking.claim import RunLock
-lock = RunLock(sys.argv[1])
-assert lock.acquire()
-print("locked", flush=True)
-time.sleep(600)
-"""
 
 
 def test_a_resumed_run_logs_only_steps_it_does_not_have():

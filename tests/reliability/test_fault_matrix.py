@@ -4,8 +4,6 @@ no run left RUNNING (a dead run that could not be resumed ends KILLED, with the 
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +12,8 @@ import mlflow
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.jobs import ROOT, child_env, default_signals
+
 EPOCHS = 3
 PER_EPOCH = ("val/acc", "val/loss", "val/f1_macro")
 # A training epoch's own aggregates are logged after its validation checkpoint: a kill in that
@@ -22,13 +21,6 @@ PER_EPOCH = ("val/acc", "val/loss", "val/f1_macro")
 TRAIN_EPOCH = ("train/loss_epoch", "train/acc")
 
 pytestmark = pytest.mark.slow
-
-
-def default_signals() -> None:
-    """The child handles SIGINT/SIGTERM even when pytest runs as a background job (which ignores
-    SIGINT, a setting children inherit)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def command(tmp: Path, launch: str, extra=()) -> list[str]:
@@ -40,20 +32,14 @@ def command(tmp: Path, launch: str, extra=()) -> list[str]:
         "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "logger.mlflow.log_model=false",
         "experiment_name=faults", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / launch}",
-        "+callbacks.kill._target_=tests.reliability.faults.KillFromEnv",
+        "+callbacks.kill._target_=tests.helpers.faults.KillFromEnv",
         *extra,
     ]  # fmt: skip
 
 
-def environment(**faults: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PROJECT_ROOT=str(ROOT), OMP_NUM_THREADS="1", **faults)
-    return env
-
-
 def start(tmp: Path, launch: str, extra=(), **faults: str) -> subprocess.Popen:
     return subprocess.Popen(
-        command(tmp, launch, extra), cwd=ROOT, env=environment(**faults),
+        command(tmp, launch, extra), cwd=ROOT, env=child_env(OMP_NUM_THREADS="1", **faults),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
     )  # fmt: skip
 

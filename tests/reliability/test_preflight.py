@@ -3,7 +3,6 @@ with one line that names the key, and no MLflow store, run or output folder exis
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +13,9 @@ import pytest
 from PIL import Image
 
 from src.errors import InvalidInput
-from src.train import train
-from tests.conftest import compose_train
-from tests.reliability.test_claim import HOLD
-from tests.reliability.test_fault_matrix import default_signals
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.compose import compose_train, train
+from tests.helpers.faults import HOLD_LOCK
+from tests.helpers.jobs import ROOT, child_env, default_signals
 
 # Refused by the config alone: no data or model is built (fast).
 BY_CONFIG = [
@@ -145,7 +141,7 @@ def test_resume_of_a_finished_run_is_refused(tmp_path, tiny_overrides):
 
 
 def test_resume_with_another_config_names_the_keys_that_differ(tmp_path, tiny_overrides):
-    from src.train import flat_params
+    from src.training import flat_params
 
     output = tmp_path / "old"
     (output / "checkpoints").mkdir(parents=True)
@@ -170,7 +166,7 @@ def test_resume_of_a_run_in_use_is_refused(tmp_path, tiny_overrides):
     tags = {"config_fingerprint": fingerprint, "output_dir": str(output), "pid": "1"}
     run_id = _store_with_run(tmp_path, "RUNNING", tags, {})
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(output)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(output)], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -231,10 +227,10 @@ CLI_CASES = {
 def test_command_line_refusals_exit_2_with_one_line(tmp_path, case):
     """On the command line: exit code 2, one error line, no traceback, nothing created."""
     arguments, fragment = CLI_CASES[case]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PROJECT_ROOT=str(ROOT), MLFLOW_TRACKING_URI=f"sqlit:///{tmp_path}/x.db")
-    if case != "tracking-uri":
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    bad_uri = case == "tracking-uri"
+    env = child_env(
+        MLFLOW_TRACKING_URI=f"sqlit:///{tmp_path}/x.db" if bad_uri else f"sqlite:///{tmp_path}/m.db"
+    )
     result = subprocess.run(
         [sys.executable, "-m", *arguments, f"paths.root_dir={tmp_path}",
          f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],

@@ -77,3 +77,15 @@ class PoisonWeights(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             pl_module.model.get_classifier().weight.data.fill_(float("nan"))
+
+
+# A child that takes a run's lock (src.tracking.claim.RunLock) on argv[1], says "locked", and
+# holds it as a live training process would: `python -c HOLD_LOCK <output_dir>`.
+HOLD_LOCK = """
+import sys, time
+from src.tracking.claim import RunLock
+lock = RunLock(sys.argv[1])
+assert lock.acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
