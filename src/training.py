@@ -97,6 +97,8 @@ class Job:
         except BaseException as error:
             record_failure(loggers, error)
             raise
+        if trainer.is_global_zero:
+            report_outcome(metrics, loggers, output_dir)
         return metrics
 
 
@@ -147,7 +149,6 @@ def prepare(cfg: DictConfig, choices) -> Job:
 def build_trainer(cfg: DictConfig, point, fingerprint: str, check_only: bool = False):
     """(loggers, trainer). check_only: the Trainer's own argument checks, nothing opened."""
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from src.config import build
     from src.tracking.callbacks import SameConfigOnEveryRank
@@ -170,8 +171,6 @@ def build_trainer(cfg: DictConfig, point, fingerprint: str, check_only: bool = F
     ]
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
-    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SameConfigOnEveryRank(fingerprint))
     return loggers, instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -193,6 +192,18 @@ def finished_metrics(cfg: DictConfig, run_id: str) -> dict[str, float]:
     return dict(MlflowClient(cfg.paths.tracking_uri).get_run(run_id).data.metrics)
 
 
+def report_outcome(metrics: dict[str, float], loggers, output_dir: Path) -> None:
+    """The test scores, then the last line: the MLflow run id and the run's folder."""
+    from src.tracking.loggers import mlflow_loggers
+    from src.tracking.store import done_line
+
+    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
+        log.info("%s = %.4f", key, metrics[key])
+    mlflow = mlflow_loggers(loggers)
+    run_id, uri = (mlflow[0].run_id, mlflow[0]._tracking_uri) if mlflow else (None, None)
+    log.info(done_line(run_id, output_dir, uri))
+
+
 def open_run(
     cfg: DictConfig, choices, loggers, point, fingerprint: str, datamodule, config_file: Path
 ):
@@ -200,7 +211,7 @@ def open_run(
     shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
     from src.config import run_tags
     from src.similarity.tracking import attach_similarity, similarity_key
-    from src.tracking.loggers import log_run_metadata, mlflow_loggers
+    from src.tracking.loggers import log_dataset, log_run_metadata, mlflow_loggers
     from src.tracking.resume import process_tags, reopen, retire_dead_runs
     from src.tracking.secrets import redact
 
@@ -213,4 +224,8 @@ def open_run(
             reopen(logger, point)
         else:  # an earlier run of this config that died is not resumed: it ends KILLED
             retire_dead_runs(logger, fingerprint)
+    if not point:  # a resumed run has its input already
+        subset = {key: tags[key] for key in ("fraction", "samples_per_class")}
+        source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
+        log_dataset(loggers, tags["dataset"], source, datamodule, subset)
     attach_similarity(loggers, similarity_key(cfg, choices))  # the scores measured before training

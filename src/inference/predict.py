@@ -42,9 +42,10 @@ def image_files(paths: Iterable[str]) -> list[Path]:
 def read_images(files: list[Path]) -> list[Image.Image]:
     """Every file decoded as RGB up front, so a non-image stops the job before any prediction."""
     from src.data.files import read_rgb  # as training read them: 16-bit, alpha, EXIF alike
+    from src.progress import progress
 
     images = []
-    for file in files:
+    for file in progress(files, desc="Reading images", unit="img"):
         try:
             images.append(read_rgb(file))
         except (UnidentifiedImageError, OSError, ValueError) as error:
@@ -57,8 +58,11 @@ def probabilities(
     model: nn.Module, images: list[Image.Image], transform: Callable, batch_size: int = 32
 ) -> torch.Tensor:
     """Softmax over the model's classes, one row per image."""
+    from src.progress import progress
+
     rows = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in progress(starts, desc="Predicting", unit="batch"):
         batch = torch.stack([transform(image) for image in images[start : start + batch_size]])
         rows.append(model(batch).softmax(dim=-1))
     return torch.cat(rows)
