@@ -20,7 +20,7 @@ from src.data.identity import split_identity
 from src.data.sampling import BalancedSampler, EpochShuffle, inverse_frequency
 from src.data.sources import ArrayImages, LabelledImages, Source
 from src.data.splits import SplitIndices, cap_per_class, carve_test, split_official, split_pool
-from src.data.validation import check_settings
+from src.data.validation import check_pool, check_settings, check_splits
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class TransferDataModule(L.LightningDataModule):
     def splits(self) -> SplitIndices:
         """Indices into the pool (train, val), the official val images and the test images."""
         splits = self._split()
+        if not self.multilabel:
+            self._check_coverage(splits)
         if self.test_samples_per_class is not None:
             # The same test images for every run and seed, so results stay comparable.
             test = self.source.test if self.source.test is not None else self.source.pool
@@ -125,6 +127,8 @@ class TransferDataModule(L.LightningDataModule):
             pool_idx, test_idx = carve_test(pool.targets, self.test_fraction, TEST_SPLIT_SEED)
         else:
             test_idx = np.arange(len(test))
+        if not self.multilabel:
+            check_pool(self.classes, pool.targets[pool_idx], self.samples_per_class, test is None)
         return split_pool(
             pool.targets,
             pool_idx,
@@ -133,6 +137,22 @@ class TransferDataModule(L.LightningDataModule):
             self.samples_per_class,
             self.val_fraction,
             self.seed,
+        )
+
+    def _check_coverage(self, splits: SplitIndices) -> None:
+        """Every class in train (and, where this module splits, in val and test)."""
+        counts = {
+            split: np.bincount(
+                self.images(split).targets[getattr(splits, split)], minlength=self.num_classes
+            )
+            for split in ("train", "val", "test")
+        }
+        check_splits(
+            self.classes,
+            counts,
+            self.val_fraction if self.source.val is None else None,
+            self.test_fraction if self.source.test is None else None,
+            self.samples_per_class,
         )
 
     @property

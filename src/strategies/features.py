@@ -320,7 +320,8 @@ class FeatureExtract(Strategy):
             )
 
     def fit(self, trainer, module, datamodule, ckpt_path: str | None = None) -> None:
-        # Cached features make a rerun cheap: a resumed feature_extract job simply runs again.
+        # Cached features make a rerun cheap: a resumed job extracts (reads) them again, and the
+        # linear head continues from its checkpoint (a scikit-learn head is simply refitted).
         features, stats = self._features(trainer, module, datamodule, ("train", "val"))
         balanced = datamodule.sampler == "balanced"
         self.features = FeatureDataModule(
@@ -347,7 +348,7 @@ class FeatureExtract(Strategy):
             copy.deepcopy(module.task),  # its own metrics and thresholds
         )
         if self.classifier == "linear":
-            trainer.fit(self.head_module, datamodule=self.features)
+            trainer.fit(self.head_module, datamodule=self.features, ckpt_path=ckpt_path)
         else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
             trainer.validate(self.head_module, datamodule=self.features)
 
