@@ -31,6 +31,7 @@ class SingleLabel(nn.Module):
     """Softmax over classes, cross-entropy (class-weighted with class_weights)."""
 
     multilabel = False
+    probabilistic = True  # scores are logits: the loss and calibration error mean something
 
     def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -43,6 +44,12 @@ class SingleLabel(nn.Module):
 
     def check(self, regularisation, monitor: str) -> None:
         """Every regulariser and monitor works with one label per image."""
+
+    def for_margins(self) -> None:
+        """Scores that are not logits (SVM margins): no loss and no calibration error logged."""
+        self.probabilistic = False
+        n = len(self.class_names)
+        self.scalars = nn.ModuleDict({s: scalar_metrics(n, f"{s}/", False) for s in STAGES})
 
     def criterion(self, regularisation) -> nn.Module:
         """The training loss: label smoothing and mixup's soft targets from the regulariser."""
@@ -87,6 +94,7 @@ class MultiLabel(nn.Module):
     each label's threshold is set where its validation F1 is highest; test F1 uses those."""
 
     multilabel = True
+    probabilistic = True
 
     def __init__(self, class_names: list[str], pos_weight: torch.Tensor | None = None):
         super().__init__()
@@ -109,6 +117,10 @@ class MultiLabel(nn.Module):
                 f"monitor.metric={monitor} is not logged for a multi-label data set: choose one of "
                 f"{valid} (e.g. monitor.metric=val/auroc; monitor.mode=min for val/loss)."
             )
+
+    def for_margins(self) -> None:
+        """SVM margins: ranks (AUROC, AP) and thresholds hold, a loss would not."""
+        self.probabilistic = False
 
     def criterion(self, regularisation) -> nn.Module:
         return SmoothedBCE(regularisation.label_smoothing, self.pos_weight)

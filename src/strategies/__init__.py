@@ -9,9 +9,12 @@ re-applies exactly the state of its epoch (Lightning's BackboneFinetuning re-fre
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning.pytorch as L
+import torch
 from torch import nn
 
 from src.strategies.groups import (
@@ -35,6 +38,7 @@ __all__ = [
     "FeatureExtract",
 ]
 
+log = logging.getLogger(__name__)
 BN_POLICIES = ("train", "freeze_stats", "frozen")
 
 
@@ -311,30 +315,19 @@ class FeatureExtract(Strategy):
 
     def fit(self, trainer, module, datamodule, ckpt_path: str | None = None) -> None:
         # Cached features make a rerun cheap: a resumed feature_extract job simply runs again.
-        from src.strategies.features import (
-            FeatureDataModule,
-            LinearHead,
-            SklearnHead,
-            sklearn_classifier,
-        )
+        from src.strategies.features import FeatureDataModule
 
         features, stats = self._features(trainer, module, datamodule, ("train", "val"))
         balanced = datamodule.sampler == "balanced"
         self.features = FeatureDataModule(
             features, datamodule.batch_size, datamodule.seed, balanced=balanced
         )
-        num_features, num_classes = features["train"][0].shape[1], len(module.class_names)
-        if self.classifier == "linear":  # the task's loss carries any class weights
-            head = LinearHead(
-                num_features, num_classes, dropout=getattr(module.model, "drop_rate", 0.0)
-            )
-        else:  # scikit-learn's class_weight="balanced" is the same inverse-frequency rule
-            weigh = balanced or datamodule.class_weights == "auto"
-            fitted = sklearn_classifier(
-                self.classifier, self.C, self.max_iter, datamodule.seed, weigh, module.task
-            )
-            fitted.fit(features["train"][0].numpy(), features["train"][1].numpy())
-            head = SklearnHead(fitted, num_classes)
+        head = self._head(module, datamodule, *features["train"])
+        from src.strategies.heads import is_probabilistic
+
+        task = copy.deepcopy(module.task)  # its own metrics and thresholds
+        if not is_probabilistic(self.classifier):
+            task.for_margins()  # SVM margins: no loss, no calibration error
         self.head_module = type(module)(
             head,
             Strategy(),
@@ -342,17 +335,86 @@ class FeatureExtract(Strategy):
             module.scheduler_factory,
             module.regularisation,
             module.class_names,
-            copy.deepcopy(module.task),  # its own metrics and thresholds
+            task,
         )
         if self.classifier == "linear":
             trainer.fit(self.head_module, datamodule=self.features)
+            self._load_best_head(trainer)
         else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
             trainer.validate(self.head_module, datamodule=self.features)
+        self._ship(trainer, module)
+
+    def _head(self, module, datamodule, features, labels) -> nn.Module:
+        """The classifier on features: a torch layer to train, or scikit-learn's fitted one as
+        its exact torch equivalent (src/strategies/heads.py)."""
+        from src.strategies.features import LinearHead, sklearn_classifier
+        from src.strategies.heads import KernelSVM, affine, install_linear
+
+        num_features, num_classes = features.shape[1], len(module.class_names)
+        if self.classifier == "linear":  # the task's loss carries any class weights
+            dropout = getattr(module.model, "drop_rate", 0.0)
+            return LinearHead(num_features, num_classes, dropout=dropout)
+        # scikit-learn's class_weight="balanced" is the same inverse-frequency rule
+        weigh = datamodule.sampler == "balanced" or datamodule.class_weights == "auto"
+        fitted = sklearn_classifier(
+            self.classifier, self.C, self.max_iter, datamodule.seed, weigh, module.task
+        )
+        fitted.fit(features.numpy(), labels.numpy())
+        if self.classifier == "svm":
+            return KernelSVM.from_fitted(fitted, num_classes)
+        weight, bias = affine(fitted, num_classes)
+        head = LinearHead(num_features, num_classes)
+        install_linear(head, torch.from_numpy(weight), torch.from_numpy(bias))
+        return head
+
+    def _load_best_head(self, trainer) -> None:
+        """The head of the best validation epoch, as Strategy.test would test it."""
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            state = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+            self.head_module.load_state_dict(state["state_dict"])
+
+    def _ship(self, trainer, module) -> None:
+        """The run's checkpoints become the whole model: the backbone with this head as its
+        classifier, the task's thresholds, the class names, so eval, predict and export load a
+        feature_extract run like any other. A linear head rewrites each checkpoint it trained
+        (best and last keep their own head); a scikit-learn head writes last.ckpt."""
+        from src.strategies.features import LinearHead
+        from src.strategies.heads import head_record, install_linear, replace_classifier
+
+        callback = trainer.checkpoint_callback
+        if callback is None or not callback.dirpath or not trainer.is_global_zero:
+            return
+        folder = Path(callback.dirpath)
+        folder.mkdir(parents=True, exist_ok=True)
+        head = self.head_module.model
+        saved = sorted(folder.glob("*.ckpt")) if self.classifier == "linear" else []
+        for path in saved or [folder / "last.ckpt"]:
+            state = (
+                torch.load(path, map_location="cpu", weights_only=True)
+                if path.is_file()
+                else {"state_dict": self.head_module.state_dict(), "epoch": 0, "global_step": 0}
+            )
+            trained = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+            if isinstance(head, LinearHead):
+                install_linear(module.model, trained["fc.weight"], trained["fc.bias"])
+            else:
+                replace_classifier(module.model, head)
+            tasks = {k: v for k, v in state["state_dict"].items() if k.startswith("task.")}
+            state["state_dict"] = {
+                **{f"model.{k}": v for k, v in module.model.state_dict().items()},
+                **tasks,
+            }
+            state["class_names"] = list(module.class_names)
+            state["head"] = head_record(self.classifier, head)
+            torch.save(state, path)
+        log.info("Checkpoints in %s hold the backbone with its %s head", folder, self.classifier)
 
     def test(self, trainer, module, datamodule) -> dict:
         assert self.head_module is not None, "fit() first"
         self.features.features.update(self._features(trainer, module, datamodule, ("test",))[0])
-        return super().test(trainer, self.head_module, self.features)
+        # The head already holds its best epoch; the checkpoints now hold the whole model.
+        return trainer.test(self.head_module, datamodule=self.features)[0]
 
     def _features(self, trainer, module, datamodule, splits: tuple[str, ...]) -> tuple[dict, dict]:
         """Cached features of `splits` (test only when testing), cache statistics logged."""

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
@@ -173,40 +172,6 @@ class LinearHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(features))
-
-
-class SklearnHead(nn.Module):
-    """A fitted scikit-learn classifier behind a torch forward, so it is scored, logged and plotted
-    by the same metrics and callbacks as every other run. Returns class probabilities where the
-    classifier has them, decision scores otherwise (SVMs)."""
-
-    def __init__(self, classifier, num_classes: int):
-        super().__init__()
-        self.classifier, self.num_classes = classifier, num_classes
-        self.fc = nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.cpu().numpy()
-        scores = (
-            self.classifier.predict_proba(x)
-            if hasattr(self.classifier, "predict_proba")
-            else self.classifier.decision_function(x)
-        )
-        scores = np.asarray(scores, dtype=np.float32)
-        if scores.ndim == 1:  # binary decision_function: one margin per sample
-            scores = np.stack([-scores, scores], axis=1)
-        if self.multilabel and hasattr(self.classifier, "predict_proba"):
-            # per-label probabilities -> log-odds: the task applies a sigmoid to logits
-            probs = np.clip(scores, 1e-6, 1 - 1e-6)
-            scores = np.log(probs) - np.log1p(-probs)
-        return torch.from_numpy(scores).to(features.device)
-
-    @property
-    def multilabel(self) -> bool:
-        return hasattr(self.classifier[-1], "estimators_") and self.classifier[-1].multilabel_
 
 
 def sklearn_classifier(
