@@ -388,11 +388,12 @@ class FeatureExtract(Strategy):
         folder = Path(callback.dirpath)
         folder.mkdir(parents=True, exist_ok=True)
         head = self.head_module.model
-        saved = sorted(folder.glob("*.ckpt")) if self.classifier == "linear" else []
+        trained_here = {callback.best_model_path, callback.last_model_path} - {""}
+        saved = sorted(map(Path, trained_here)) if self.classifier == "linear" else []
         for path in saved or [folder / "last.ckpt"]:
             state = (
                 torch.load(path, map_location="cpu", weights_only=True)
-                if path.is_file()
+                if saved
                 else {"state_dict": self.head_module.state_dict(), "epoch": 0, "global_step": 0}
             )
             trained = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
