@@ -46,7 +46,9 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
         if trained.thresholds is not None:
             P.write_label_csv(Path(cfg.csv), files, scores.sigmoid(), names, trained.thresholds)
         else:
-            P.write_csv(Path(cfg.csv), files, tops, "probability" if trained.probabilistic else "score")
+            P.write_csv(
+                Path(cfg.csv), files, tops, "probability" if trained.probabilistic else "score"
+            )
         log.info("Predictions written to %s", cfg.csv)
     return tops
 

@@ -95,7 +95,9 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
         "data.fractions=[0.5,1.0]", "data.seeds=[0]",
         "train_overrides=[" + ",".join(f"'{o}'" for o in TRAIN) + "]",
     )  # fmt: skip
-    advice = json.loads((tmp_path / "outputs" / "advise" / "imagefolder" / "advice.json").read_text())
+    advice = json.loads(
+        (tmp_path / "outputs" / "advise" / "imagefolder" / "advice.json").read_text()
+    )
     winner = advice["winning_run"]
     assert winner and advice["command"].startswith("python -m src.train ")
     assert f"dataset.source.root={folder}" in advice["command"]

@@ -60,8 +60,11 @@ def test_heads_give_scikit_learns_decision_values(kind, classes):
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     if kind == "logistic":  # the task's softmax gives the classifier's own probabilities
         probs = torch.from_numpy(scores.reshape(len(x), -1))
-        probs = probs.softmax(1) if classes > 2 else torch.stack([1 - probs.sigmoid()[:, 0],
-                                                                  probs.sigmoid()[:, 0]], 1)
+        probs = (
+            probs.softmax(1)
+            if classes > 2
+            else torch.stack([1 - probs.sigmoid()[:, 0], probs.sigmoid()[:, 0]], 1)
+        )
         np.testing.assert_allclose(probs.numpy(), pipeline.predict_proba(x), atol=1e-5)
 
 
@@ -173,7 +176,11 @@ def test_feature_extract_exports_match_its_checkpoint(runs, kind, tmp_path):
     run = runs[kind]
     overrides = [f"run_id={run['run_id']}", "formats=[torchscript,onnx]", f"output_dir={tmp_path}"]
     made = export_run(compose_entry("export", run["root"], overrides))  # checked to atol 1e-4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt", "provenance.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.onnx",
+        "model.pt",
+        "provenance.json",
+    ]
     metadata = {p.key: p.value for p in onnx.load(made["onnx"]).metadata_props}
     assert json.loads(metadata["class_names"]) == [str(i) for i in range(10)]
     assert json.loads(metadata["input_size"]) == [3, 32, 32]
@@ -247,7 +254,7 @@ def test_multilabel_predict_uses_sigmoid_and_stored_thresholds(tmp_path):
     assert len(names) == 14 and len(rows) == 3
     for row, top in zip(rows, tops, strict=True):
         probs = np.array([float(row[n]) for n in names])
-        assert ((0 <= probs) & (probs <= 1)).all()
+        assert ((probs >= 0) & (probs <= 1)).all()
         chosen = [n for n, p, t in zip(names, probs, thresholds.tolist(), strict=True) if p >= t]
         assert row["labels"].split(";") == (chosen or [""])
         assert sorted(label for label, _ in top) == sorted(chosen)

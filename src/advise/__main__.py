@@ -90,19 +90,19 @@ def settings(cfg: DictConfig, data: list[str] = ()) -> dict:
     )
     chosen = {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in keys}
     chosen["search"] = {k: v for k, v in chosen["search"].items() if k != "storage"}
-    if data:  # another folder or other sizes are another advice (absent: the keys stay as they were)
+    if (
+        data
+    ):  # another folder or other sizes are another advice (absent: the keys stay as they were)
         chosen["dataset_overrides"] = list(data)
     return chosen
 
 
 def advise(cfg: DictConfig) -> Path:
     from src.advise.budget import Budget
-    from src.advise.jobs import compose
+    from src.advise.jobs import compose, dataset_overrides
     from src.advise.tracking import advice_key, parent_run
     from src.errors import refuse_bad_input
     from src.similarity.tracking import log_params
-
-    from src.advise.jobs import dataset_overrides
 
     # The user's data set node as given (root, sizes, fractions ...): every job gets all of it.
     given = OmegaConf.to_container(cfg.dataset, resolve=False) if cfg.get("dataset") else {}

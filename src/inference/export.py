@@ -105,8 +105,10 @@ def export(
     exporter, suffix = EXPORTERS[fmt]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"model.{suffix}"
-    forward = exporter(model, example, path, metadata) if fmt == "onnx" else exporter(
-        model, example, path
+    forward = (
+        exporter(model, example, path, metadata)
+        if fmt == "onnx"
+        else exporter(model, example, path)
     )
     with torch.no_grad():
         error = max_abs_difference(reference_logits(model, example), forward(example))
