@@ -101,6 +101,7 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
     winner = advice["winning_run"]
     assert winner and advice["command"].startswith("python -m src.train ")
     assert f"dataset.source.root={folder}" in advice["command"]
+    assert "backbone.input_size=[3,48,48]" in advice["command"]
     assert "enable_progress_bar" not in advice["command"] and "paths." not in advice["command"]
     results = (tmp_path / "outputs" / "advise" / "imagefolder" / "RESULTS.md").read_text()
     assert winner in results

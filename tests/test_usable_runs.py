@@ -218,6 +218,17 @@ def test_a_checkpoint_carrying_code_is_refused_and_never_runs(runs, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("num_classes", [3, None])
+def test_a_weights_file_carrying_code_is_refused_and_never_runs(tmp_path, num_classes):
+    from src.backbones import create_backbone
+
+    marker = tmp_path / "payload-ran"
+    torch.save({"classifier.weight": Payload(marker)}, tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match="refused, the file holds more than plain tensors"):
+        create_backbone("mobilenetv2_100", num_classes, weights=str(tmp_path / "weights.pth"))
+    assert not marker.exists()
+
+
 def test_no_source_file_loads_without_weights_only():
     found = subprocess.run(
         ["grep", "-rn", "weights_only=False", str(ROOT / "src")], capture_output=True, text=True
@@ -287,6 +298,8 @@ def test_the_reproduce_command_keeps_only_what_differs_from_the_defaults():
         "backbone=mobilenetv2",
         "dataset=imagefolder",
         *internal,
+        "logger.mlflow.log_model=false",
+        "backbone.input_size=[3,48,48]",
         "dataset.source.root=/data/crops",
         "trainer.max_epochs=3",
         "test=true",
@@ -296,9 +309,9 @@ def test_the_reproduce_command_keeps_only_what_differs_from_the_defaults():
         "strategy.classifier=logistic",
     ]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        line = command(minimal(overrides, internal))
+        line = command(minimal(overrides))
     assert line == (
-        "python -m src.train backbone=mobilenetv2 dataset=imagefolder "
+        "python -m src.train backbone=mobilenetv2 dataset=imagefolder backbone.input_size=[3,48,48] "
         "dataset.source.root=/data/crops trainer.max_epochs=3 strategy=feature_extract strategy.C=0.5"
     )
 

@@ -120,12 +120,30 @@ def dataset_overrides(name: str, given: dict) -> list[str]:
     return node_overrides("dataset", given, default)
 
 
-def minimal(overrides: list[str], internal: list[str]) -> list[str]:
-    """The overrides that matter for a rerun: not the `internal` ones (progress bars, workers,
-    paths), and no `key=value` whose value is already conf/train.yaml's under the same choices."""
+# How a job runs, not what it trains: left out of a reproduce command.
+INTERNAL = (
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "logger.",
+    "dataset.num_workers",
+    "paths.",
+    "experiment_name",
+    "study",
+    "hydra.",
+)
+
+
+def minimal(overrides: list[str], internal: list[str] = ()) -> list[str]:
+    """The overrides that matter for a rerun: not the `internal` ones nor any INTERNAL key
+    (progress bars, logging, workers, paths), and no `key=value` whose value is already
+    conf/train.yaml's under the same choices."""
     from omegaconf import OmegaConf
 
-    kept = [o for o in overrides if o not in internal]
+    kept = [
+        o
+        for o in overrides
+        if o not in internal and not o.split("=", 1)[0].lstrip("+~").startswith(INTERNAL)
+    ]
     choices = [o for o in kept if "." not in o.split("=", 1)[0]]
     full, base = compose("train", kept), compose("train", [o for o in choices if _is_group(o)])
 

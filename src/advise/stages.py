@@ -148,8 +148,7 @@ class Stages:
     def command(self, overrides: list[str] | None) -> str | None:
         """The shortest `python -m src.train` line that trains the winner: the choices and the
         values that differ from the defaults, nothing internal (progress bar, workers, paths)."""
-        internal = [*self.cfg.train_overrides, *self.where]
-        return command(minimal(overrides, internal)) if overrides else None
+        return command(minimal(overrides, self.where)) if overrides else None
 
     def log_metrics(self, advice: Advice) -> None:
         mean, std, seeds = accuracy(advice.data)
