@@ -264,11 +264,13 @@ def test_multilabel_predict_uses_sigmoid_and_stored_thresholds(tmp_path):
     names = [n for n in rows[0] if n not in ("file", "labels")]
     assert len(names) == 14 and len(rows) == 3
     for row, top in zip(rows, tops, strict=True):
-        probs = np.array([float(row[n]) for n in names])
-        assert ((probs >= 0) & (probs <= 1)).all()
-        chosen = [n for n, p, t in zip(names, probs, thresholds.tolist(), strict=True) if p >= t]
-        assert row["labels"].split(";") == (chosen or [""])
-        assert sorted(label for label, _ in top) == sorted(chosen)
+        labels = set(row["labels"].split(";")) - {""}
+        assert labels == {label for label, _ in top}  # the CSV says what was printed
+        for name, threshold in zip(names, thresholds.tolist(), strict=True):
+            p = float(row[name])  # a sigmoid, printed to 6 decimals
+            assert 0 <= p <= 1
+            if abs(p - threshold) > 1e-5:
+                assert (name in labels) == (p >= threshold), (name, p, threshold)
 
 
 # --- the advisor's jobs and command ----------------------------------------------------------
