@@ -1,4 +1,5 @@
-# One command each: `make train` (set up + main job), `make test` (set up + fast tests).
+# One command each: `make train` (set up + main job), `make test` (set up + fast tests, <= 5 min on
+# 2 cores), `make test-all` (every test, `slow` ones included: what CI runs).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,6 +29,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) -m src.train $(ARGS)
 
+# Both print the 15 slowest tests (--durations=15 in pyproject's addopts).
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 

@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 
 def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     """Refuse bad input, rebuild the model from its run, score the split, log into the run."""
+    from src.config import build
+    from src.data.preprocessing import batch_eval_transform, eval_transform
     from src.errors import refuse_bad_input
     from src.inference.evaluate import check_classes, eval_prefix, evaluate, log_eval
     from src.inference.trained import data_config, load_model, locate
-    from src.regularisation import batch_eval_transform, eval_transform
-    from src.train import build
 
     # 1. Everything that can be wrong is checked before any data is scored.
     with refuse_bad_input():

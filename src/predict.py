@@ -18,11 +18,11 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     """Per image, the top-k (label, probability): softmax over classes; for a multi-label model
     every label whose sigmoid reaches its stored threshold; for an SVM head its margins (score).
     Printed, and written to cfg.csv when set."""
+    from src.config import build
+    from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
     from src.inference import predict as P
     from src.inference.trained import Trained, data_config, load_model, locate
-    from src.regularisation import eval_transform
-    from src.train import build
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():

@@ -14,26 +14,23 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
-from omegaconf import open_dict
 
 from src.advise.budget import Budget
 from src.advise.curve import fit, power_law
 from src.errors import InvalidInput
+from tests.helpers.compose import compose_config
+from tests.helpers.jobs import ROOT, tiny
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = [
-    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+# The tiny job; the data set and the epochs are the advisor's to set.
+TRAIN = tiny(
     "logger.mlflow.log_model=false", "dataset.num_workers=0", "dataset.samples_per_class=10",
-    "dataset.batch_size=16", "backbone.input_size=[3,32,32]", "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
-]  # fmt: skip
+    "dataset.batch_size=16", "trainer.limit_train_batches=2",
+    without=("dataset", "trainer.max_epochs"),
+)  # fmt: skip
 
 
-def tiny(tmp_path: Path, budget: str) -> list[str]:
+def advice(tmp_path: Path, budget: str) -> list[str]:
     """An advice over one backbone and the two cheap strategies, everything in tmp_path."""
     return [
         "dataset=digits",
@@ -55,13 +52,7 @@ def tiny(tmp_path: Path, budget: str) -> list[str]:
 def advise_in_process(overrides: list[str]) -> Path:
     from src.advise.__main__ import advise
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("advise", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            del cfg.hydra  # as hydra.main hands it over
-        return advise(cfg)
+    return advise(compose_config("advise", None, overrides))
 
 
 def advise_command(overrides: list[str]) -> list[str]:
@@ -133,12 +124,13 @@ def test_budget_refuses_nonsense(text):
 )
 def test_bad_input_is_refused_before_any_run(tmp_path, override, message):
     with pytest.raises(InvalidInput, match=message):
-        advise_in_process([*tiny(tmp_path, "1t"), override])
+        advise_in_process([*advice(tmp_path, "1t"), override])
     assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(
         f"sqlite:///{tmp_path}/mlflow.db"
     ).search_experiments(filter_string="name = 'advise'")
 
 
+@pytest.mark.slow
 def test_unknown_dataset_exits_2_with_one_line(tmp_path):
     done = subprocess.run(
         advise_command(["dataset=nope", "budget=5m", f"paths.root_dir={tmp_path}"]),
@@ -149,8 +141,9 @@ def test_unknown_dataset_exits_2_with_one_line(tmp_path):
 
 
 # --- budget and resume on real runs -------------------------------------------------------------
+@pytest.mark.slow
 def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
-    report = advise_in_process(tiny(tmp_path, "2s"))
+    report = advise_in_process(advice(tmp_path, "2s"))
     text = report.read_text()
     # The ranking's one candidate always runs and takes longer than 2 s on any machine; after it
     # every stage's share of the budget is spent, so nothing else may start, however fast.
@@ -161,8 +154,9 @@ def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
     assert not [r for r in runs if r.data.tags.get("advise_stage") == "data"]
 
 
+@pytest.mark.slow
 def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
-    command = advise_command(tiny(tmp_path, "3t"))  # 2 search trials, 1 data run
+    command = advise_command(advice(tmp_path, "3t"))  # 2 search trials, 1 data run
     log = tmp_path / "first.log"
     with log.open("w") as out:
         first = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,12 @@ from skimage import data
 from timm.data import create_transform, resolve_model_data_config
 
 from src.backbones import PretrainedWeightsUnavailable, create_backbone
-from src.backbones.offline import load_packaged_weights, map_by_key_order
+from src.backbones.offline import (
+    OFFLINE_BACKBONES,
+    PACKAGED_WEIGHTS,
+    load_packaged_weights,
+    map_by_key_order,
+)
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
@@ -27,17 +33,26 @@ def imagenet_top1(model: torch.nn.Module, photo: np.ndarray) -> tuple[int, float
     return int(probs.argmax()), float(probs.max())
 
 
-@pytest.mark.parametrize("architecture", ["tf_efficientnet_lite0", "mobilenetv2_100"])
-def test_packaged_weights_recognise_the_cat(architecture):
+PACKAGED = sorted(PACKAGED_WEIGHTS)
+
+
+def test_every_offline_backbone_has_packaged_weights():
+    assert PACKAGED == [
+        "mobilenetv2_100",
+        "tf_efficientnet_lite0",
+        "tf_efficientnet_lite1",
+        "tf_efficientnet_lite2",
+    ]
+    assert sorted(OFFLINE_BACKBONES.values()) == PACKAGED
+
+
+@pytest.mark.parametrize("architecture", PACKAGED)
+def test_packaged_weights_recognise_the_cat_and_the_espresso(architecture):
+    # At each model's native resolution (224 / 240 / 260 px): a wrong key order or mean/std fails.
     model = timm.create_model(architecture, pretrained=False)
     load_packaged_weights(model, architecture)
     label, prob = imagenet_top1(model, data.chelsea())
     assert label == EGYPTIAN_CAT and prob > 0.5, (label, prob)
-
-
-def test_packaged_mobilenet_recognises_espresso():
-    model = timm.create_model("mobilenetv2_100", pretrained=False)
-    load_packaged_weights(model, "mobilenetv2_100")
     assert imagenet_top1(model, data.coffee())[0] == ESPRESSO
 
 
@@ -96,6 +111,8 @@ def _assert_clear_offline_error(call) -> None:
     message = str(error.value)
     for hint in (
         "backbone=efficientnet_lite0",
+        "backbone=efficientnet_lite1",
+        "backbone=efficientnet_lite2",
         "backbone=mobilenetv2",
         "backbone.pretrained=false",
     ):
@@ -112,3 +129,18 @@ def test_unreachable_hub_stops_with_the_alternatives(monkeypatch):
     monkeypatch.setattr("src.backbones._reachable", lambda *args: False)
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
     _assert_clear_offline_error(lambda: create_backbone("vgg16.tv_in1k", num_classes=10))
+
+
+def test_advisor_candidates_and_imagenet_top1_cover_the_four_offline_backbones():
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        advise = compose("advise", overrides=["dataset=digits"])
+        report = compose("report")
+    assert sorted(advise.candidates) == sorted(OFFLINE_BACKBONES)
+    top1 = report.imagenet_top1
+    assert report.plots.imagenet_vs_transfer.top1 == top1  # the plot reads the one table
+    assert "EfficientNet-Lite" in report.imagenet_top1_source  # the source is named
+    # MobileNetV2 < Lite0 < Lite1 < Lite2, as their publishers report them.
+    assert [top1[a] for a in PACKAGED] == [71.9, 75.1, 76.7, 77.6]

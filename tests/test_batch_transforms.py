@@ -9,10 +9,11 @@ import torch
 from hydra.utils import instantiate
 
 from src.data.batch_transforms import BatchTransform
+from src.data.preprocessing import batch_eval_transform, eval_transform
 from src.data.sources import digits
 from src.models.speed import SpeedUp
-from src.regularisation import Regularisation, batch_eval_transform, eval_transform
-from tests.conftest import compose_train
+from src.regularisation import Regularisation
+from tests.helpers.compose import compose_train
 
 CONFIG = {
     "input_size": (3, 64, 64),

@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from src.sweeps.runs import RUN_ATTR
 from src.sweeps.study import WORKER_ATTR, open_storage
-from tests.servers import create_database
-from tests.test_sweeps import ROOT, TINY
+from tests.helpers.jobs import ROOT, TINY_TRIAL, child_env
+from tests.helpers.servers import create_database
+
+pytestmark = pytest.mark.slow  # real PostgreSQL, mlflow server and worker processes
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -54,8 +57,8 @@ def start_worker(
     """A sweep worker; with `host`, as if on another machine of that name: its death cannot be
     seen from here (no pid to check), only its heartbeat going silent."""
     start = ["-c", AS_HOST] if host else ["-m", "src.train"]
-    command = [sys.executable, *start, "-m", *TINY, f"paths.root_dir={tmp_path}", *overrides]
-    environment = {**os.environ, **env, "PROJECT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, *start, "-m", *TINY_TRIAL, f"paths.root_dir={tmp_path}", *overrides]
+    environment = child_env(**env, OMP_NUM_THREADS="1")  # the cluster's MLflow server and study
     if host:
         environment["WORKER_HOST"] = host
     return subprocess.Popen(

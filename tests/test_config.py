@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.conftest import CONF_DIR, compose_train
+from tests.helpers.compose import CONF_DIR, compose_train
 
 GROUPS = [
     "backbone",

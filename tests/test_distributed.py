@@ -16,18 +16,15 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from src.eval import evaluate_run
-from tests.conftest import CONF_DIR
-from tests.test_train import artifact_paths
-from tests.test_use import compose_entry
+from tests.helpers.compose import artifact_paths, compose_entry
+from tests.helpers.jobs import ROOT, child_env
 
-ROOT = CONF_DIR.parent
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def run_cli(tmp_path: Path, overrides: list[str], log: str = "train.log") -> str:
     """`python -m src.train ...` writing into tmp_path; returns its output (fails on non-zero)."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"PROJECT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     command = [
         sys.executable,
         "-m",
@@ -50,6 +47,7 @@ def the_run(tmp_path: Path):
 
 
 # --- Done when 1: one run, complete metrics, val/acc = a single process on the checkpoint -------
+@pytest.mark.slow
 def test_ddp_on_two_cpu_ranks_logs_one_run_that_a_single_process_confirms(tmp_path, tiny_overrides):
     overrides = [
         *tiny_overrides,
@@ -93,6 +91,7 @@ def test_ddp_on_two_cpu_ranks_logs_one_run_that_a_single_process_confirms(tmp_pa
 
 
 # --- a strategy that unfreezes mid-run -------------------------------------------------------------
+@pytest.mark.slow
 def test_ddp_trains_through_a_mid_run_unfreeze(tmp_path, tiny_overrides):
     """lp_ft unfreezes the backbone at epoch 1: DDP tracks every parameter from the start and is
     told that the frozen ones go unused meanwhile."""

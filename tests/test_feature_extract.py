@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.train import train
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train, train
+
+pytestmark = pytest.mark.slow  # real training runs
 
 
 def feature_run(tmp_path, cache, *overrides):
@@ -53,3 +54,43 @@ def test_other_data_or_weights_miss_the_cache(tmp_path):
 def test_every_classifier_logs_test_metrics(tmp_path, classifier):
     metrics = feature_run(tmp_path, tmp_path / "cache", f"strategy.classifier={classifier}")
     assert 0.3 < metrics["test/acc"] <= 1.0 and "test/f1_macro" in metrics
+
+
+def test_a_list_of_C_is_chosen_on_validation():
+    # Kornblith et al.'s protocol: every C fitted on train, the best on val kept, test untouched.
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from src.strategies import FeatureExtract
+
+    rng = np.random.default_rng(0)
+
+    def split(n):  # 2 informative dimensions among 50 noisy ones: C matters
+        y = rng.integers(0, 3, n)
+        x = rng.normal(size=(n, 50))
+        x[:, :2] += np.eye(3)[y][:, :2] * 1.5
+        return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+    features = {"train": split(60), "val": split(300)}
+    grid = [10.0, 1e-4, 0.01, 1.0]  # unsorted on purpose
+    fitted, chosen = FeatureExtract(C=grid)._fit_sklearn(features, 0, False, None)
+    x, y = (t.numpy() for t in features["train"])
+    xv, yv = (t.numpy() for t in features["val"])
+    val = {
+        C: make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=0))
+        .fit(x, y)
+        .score(xv, yv)
+        for C in sorted(grid)
+    }
+    assert len(set(val.values())) > 1  # the choice is not a tie
+    assert chosen == max(val, key=val.get)  # the first best in ascending C
+    assert fitted.score(xv, yv) == val[chosen]
+
+
+@pytest.mark.parametrize("C", ["[]", "[0.1,-1]", "0", "[abc]"])
+def test_a_bad_C_is_refused(tmp_path, C):
+    with pytest.raises(ValueError, match="strategy.C"):
+        feature_run(tmp_path, tmp_path / "cache", f"strategy.C={C}")

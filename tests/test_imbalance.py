@@ -12,8 +12,7 @@ from src.data.imbalance import long_tailed
 from src.data.sampling import BalancedSampler, inverse_frequency
 from src.data.sources import digits
 from src.errors import InvalidInput
-from src.train import train
-from tests.conftest import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 
 
 def test_long_tailed_digits_thin_each_class_geometrically():
@@ -44,7 +43,7 @@ def test_balanced_sampler_draws_classes_evenly_and_repeats_per_epoch():
 
 
 def test_class_weights_reach_the_loss(tmp_path):
-    from src.train import build_data
+    from src.config import build_data
 
     cfg = compose_train(tmp_path, ["dataset=digits_lt", "dataset.class_weights=auto"])
     datamodule, _, _ = build_data(cfg)
@@ -68,6 +67,7 @@ LONG_TAILED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "balance",
     [[], ["dataset.class_weights=auto"], ["dataset.sampler=balanced"]],

@@ -7,7 +7,6 @@ photos: 6 classes, JPEG and PNG files, mixed sizes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.jobs import ROOT, child_env
+
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 PER_CLASS = 12
 
@@ -45,8 +45,7 @@ def photo_folder(root: Path) -> Path:
 
 def run(module: str, *overrides: str, timeout: int = 900) -> tuple[str, float]:
     """`python -m <module> <overrides>` from the project root; (output, seconds); fails loudly."""
-    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = child_env(OMP_NUM_THREADS="1")
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", module, *overrides],
@@ -144,7 +143,7 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
     steps["report"] = f"table.md in {seconds:.0f}s"
 
     # 5. The MLflow UI's server finds every run of the store.
-    from tests.servers import mlflow_server
+    from tests.helpers.servers import mlflow_server
 
     stored = all_runs(client)
     with mlflow_server(store, tmp_path / "served-artifacts") as url:
@@ -168,8 +167,8 @@ def check_exports(folder: Path, run_id: str, store: str, files: list[Path]) -> N
     import onnxruntime
     from PIL import Image
 
+    from src.data.preprocessing import eval_transform
     from src.inference.trained import data_config, load_model, locate
-    from src.regularisation import eval_transform
 
     assert not list(folder.glob("*.data"))  # a single .onnx file
     trained = locate(run_id, None, store)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +16,10 @@ from medmnist import INFO
 from src.data.medmnist import medmnist
 from src.errors import AssetUnavailable, InvalidInput
 from src.models.tasks import MultiLabel
-from src.train import train
-from tests.conftest import compose_train, only_run
-from tests.medmnist_files import write_medmnist_npz
+from tests.helpers.compose import compose_train, only_run, train
+from tests.helpers.jobs import ROOT, child_env
+from tests.helpers.medmnist_files import write_medmnist_npz
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "backbone.input_size=[3,32,32]",
     "trainer.enable_progress_bar=false",
@@ -52,6 +50,7 @@ def test_the_loader_reads_the_official_layout(tmp_path):
     assert (len(path.val), len(path.test)) == (30, 30)  # the official splits, whole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["pathmnist", "chestmnist"])
 def test_one_fast_dev_run_epoch(tmp_path, flag):
     metrics = train(medmnist_job(tmp_path, flag, "trainer.fast_dev_run=true"))
@@ -64,6 +63,7 @@ def test_one_fast_dev_run_epoch(tmp_path, flag):
     assert all(np.isfinite(metrics[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_multilabel_run_logs_per_label_metrics_and_tests_at_val_thresholds(tmp_path):
     cfg = medmnist_job(
         tmp_path,
@@ -152,6 +152,7 @@ def test_multilabel_refusals_come_before_any_run(tmp_path, overrides, fragment):
     ).search_experiments(filter_string="name = 'transferlab'")
 
 
+@pytest.mark.slow
 def test_feature_extract_fits_one_classifier_per_label(tmp_path):
     cfg = medmnist_job(tmp_path, "chestmnist", "strategy=feature_extract", "trainer.max_epochs=1")
     metrics = train(cfg)
@@ -183,10 +184,10 @@ def test_missing_file_names_the_path_and_the_url(tmp_path):
     assert "zenodo.org" in message and "dataset.source.download=true" in message
 
 
+@pytest.mark.slow
 def test_command_line_offline_without_files_exits_2_with_the_path(tmp_path):
     # HOME points medmnist's default cache (~/.medmnist) at an empty folder.
-    env = {**os.environ, "PROJECT_ROOT": str(ROOT), "HOME": str(tmp_path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = child_env(HOME=str(tmp_path))
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "dataset=pathmnist",
          f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],

@@ -11,22 +11,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF_DIR
+from tests.helpers.compose import compose_raw
+from tests.helpers.jobs import ROOT
 
-ROOT = CONF_DIR.parent
 CLUSTER = ROOT / "experiments" / "cluster"
 
 
 def compose_job(overrides: list[str], hydra: bool = False):
     """conf/train.yaml with a recipe's overrides (hydra.* ones apply to Hydra, checked apart)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        job = [o for o in overrides if not o.startswith("hydra.")]
-        return compose("train", overrides=job, return_hydra_config=hydra)
+    return compose_raw("train", [o for o in overrides if not o.startswith("hydra.")], hydra)
 
 
 # --- torchrun --------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from PIL import Image
 from src.regularisation import Regularisation
 from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 from src.strategies import Finetune, LinearProbe
-from src.train import train
-from tests.conftest import CONF_DIR, compose_train
+from tests.helpers.compose import CONF_DIR, compose_train, train
 
 
 def tiny_model(**kwargs) -> torch.nn.Module:
@@ -49,6 +48,7 @@ def test_l2sp_skips_frozen_parameters_and_decays_the_head_with_beta():
     assert penalty(model).item() == pytest.approx(0.5 * 0.5 * head.pow(2).sum().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_l2sp_penalty_grows_with_training_and_is_logged(tmp_path, tiny_overrides):
     overrides = [*tiny_overrides, "regularisation=l2sp", "logger=csv"]
     metrics = train(compose_train(tmp_path, overrides))
@@ -83,6 +83,19 @@ def test_augmentation_is_reproducible_with_a_seed_and_random_without(policy):
     assert torch.equal(transform(image), first)
     assert first.shape == (3, 32, 32)
     assert any(not torch.equal(transform(image), first) for _ in range(5))
+
+
+def test_randaugment_never_draws_an_invalid_operation():
+    """Its magnitude noise (mstd) reaches the top level, where posterize kept 0 bits (a Pillow
+    error that killed regularisation=strong runs at random)."""
+    config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3}
+    transform = Regularisation(augmentation="randaugment").train_transform(
+        {**config, "std": (0.5,) * 3}
+    )
+    image = Image.new("RGB", (16, 16), (120, 60, 200))
+    L.seed_everything(0)
+    for _ in range(3000):
+        transform(image)
 
 
 def test_head_dropout_is_active_in_train_and_off_in_eval():
@@ -121,6 +134,7 @@ REFUSED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):

@@ -12,17 +12,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from src.errors import InvalidInput
 from src.report.__main__ import report_from_config
 from src.report.build import write_report
-from tests.servers import mlflow_server
+from tests.helpers.compose import compose_raw
+from tests.helpers.servers import mlflow_server
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 EXPERIMENT = "fixture_study"
 PLOTS = (
     "data_efficiency.png",
@@ -89,13 +87,11 @@ def store(tmp_path_factory) -> tuple[str, Path]:
 
 
 def compose_report(uri: str, out: Path, overrides: list[str] = ()):
-    GlobalHydra.instance().clear()  # another test may have left one behind
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "report",
-            [f"tracking_uri={uri}", f"output_dir={out}", f"paths.artifact_location={out}/art",
-             f"experiments=[{EXPERIMENT}]", "+filters.study=demo", *overrides],
-        )  # fmt: skip
+    return compose_raw(
+        "report",
+        [f"tracking_uri={uri}", f"output_dir={out}", f"paths.artifact_location={out}/art",
+         f"experiments=[{EXPERIMENT}]", "+filters.study=demo", *overrides],
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +103,10 @@ def report(store, tmp_path_factory) -> tuple[dict[str, Path], str]:
 
 
 def test_training_runs_carry_the_tags_a_report_filters_by(tmp_path):
-    from src.train import run_tags
-    from tests.conftest import compose_train
+    from src.config import run_tags
+    from tests.helpers.compose import choices, compose_train
 
-    tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]))
+    tags = run_tags(compose_train(tmp_path, ["experiment_name=transfer_table"]), choices())
     assert {"backbone", "strategy", "dataset", "fraction", "seed"} <= set(tags)
     assert tags["study"] == "transfer_table"  # the experiment name unless `study=` says otherwise
 
@@ -187,6 +183,7 @@ def test_latex_is_booktabs_and_well_formed(report):
     assert "lp\\_ft" in table
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX installed")
 def test_latex_compiles(report, tmp_path):
     document = report[0]["table_document.tex"]
@@ -285,6 +282,7 @@ def server(store) -> str:
         yield base
 
 
+@pytest.mark.slow
 def test_mlflow_server_finds_a_study_with_its_params_and_metrics(server):
     experiment = rest(server, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]
     found = rest(server, "runs/search", {
@@ -304,6 +302,7 @@ def test_mlflow_server_finds_a_study_with_its_params_and_metrics(server):
         assert "val/acc" in metrics or metrics["test/acc"] == 0.10
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs_over_the_fixture_store(store, monkeypatch, tmp_path):
     """The notebook runs in a real kernel (nbclient) over the fixture store."""
     import nbclient

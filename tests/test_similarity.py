@@ -9,18 +9,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from mlflow import MlflowClient
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from scipy.optimize import linprog
 
 from src.similarity import cui_similarity, emd, frechet_distance, hscore, leep, logme, mmd_rbf, nce
 from src.similarity.domain import class_means
 from src.similarity.ranking import ranking
 from src.similarity.report import correlations, training_frame
-from tests.conftest import CONF_DIR
+from tests.helpers.compose import compose_config
 
 
 def labelled(rng, n=300, d=16, classes=4, spread=3.0):
@@ -115,25 +112,16 @@ def compose_similarity(tmp_path, overrides: list[str]) -> DictConfig:
     from src.similarity.__main__ import register_sources
 
     register_sources()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("similarity", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.output_dir = str(tmp_path / "similarity")
-        cfg.paths.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-        del cfg.hydra
-    return cfg
+    return compose_config("similarity", tmp_path, overrides, output_dir=tmp_path / "similarity")
 
 
+@pytest.mark.slow
 def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tiny_overrides):
     from src.similarity.__main__ import measure
-    from src.train import train
-    from tests.conftest import compose_train
+    from tests.helpers.compose import choices, compose_train, train
 
     overrides = ["dataset=digits", "max_per_class=20", "backbone.input_size=[3,32,32]"]
-    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]))
+    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]), choices())
     assert scores["emd"] == pytest.approx(0.0, abs=1e-6)  # the same images on both sides
     assert scores["domain_similarity"] == pytest.approx(1.0)
     assert 0.0 < scores["linear_acc"] <= 1.0 and scores["nce"] <= 0.0

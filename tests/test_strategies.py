@@ -12,9 +12,10 @@ import torch
 from timm.data import resolve_model_data_config
 
 from src.data import TransferDataModule
+from src.data.preprocessing import eval_transform
 from src.data.sources import digits
 from src.models.module import TransferModule
-from src.regularisation import Regularisation, eval_transform
+from src.regularisation import Regularisation
 from src.strategies import (
     LPFT,
     Finetune,
@@ -240,6 +241,7 @@ class CrashAt(L.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import runpy
 import signal
 import sqlite3
 import subprocess
@@ -24,25 +25,11 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from src.sweeps.space import SearchSpace, to_dict_override, to_overrides
-from src.sweeps.sweeper import OptunaSweeper, objective_value
-from tests.conftest import CONF_DIR, compose_train
-from tests.test_train import artifact_paths
+from src.sweeps.sweeper import OptunaSweeper
+from src.sweeps.worker import objective_value
+from tests.helpers.compose import CONF_DIR, artifact_paths, compose_raw, compose_train
+from tests.helpers.jobs import ROOT, TINY_TRIAL, child_env
 
-ROOT = CONF_DIR.parent
-# A trial in ~2 s: digits at 32 px, batches of 16, two of them per epoch, no test, no model upload.
-TINY = [
-    "dataset=digits",
-    "backbone.input_size=[3,32,32]",
-    "dataset.batch_size=16",
-    "dataset.num_workers=0",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "test=false",
-    "logger.mlflow.log_model=false",
-]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -70,23 +57,20 @@ def space_file(tmp_path: Path, name: str, body: str) -> str:
 
 
 def command(tmp_path: Path, overrides: list[str]) -> list[str]:
-    return ["-m", *TINY, f"paths.root_dir={tmp_path}", *overrides]
+    return ["-m", *TINY_TRIAL, f"paths.root_dir={tmp_path}", *overrides]
 
 
 def sweep(tmp_path: Path, overrides: list[str], monkeypatch) -> None:
     """`python -m src.train -m ...` in this process."""
-    from src.train import main
-
     GlobalHydra.instance().clear()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(sys, "argv", ["src/train.py", *command(tmp_path, overrides)])
-    main()
+    monkeypatch.setenv("PROJECT_ROOT", str(ROOT))  # what its __main__ would set, undone after
+    runpy.run_module("src.train", run_name="__main__")
 
 
 def start(tmp_path: Path, overrides: list[str], log: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PROJECT_ROOT"] = str(ROOT)
-    env["OMP_NUM_THREADS"] = "1"  # see one_thread
+    env = child_env(OMP_NUM_THREADS="1")  # see one_thread
     return subprocess.Popen(
         [sys.executable, "-m", "src.train", *command(tmp_path, overrides)],
         cwd=ROOT,
@@ -110,6 +94,7 @@ def mlflow_runs(tmp_path: Path):
 
 
 # --- Done when 1: a 6-trial sweep; Optuna and MLflow agree ----------------------------------------
+@pytest.mark.slow
 def test_six_trial_sweep_storage_and_mlflow_agree(tmp_path, monkeypatch):
     overrides = ["hparams_search=lr_wd", "hydra.sweeper.n_trials=6", "trainer.max_epochs=1"]
     sweep(tmp_path, overrides, monkeypatch)
@@ -157,6 +142,7 @@ def hopeless_second_trial(tmp_path: Path, name: str) -> str:
 
 
 # --- Done when 2: pruning happens, and the pruned trial ran fewer epochs ---------------------------
+@pytest.mark.slow
 def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch):
     searchpath = hopeless_second_trial(tmp_path, "prune")
     overrides = [searchpath, "hparams_search=prune", "hydra.sweeper.n_trials=2"]
@@ -179,6 +165,7 @@ def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch):
 
 
 # --- Done when 5: an exception and a NaN both FAIL; the sweep finishes ------------------------------
+@pytest.mark.slow
 def test_raising_and_nan_trials_fail_and_the_sweep_goes_on(tmp_path, monkeypatch):
     # Grid over three learning rates: -1 is refused up front; 1e30 makes the loss NaN; 1e-3 trains.
     searchpath = space_file(
@@ -217,6 +204,7 @@ def test_nan_or_missing_results_and_exceptions_are_fail():
 
 
 # --- Done when 3: two workers at once share n_trials, no parameter set twice -----------------------
+@pytest.mark.slow
 def test_two_workers_share_one_study(tmp_path):
     overrides = ["hparams_search=lr_wd", "hydra.sweeper.n_trials=4", "trainer.max_epochs=1"]
     workers = [start(tmp_path, overrides, f"worker{i}.log") for i in range(2)]
@@ -231,6 +219,7 @@ def test_two_workers_share_one_study(tmp_path):
 
 
 # --- Done when 4: kill mid-sweep, start again: numbers continue, nothing finished is re-run -------
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_its_study(tmp_path, monkeypatch):
     overrides = ["hparams_search=lr_wd", "hydra.sweeper.n_trials=3", "trainer.max_epochs=1"]
     worker = start(tmp_path, overrides, "killed.log")
@@ -281,6 +270,7 @@ def complete_trials(db: Path) -> int:
 
 
 # --- plain Hydra grids still work -----------------------------------------------------------------
+@pytest.mark.slow
 def test_plain_hydra_grid_is_unchanged(tmp_path, monkeypatch):
     sweep(tmp_path, ["seed=0,1", "trainer.max_epochs=1"], monkeypatch)
     _, parents, children = mlflow_runs(tmp_path)
@@ -292,12 +282,9 @@ def test_plain_hydra_grid_is_unchanged(tmp_path, monkeypatch):
 # --- spaces and their checks (no training) -------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*")))
 def test_every_shipped_space_names_real_config_keys(tmp_path, name):
-    from hydra import compose, initialize_config_dir
 
     cfg = compose_train(tmp_path, [f"hparams_search={name}"])
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        full = compose("train", overrides=[f"hparams_search={name}"], return_hydra_config=True)
+    full = compose_raw("train", [f"hparams_search={name}"], hydra=True)
     params = full.hydra.sweeper.params
     space = SearchSpace(params)
     assert full.hydra.sweeper.metric == cfg.monitor.metric  # defined once, in monitor
@@ -393,18 +380,11 @@ def test_ddp_ranks_follow_their_trial(tmp_path):
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "cmaes"])
 def test_every_sampler_config_builds_an_optuna_sampler(tmp_path, sampler):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import get_method
 
     if sampler == "cmaes":
         pytest.importorskip("cmaes")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(
-            "train",
-            overrides=["hparams_search=lr_wd", f"hydra/sweeper/sampler={sampler}"],
-            return_hydra_config=True,
-        )
+    cfg = compose_raw("train", ["hparams_search=lr_wd", f"hydra/sweeper/sampler={sampler}"], True)
     node = dict(cfg.hydra.sweeper.sampler)
     kwargs = {"seed": 3} | (
         {"search_space": {"optimizer.lr": [1e-3, 1e-2]}} if sampler == "grid" else {}
@@ -415,7 +395,8 @@ def test_every_sampler_config_builds_an_optuna_sampler(tmp_path, sampler):
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_storages_work_under_the_sweep_lock(tmp_path, kind):
-    from src.sweeps.study import open_storage, redact, study_lock
+    from src.sweeps.study import open_storage, study_lock
+    from src.tracking.secrets import redact
 
     url = f"sqlite:///{tmp_path}/o.db" if kind == "sqlite" else f"journal:{tmp_path}/o.log"
     with study_lock(url) as locked:

@@ -6,8 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from src.train import train
-from tests.conftest import compose_train
+from tests.helpers.compose import artifact_paths, compose_train, train
 
 
 def only_run(tmp_path):
@@ -15,13 +14,6 @@ def only_run(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1
     return client, runs[0]
-
-
-def artifact_paths(client, run_id, path=None) -> set[str]:
-    found = set()
-    for item in client.list_artifacts(run_id, path):
-        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
-    return found
 
 
 def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
@@ -57,6 +49,7 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
 
 
+@pytest.mark.slow
 def test_exception_ends_the_run_failed_with_the_error(tmp_path, tiny_overrides, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom in training_step")
@@ -81,6 +74,7 @@ def test_bad_input_is_refused_before_any_run_exists(tmp_path, tiny_overrides):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", ["csv", "none"])
 def test_train_runs_with_other_loggers(tmp_path, tiny_overrides, logger):
     metrics = train(
@@ -89,6 +83,7 @@ def test_train_runs_with_other_loggers(tmp_path, tiny_overrides, logger):
     assert "test/acc" in metrics
 
 
+@pytest.mark.slow
 def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
     overrides = [
         *tiny_overrides,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from src.train import train
-from tests.conftest import compose_train
+import pytest
+
+from tests.helpers.compose import compose_train, train
+
+pytestmark = pytest.mark.slow  # two real training runs
 
 PROBE = [
     "dataset=fashion_mnist",

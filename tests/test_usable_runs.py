@@ -6,9 +6,7 @@ thresholds; the advisor hands the user's data set node to its jobs and prints a 
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +20,7 @@ from src.export import export_run
 from src.predict import predict_images
 from src.strategies.features import sklearn_classifier
 from src.strategies.heads import KernelSVM, affine
-from src.train import train
-from tests.conftest import compose_train
-from tests.test_use import compose_entry
+from tests.helpers.compose import compose_entry, compose_train, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +114,7 @@ def cached_split(cache: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     raise AssertionError(f"no cached {split} features")
 
 
+@pytest.mark.slow
 def test_val_loss_is_scikit_learns_log_loss(runs):
     from sklearn.metrics import log_loss
 
@@ -130,6 +127,7 @@ def test_val_loss_is_scikit_learns_log_loss(runs):
     assert run["metrics"]["val/acc"] == pytest.approx((pipeline.predict(val_x) == val_y).mean())
 
 
+@pytest.mark.slow
 def test_an_svm_logs_no_loss_and_no_calibration(runs):
     logged = MlflowClient(f"sqlite:///{runs['svm']['root']}/mlflow.db").get_run(
         runs["svm"]["run_id"]
@@ -139,6 +137,7 @@ def test_an_svm_logs_no_loss_and_no_calibration(runs):
     assert not {"val/loss", "test/loss", "val/ece", "test/ece"} & keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["logistic", "linear", "svm"])
 def test_eval_and_predict_load_a_feature_extract_run(runs, kind, tmp_path):
     run = runs[kind]
@@ -199,6 +198,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_carrying_code_is_refused_and_never_runs(runs, tmp_path):
     from src.inference.trained import load_model, locate
 
@@ -237,8 +237,9 @@ def test_no_source_file_loads_without_weights_only():
 
 
 # --- multi-label predict ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_multilabel_predict_uses_sigmoid_and_stored_thresholds(tmp_path):
-    from tests.medmnist_files import write_medmnist_npz
+    from tests.helpers.medmnist_files import write_medmnist_npz
 
     write_medmnist_npz(tmp_path / "medmnist", "chestmnist")
     overrides = [
@@ -316,33 +317,3 @@ def test_the_reproduce_command_keeps_only_what_differs_from_the_defaults():
         "python -m src.train backbone=mobilenetv2 dataset=imagefolder backbone.input_size=[3,48,48] "
         "dataset.source.root=/data/crops trainer.max_epochs=3 strategy=feature_extract strategy.C=0.5"
     )
-
-
-# --- --help everywhere -----------------------------------------------------------------------
-ENTRY_POINTS = {
-    "src.train": ["dataset"],
-    "src.similarity": ["backbone", "dataset"],
-    "src.similarity.report": ["experiment"],
-    "src.report": ["experiments"],
-    "src.eval": ["run_id"],
-    "src.predict": ["images"],
-    "src.export": ["run_id"],
-    "src.advise": ["dataset", "budget"],
-    "src.bench": [],
-}
-
-
-@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
-def test_help_answers_without_a_traceback(module):
-    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", module, "--help"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-2000:]
-    assert "Traceback" not in output and "Error" not in output
-    for key in ENTRY_POINTS[module]:
-        assert key in output
-    for base in ("_datamodule", "_medmnist", "_timm"):  # base files are no options
-        assert base not in output

@@ -6,44 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, open_dict
 
 from src.errors import InvalidInput
 from src.eval import evaluate_run
 from src.export import export_run
 from src.predict import predict_images
-from src.train import train
-from tests.conftest import CONF_DIR, compose_train
+from tests.helpers.compose import compose_entry, compose_train, train
+from tests.helpers.jobs import tiny
 
-TINY = [
-    "dataset=digits",
-    "backbone.input_size=[3,32,32]",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
-
-
-def compose_entry(name: str, root: Path, overrides: list[str]) -> DictConfig:
-    """conf/<name>.yaml (eval, predict, export) writing into root, like compose_train."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(root)
-        cfg.paths.tracking_uri = f"sqlite:///{root}/mlflow.db"
-        if "dataset" in cfg:
-            cfg.dataset.num_workers = 0
-        del cfg.hydra
-    return cfg
+TINY = tiny("trainer.max_epochs=1")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +28,7 @@ def run(tmp_path_factory) -> tuple[Path, str]:
     return root, client.search_runs(experiments)[0].info.run_id
 
 
+@pytest.mark.slow
 def test_eval_logs_clean_and_shifted_metrics_into_the_run(run):
     root, run_id = run
     clean = evaluate_run(compose_entry("eval", root, [f"run_id={run_id}", "dataset=digits"]))
@@ -81,6 +54,7 @@ def test_eval_logs_clean_and_shifted_metrics_into_the_run(run):
     ]
 
 
+@pytest.mark.slow
 def test_eval_by_checkpoint_path_finds_its_run(run):
     root, run_id = run
     checkpoint = next((root / "run" / "checkpoints").glob("epoch*.ckpt"))
@@ -91,6 +65,7 @@ def test_eval_by_checkpoint_path_finds_its_run(run):
     assert logged["eval/digits.val/acc"] == pytest.approx(metrics["eval/digits.val/acc"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -126,6 +101,7 @@ def test_predict_imagenet_backbone_sees_a_cat(cat, tmp_path):
     assert "Egyptian cat" in csv_file.read_text()
 
 
+@pytest.mark.slow
 def test_predict_with_a_trained_run_names_its_classes(run, cat, tmp_path):
     root, run_id = run
     folder = tmp_path / "photos"
@@ -149,8 +125,8 @@ def trained_logits(root: Path, run_id: str, images):
     """The checkpoint's logits on real images, with its evaluation preprocessing."""
     import torch
 
+    from src.data.preprocessing import eval_transform
     from src.inference.trained import data_config, load_model, locate
-    from src.regularisation import eval_transform
 
     model = load_model(locate(run_id, None, f"sqlite:///{root}/mlflow.db"))
     batch = torch.stack([eval_transform(data_config(model))(image) for image in images])
@@ -158,6 +134,7 @@ def trained_logits(root: Path, run_id: str, images):
         return batch, model(batch)
 
 
+@pytest.mark.slow
 def test_torchscript_export_matches_the_checkpoint(run, cat, tmp_path):
     import torch
     from PIL import Image
@@ -174,6 +151,7 @@ def test_torchscript_export_matches_the_checkpoint(run, cat, tmp_path):
     assert tags["export/torchscript"] == made["torchscript"]
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_the_checkpoint(run, cat, tmp_path):
     import numpy as np
     import onnxruntime
@@ -191,6 +169,7 @@ def test_onnx_export_matches_the_checkpoint(run, cat, tmp_path):
     np.testing.assert_allclose(exported, expected.numpy(), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_registered_mlflow_model_predicts_like_src_predict(run, cat, tmp_path):
     import mlflow
     from PIL import Image

@@ -10,12 +10,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, ".devsite")
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-
-import src.train as T
+import src.training as T
+from src.config import compose
 
 T.open_run = lambda *a, **k: None  # MLflow metadata: no mlflow on the device
 ROOT = Path.cwd()
@@ -24,26 +20,19 @@ FASHION = sys.argv[1] if len(sys.argv) > 1 else "/usr/share/datasets/fashion-mni
 
 
 def run(name, overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.root_dir={tmp}",
-                f"paths.output_dir={tmp}/{name}",
-                "logger=csv",
-                "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false",
-                *overrides,
-            ],
-            return_hydra_config=True,
-        )
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            del cfg.hydra
+    cfg, choices = compose(
+        [
+            f"paths.root_dir={tmp}",
+            f"paths.output_dir={tmp}/{name}",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            *overrides,
+        ]
+    )
     start = time.perf_counter()
     try:
-        metrics = T.train(cfg)
+        metrics = T.train(cfg, choices)
     except Exception as error:  # report and go on to the next check
         print(f"CHECK {name}: FAILED {type(error).__name__}: {error}", flush=True)
         return
@@ -59,7 +48,7 @@ def run(name, overrides):
     )
 
 
-from tests.medmnist_files import write_medmnist_npz  # noqa: E402
+from tests.helpers.medmnist_files import write_medmnist_npz  # noqa: E402
 
 write_medmnist_npz(tmp / "med", "chestmnist")
 write_medmnist_npz(tmp / "med", "pathmnist")

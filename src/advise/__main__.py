@@ -32,8 +32,8 @@ def check(cfg: DictConfig) -> None:
     import timm
 
     from src.advise.jobs import backbone_overrides, compose
+    from src.config import build
     from src.similarity.ranking import COLUMNS
-    from src.train import build
 
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
     if cfg.dataset_name not in known:
@@ -102,7 +102,7 @@ def advise(cfg: DictConfig) -> Path:
     from src.advise.jobs import compose, dataset_overrides
     from src.advise.tracking import advice_key, parent_run
     from src.errors import refuse_bad_input
-    from src.similarity.tracking import log_params
+    from src.tracking.runs import log_params
 
     # The user's data set node as given (root, sizes, fractions ...): every job gets all of it.
     given = OmegaConf.to_container(cfg.dataset, resolve=False) if cfg.get("dataset") else {}

@@ -42,7 +42,7 @@ def cost_factor(fraction: float) -> float:
 
 def train_images(overrides: list[str], fraction: float) -> int:
     """How many images the training split holds at this fraction (the curve's n)."""
-    from src.train import build
+    from src.config import build
 
     cfg = compose("train", [*overrides, f"dataset.fraction={fraction}"])
     return len(build(cfg.dataset).splits.train)

@@ -1,6 +1,7 @@
 """Training and scoring jobs of the advisor, run in this process: conf/train.yaml (or
-conf/similarity.yaml) composed with overrides, then src.train's `train(cfg)` (or src.similarity's
-`measure(cfg)`), exactly what `python -m src.train <overrides>` would run."""
+conf/similarity.yaml) composed with overrides (src.config.compose), then src.training's
+`train(cfg, choices)` (or src.similarity's `measure(cfg, choices)`), exactly what
+`python -m src.train <overrides>` would run."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict
+
+from src.config import hydra_config_kept
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -26,31 +28,36 @@ def backbone_overrides(name: str) -> list[str]:
     return ["backbone=timm", f"backbone.name={name}"]
 
 
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
-    """A config of conf/ with its hydra node (for `${hydra:runtime.choices.*}`)."""
-    from hydra import compose as hydra_compose
+def _composed(config_name: str, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """src.config.compose; an unknown data set or backbone config is bad input."""
     from hydra.errors import HydraException
 
+    from src.config import compose as compose_job
+
     try:
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    except HydraException as error:  # unknown data set or backbone config: bad input
+        return compose_job(overrides, config_name)
+    except HydraException as error:
         raise ValueError(str(error).splitlines()[0]) from None
 
 
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """A config of conf/ to check or build from; the advisor's HydraConfig stays its own."""
+    with hydra_config_kept():
+        return _composed(config_name, overrides)[0]
+
+
 @contextmanager
-def as_job(cfg: DictConfig, output_dir: Path) -> Iterator[DictConfig]:
-    """HydraConfig is a process-wide singleton: while a composed job runs, it holds that job's
-    choices (run tags, run names read them); the advisor's own comes back afterwards."""
-    instance = HydraConfig.instance()
-    saved = instance.cfg
-    instance.set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg.hydra
-    try:
-        yield cfg
-    finally:
-        instance.cfg = saved
+def as_job(
+    config_name: str, overrides: list[str], output_dir: Path
+) -> Iterator[tuple[DictConfig, dict[str, str]]]:
+    """(config, choices) of a job run in this process, writing into output_dir. HydraConfig is a
+    process-wide singleton: while the job runs it holds the job's (run names read its choices);
+    the advisor's own comes back afterwards."""
+    with hydra_config_kept():
+        cfg, choices = _composed(config_name, overrides)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+        yield cfg, choices
 
 
 def run_train(
@@ -59,17 +66,16 @@ def run_train(
     """(Hydra's JobReturn of train(cfg), its metrics, seconds): the JobReturn is what the sweeper's
     Worker reads a trial from. `tags` go on the run's MLflow logger (the advisor finds runs by them)."""
     from src.sweeps.sweeper import release_devices
-    from src.train import train
+    from src.training import train
 
     start = time.perf_counter()
-    cfg = compose("train", overrides)
     result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
     metrics: dict[str, float] = {}
-    with as_job(cfg, output_dir):
+    with as_job("train", overrides, output_dir) as (cfg, choices):
         with open_dict(cfg):
             cfg.logger.mlflow.tags = dict(tags)
         try:
-            metrics = train(cfg)
+            metrics = train(cfg, choices)
             result.return_value = metrics.get(cfg.monitor.metric)
         except Exception as error:  # a failed or pruned trial is the Worker's to judge
             result.status, result.return_value = JobStatus.FAILED, error

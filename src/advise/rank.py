@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from src.advise.budget import Budget, scaled_estimate
-from src.advise.jobs import as_job, backbone_overrides, compose
+from src.advise.jobs import as_job, backbone_overrides
 from src.advise.tracking import PARENT, find_runs
 from src.similarity.tracking import PREFIX
 
@@ -54,9 +54,8 @@ def score(job: RankJob, name: str):
         f"run_name={run_name}",
         *job.settings,
     ]
-    cfg = compose("similarity", overrides)
-    with as_job(cfg, job.output_dir / "rank" / name):
-        measure(cfg)
+    with as_job("similarity", overrides, job.output_dir / "rank" / name) as (cfg, choices):
+        measure(cfg, choices)
     (run,) = find_runs(job.client, job.experiment, {"mlflow.runName": run_name})[:1]
     for tag, value in {"advise_key": job.key, "advise_backbone": name, PARENT: job.parent}.items():
         job.client.set_tag(run.info.run_id, tag, value)

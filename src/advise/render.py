@@ -1,10 +1,25 @@
-"""RESULTS.md of an advice: the headline, then the evidence of each stage with its MLflow runs."""
+"""Stage 4 on disk: RESULTS.md (the headline, then the evidence of each stage with its MLflow runs)
+and write(), every file of the report (tables, advice.json, the plot, RESULTS.md last)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
-from src.advise.report import Advice, accuracy, curve_label, percent, projections, table
+from src.advise.report import (
+    Advice,
+    accuracy,
+    cell,
+    curve_label,
+    kendall,
+    percent,
+    plot,
+    projections,
+    summary,
+    table,
+)
+from src.tracking.tables import write_table
 
 
 def headline(advice: Advice) -> str:
@@ -119,3 +134,23 @@ def results_markdown(advice: Advice, taus: list[dict]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write(advice: Advice, out: Path) -> list[Path]:
+    """Every file of the report; RESULTS.md last, so it can name the others."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for stem, rows in (
+        ("ranking", advice.ranking),
+        ("trials", advice.trials),
+        ("data", advice.data),
+    ):
+        if rows:
+            files += write_table([{k: cell(v) for k, v in r.items()} for r in rows], out, stem)
+    files.append(out / "advice.json")
+    files[-1].write_text(json.dumps(summary(advice), indent=1, default=str))
+    figure = plot(advice, out / "data_efficiency.png")
+    files += [figure] if figure else []
+    files.append(out / "RESULTS.md")
+    files[-1].write_text(results_markdown(advice, kendall(advice.ranking, advice.trials)))
+    return files

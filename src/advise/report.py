@@ -1,5 +1,5 @@
-"""Stage 4: RESULTS.md, the tables behind it (CSV), advice.json and the data-efficiency plot,
-written to the advice's output directory and logged as artifacts of its MLflow run."""
+"""Stage 4's numbers: the Advice (what every stage found), the accuracy over seeds, projections
+from the curve, Kendall tau of the ranking against the trials, and the data-efficiency plot."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from src.advise.curve import Curve
 from src.similarity.ranking import COLUMNS
-from src.similarity.tracking import markdown, write_table
+from src.tracking.tables import markdown
 
 
 @dataclass
@@ -114,29 +114,7 @@ def percent(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
-def write(advice: Advice, out: Path) -> list[Path]:
-    """Every file of the report; RESULTS.md last, so it can name the others."""
-    from src.advise.render import results_markdown
-
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for stem, rows in (
-        ("ranking", advice.ranking),
-        ("trials", advice.trials),
-        ("data", advice.data),
-    ):
-        if rows:
-            files += write_table([{k: _cell(v) for k, v in r.items()} for r in rows], out, stem)
-    files.append(out / "advice.json")
-    files[-1].write_text(json.dumps(summary(advice), indent=1, default=str))
-    figure = plot(advice, out / "data_efficiency.png")
-    files += [figure] if figure else []
-    files.append(out / "RESULTS.md")
-    files[-1].write_text(results_markdown(advice, kendall(advice.ranking, advice.trials)))
-    return files
-
-
-def _cell(value):
+def cell(value):
     return json.dumps(value) if isinstance(value, dict) else value
 
 
@@ -159,4 +137,4 @@ def summary(advice: Advice) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    return markdown([{k: _cell(v) for k, v in r.items()} for r in rows])
+    return markdown([{k: cell(v) for k, v in r.items()} for r in rows])

@@ -13,7 +13,8 @@ from src.advise import search as search_stage
 from src.advise.budget import Budget
 from src.advise.jobs import backbone_overrides, command, minimal
 from src.advise.rank import RankJob, rank
-from src.advise.report import Advice, accuracy, kendall, projections, write
+from src.advise.render import write
+from src.advise.report import Advice, accuracy, kendall, projections
 from src.sweeps.space import to_overrides
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from mlflow import MlflowClient
 
-from src.similarity.tracking import experiment_id, run_status
+from src.tracking.runs import reopen, run_status, start_run
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,16 @@ def parent_run(
     client = MlflowClient(tracking_uri)
     previous = find_runs(client, experiment, {"kind": KIND, "advise_key": key}, finished=False)
     if previous:
-        run_id = previous[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+        run_id = reopen(client, previous[0].info.run_id)
         log.info("Advice %s: continuing MLflow run %s", key, run_id)
     else:
-        run = client.create_run(
-            experiment_id(client, experiment, artifact_location),
-            run_name=f"advise-{tags.get('dataset', '')}-{key}",
-            tags={"kind": KIND, "advise_key": key, **tags},
+        run_id = start_run(
+            client,
+            experiment,
+            artifact_location,
+            f"advise-{tags.get('dataset', '')}-{key}",
+            {"kind": KIND, "advise_key": key, **tags},
         )
-        run_id = run.info.run_id
         log.info("Advice %s: MLflow run %s in %s", key, run_id, experiment)
     with run_status(client, run_id):
         yield client, run_id

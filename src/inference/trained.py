@@ -114,8 +114,8 @@ def load_model(trained: Trained) -> nn.Module:
     thresholds and probabilistic."""
     from omegaconf import OmegaConf
 
+    from src.config import build
     from src.strategies.heads import KernelSVM, replace_classifier
-    from src.train import build
 
     state = load_checkpoint(trained.checkpoint)
     # The backbone's weights only (the module also holds the task's class weights, thresholds).

@@ -110,7 +110,9 @@ class TransferModule(L.LightningModule):
             loss = loss + term
         # Tensors are averaged over DDP ranks (sync_dist); torchmetrics objects sync their own
         # state (counts) across ranks when computed, so acc is exact, not a mean of rank means.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        # Not on the bar: Lightning would read a per-step bar value back after every batch (a
+        # device sync); the bar shows the loss of logging steps (src/models/progress.py).
+        self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True)
         self.log_dict(self.task.train_step(logits, labels), on_step=False, on_epoch=True)
         return loss
 

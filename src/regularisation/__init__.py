@@ -17,13 +17,15 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from src.data.batch_transforms import BatchTransform
+from src.data.preprocessing import batch_eval_transform, eval_transform
 from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 
 # name -> timm auto_augment policy (None: none); trivialaugment comes from torchvision.
 AUGMENTATIONS = {
     "none": None,
     "basic": None,
-    "randaugment": "rand-m9-mstd0.5-inc1",
+    # mmax9: at magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 11 refuses.
+    "randaugment": "rand-m9-mstd0.5-inc1-mmax9",
     "autoaugment": "original",
     "trivialaugment": None,
 }
@@ -177,22 +179,6 @@ class Regularisation:
     @property
     def needs_features(self) -> bool:
         return self.bss_eta > 0
-
-
-def eval_transform(data_config: dict[str, Any]) -> Callable:
-    """Resize + centre crop (crop_pct) + normalise, exactly as the backbone expects."""
-    return create_transform(**data_config, is_training=False)
-
-
-def batch_eval_transform(data_config: dict[str, Any]) -> BatchTransform:
-    """eval_transform's resize + centre crop + normalise, on uint8 batches."""
-    return BatchTransform(
-        data_config["input_size"],
-        data_config["mean"],
-        data_config["std"],
-        interpolation=data_config["interpolation"],
-        crop_pct=data_config["crop_pct"],
-    )
 
 
 def early_stopping(monitor: str, mode: str, patience: int | None):

@@ -97,7 +97,7 @@ def write_report(report: Report) -> list[Path]:
     """Writes the files and logs them as artifacts of a kind=report run; returns the paths."""
     from mlflow import MlflowClient
 
-    from src.similarity.tracking import mlflow_run
+    from src.tracking.runs import mlflow_run
 
     # 1. Refuse bad input and an empty query before any run exists.
     report.check()

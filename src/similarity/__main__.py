@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -30,16 +31,18 @@ def register_sources() -> None:
         )
 
 
-def measure(cfg: DictConfig) -> dict[str, float]:
-    from hydra.core.hydra_config import HydraConfig
+def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Score the pair; `choices`: the job's config-group choices (the `dataset` and `source` tags)."""
     from timm.data import resolve_model_data_config
 
+    from src.config import build
+    from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
-    from src.regularisation import eval_transform
     from src.similarity import measure as m
-    from src.similarity.tracking import KIND, log_scores, mlflow_run, similarity_key, write_table
+    from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
-    from src.train import build
+    from src.tracking.runs import mlflow_run
+    from src.tracking.tables import write_table
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
     with refuse_bad_input():
@@ -51,8 +54,8 @@ def measure(cfg: DictConfig) -> dict[str, float]:
         transform = eval_transform(resolve_model_data_config(model))
         for datamodule in filter(None, (target, source)):
             m.prepare(datamodule, transform, cfg.max_per_class)
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    key = similarity_key(cfg)
+    choices = choices or {}
+    key = similarity_key(cfg, choices)
     tags = {"kind": KIND, **key, "source": choices.get("source") or "pretrain"}
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +91,7 @@ def main(cfg: DictConfig) -> float:
     from src.errors import InvalidInput
 
     try:
-        scores = measure(cfg)
+        scores = measure(cfg, HydraConfig.get().runtime.choices)
     except InvalidInput as error:  # one line naming the key, exit 2; a multirun goes on
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise

@@ -35,7 +35,8 @@ class WriteRanking(Callback):
     and as artifacts of an MLflow run tagged kind=similarity_ranking."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        from src.similarity.tracking import mlflow_run, write_table
+        from src.tracking.runs import mlflow_run
+        from src.tracking.tables import write_table
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/scores.json"))]

@@ -1,4 +1,4 @@
-"""How well did the scores predict training? `python -m src.similarity.report [--experiment X]`
+"""How well did the scores predict training? `python -m src.similarity.report [experiments=[X]]`
 
 Reads training runs that carry attached scores (metrics `similarity/*`, see tracking.py) and
 their `test/acc`; the transfer gain of a run is its accuracy minus the mean accuracy of the
@@ -9,16 +9,22 @@ Kendall tau (scipy.stats.weightedtau, top ranks weigh most, as TLlib reports) ov
 
 from __future__ import annotations
 
-import argparse
+import logging
 import math
 import os
-import sys
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 
-from src.similarity.tracking import PREFIX, markdown
+from src.errors import InvalidInput
+from src.similarity.tracking import PREFIX
+from src.tracking.tables import markdown
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+log = logging.getLogger(__name__)
 
 SCORES = (
     "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc",
@@ -97,34 +103,39 @@ def report(frame: pd.DataFrame) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> str:
+def write(tracking_uri: str, experiments: list[str] | None, out: Path | None) -> str:
+    """The report over the finished training runs of `experiments` (None: all), printed and
+    written to `out` when given."""
     import mlflow
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    root = Path(os.environ.get("PROJECT_ROOT", Path.cwd()))
-    parser.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db"),
-    )
-    parser.add_argument("--experiment", action="append", help="experiment name(s); default all")
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
-    args = parser.parse_args(argv)
-    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
     runs = mlflow.search_runs(
-        experiment_names=args.experiment,
-        search_all_experiments=args.experiment is None,
+        experiment_names=experiments,
+        search_all_experiments=experiments is None,
         filter_string="attributes.status = 'FINISHED'",
     )
     if runs.empty or "tags.dataset_key" not in runs:
-        sys.exit(
-            "No finished training runs with attached similarity scores in " + args.tracking_uri
+        raise InvalidInput(
+            f"No finished training runs with attached similarity scores in {tracking_uri}."
         )
     text = report(training_frame(runs))
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
     print(text)
     return text
 
 
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="similarity_report")
+def main(cfg: DictConfig) -> None:
+    names = cfg.experiments
+    experiments = [names] if isinstance(names, str) else list(names) if names else None
+    try:
+        write(cfg.tracking_uri, experiments, Path(cfg.out) if cfg.out else None)
+    except InvalidInput as error:  # one line, exit 2
+        log.error("%s", error)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
+    os.environ.setdefault("PROJECT_ROOT", str(CONF_DIR.parent))
     main()

@@ -17,7 +17,7 @@ import optuna
 
 from src.sweeps.runs import RUN_ATTR
 from src.sweeps.study import open_storage
-from src.tracking import mlflow_loggers
+from src.tracking.loggers import mlflow_loggers
 
 log = logging.getLogger(__name__)
 

@@ -29,28 +29,23 @@ def client(tracking_uri: str):
 
 def open_parent(study: optuna.Study, mlflow_cfg: dict[str, Any], params: dict[str, Any]) -> str:
     """The study's parent run, created on first use (call under the study lock)."""
+    from src.tracking.runs import log_params, reopen, start_run
+
     mlf = client(mlflow_cfg["tracking_uri"])
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
-        mlf.update_run(run_id, status="RUNNING")  # a resumed or second worker's sweep
-        return run_id
-    name = mlflow_cfg["experiment_name"]
-    experiment = mlf.get_experiment_by_name(name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else mlf.create_experiment(name, artifact_location=mlflow_cfg.get("artifact_location"))
+        return reopen(mlf, run_id)  # a resumed or second worker's sweep
+    run_id = start_run(
+        mlf,
+        mlflow_cfg["experiment_name"],
+        mlflow_cfg.get("artifact_location"),
+        f"study-{study.study_name}",
+        {"optuna.study": study.study_name, "sweep": "optuna"},
     )
-    run = mlf.create_run(
-        experiment_id,
-        run_name=f"study-{study.study_name}",
-        tags={"optuna.study": study.study_name, "sweep": "optuna"},
-    )
-    for key, value in params.items():
-        mlf.log_param(run.info.run_id, key, str(value)[:6000])
-    study.set_user_attr(PARENT_ATTR, run.info.run_id)
-    log.info("MLflow parent run %s for study %s", run.info.run_id, study.study_name)
-    return run.info.run_id
+    log_params(mlf, run_id, {key: str(value) for key, value in params.items()})  # not nested
+    study.set_user_attr(PARENT_ATTR, run_id)
+    log.info("MLflow parent run %s for study %s", run_id, study.study_name)
+    return run_id
 
 
 def tag_trial(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:

@@ -36,15 +36,6 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 WORKER_ATTR = "transferlab:worker"
 
 
-def redact(url: str) -> str:
-    """The storage URL without its password, for logs."""
-    if url.startswith(JOURNAL_PREFIX) or "@" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def storage_path(url: str) -> Path | None:
     """The local file behind a storage URL, if there is one."""
     if url.startswith(JOURNAL_PREFIX):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -195,19 +194,3 @@ def release_devices() -> None:
         torch.distributed.destroy_process_group()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def objective_value(job_return) -> tuple[str, float | None, str]:
-    """(state, value, reason) from a Hydra JobReturn: the job's return value is the metric."""
-    import optuna
-
-    try:
-        value = job_return.return_value
-    except optuna.TrialPruned as pruned:
-        return "PRUNED", None, str(pruned)
-    except Exception as error:  # the job's own exception, re-raised by Hydra's JobReturn
-        log.warning("Trial failed: %s: %s", type(error).__name__, error, exc_info=error)
-        return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
-    if value is None or not math.isfinite(float(value)):
-        return "FAIL", None, f"the job returned {value!r} for the monitored metric"
-    return "COMPLETE", float(value), ""

@@ -24,11 +24,10 @@ from src.sweeps.study import (
     count,
     fail_dead_trials,
     open_storage,
-    redact,
     study_lock,
     worker_id,
 )
-from src.sweeps.sweeper import objective_value
+from src.tracking.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +213,19 @@ _WAIT = object()
 def _build(cfg: dict[str, Any]):
     cfg = dict(cfg)
     return get_method(cfg.pop("_target_"))(**cfg)
+
+
+def objective_value(job_return) -> tuple[str, float | None, str]:
+    """(state, value, reason) from a Hydra JobReturn: the job's return value is the metric."""
+    import optuna
+
+    try:
+        value = job_return.return_value
+    except optuna.TrialPruned as pruned:
+        return "PRUNED", None, str(pruned)
+    except Exception as error:  # the job's own exception, re-raised by Hydra's JobReturn
+        log.warning("Trial failed: %s: %s", type(error).__name__, error, exc_info=error)
+        return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
+    if value is None or not math.isfinite(float(value)):
+        return "FAIL", None, f"the job returned {value!r} for the monitored metric"
+    return "COMPLETE", float(value), ""

@@ -14,6 +14,8 @@ URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]+:)[^@\s]+@")
 
 
 def redact(config: Any) -> Any:
+    """A config (dict, list, str) without secret keys, and every URL in it without its password:
+    what goes into logged params, config files and log lines (a sweep's storage URL)."""
     if isinstance(config, dict):
         return {k: redact(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
     if isinstance(config, list):

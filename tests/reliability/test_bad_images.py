@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from src.data.sources import image_folder
-from src.train import train
-from tests.conftest import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 
 
 @pytest.fixture
@@ -38,6 +37,7 @@ def test_bad_images_are_named_and_refused(folder):
     assert "on_bad_image=skip" in str(refused.value)
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_and_counted(folder, tmp_path, tiny_overrides):
     source = image_folder(str(folder), on_bad_image="skip")
     assert len(source.pool) == 16 and sorted(p.rsplit("/", 1)[-1] for p in source.skipped) == [

@@ -3,20 +3,16 @@ no MLflow run is created, nothing is written. On the command line: exit code 2, 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 from hydra.errors import ConfigCompositionException
 
 from src.errors import InvalidInput
-from src.train import train
-from tests.conftest import compose_train
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.compose import compose_train, train
+from tests.helpers.jobs import ROOT, child_env
 
 # (overrides, a fragment the message must contain)
 REFUSED_BY_TRAIN = [
@@ -69,8 +65,9 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, overrides, fragment):
     assert fragment in message
 
 
+@pytest.mark.slow
 def test_command_line_exits_2_without_a_traceback(tmp_path):
-    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    env = child_env()
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "dataset=digits", "dataset.fraction=2",
          f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],

@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
+import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.jobs import ROOT, child_env, tiny
+
+pytestmark = pytest.mark.slow  # four training processes
 
 
 def test_four_concurrent_jobs_on_one_sqlite_store(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PROJECT_ROOT=str(ROOT), OMP_NUM_THREADS="1")
+    env = child_env(OMP_NUM_THREADS="1")
     jobs = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "src.train",
-                "dataset=digits",
-                "backbone.input_size=[3,32,32]",
-                "dataset.num_workers=0",
-                "trainer.max_epochs=3",
-                "trainer.limit_train_batches=4",
-                "trainer.limit_val_batches=2",
-                "trainer.log_every_n_steps=1",
-                "trainer.enable_progress_bar=false",
-                "test=false",
-                "logger.mlflow.log_model=false",
+                *tiny(
+                    "dataset.num_workers=0",
+                    "trainer.max_epochs=3",
+                    "trainer.limit_train_batches=4",
+                    "trainer.log_every_n_steps=1",
+                    "test=false",
+                    "logger.mlflow.log_model=false",
+                ),
                 f"seed={seed}",
                 f"paths.root_dir={tmp_path}",
                 f"hydra.run.dir={tmp_path / str(seed)}",

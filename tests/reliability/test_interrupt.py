@@ -8,14 +8,19 @@ import subprocess
 import time
 
 import mlflow
+import pytest
 
-from tests.reliability.test_resume import ROOT, job, launch
+from tests.helpers.jobs import ROOT, cli_train, default_signals, launch
+
+pytestmark = pytest.mark.slow  # two training processes
 
 
 def test_ctrl_c_ends_killed_keeps_the_checkpoint_and_resumes(tmp_path):
-    command, env = job(tmp_path, "interrupted", "b")
+    command, env = cli_train(tmp_path, "interrupted", "b")
     env["TRANSFERLAB_STEP_SLEEP"] = "0.5"  # slow enough to be caught mid-training
-    running = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    running = subprocess.Popen(
+        command, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals
+    )
     checkpoint = tmp_path / "b" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline and running.poll() is None:

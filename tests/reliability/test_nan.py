@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.train import train
-from tests.conftest import compose_train, only_run
+from tests.helpers.compose import compose_train, only_run, train
 
-POISON = "+callbacks.poison._target_=tests.reliability.faults.PoisonWeights"
+POISON = "+callbacks.poison._target_=tests.helpers.faults.PoisonWeights"
 
 
+@pytest.mark.slow
 def test_forced_nan_fails_the_run_with_the_reason(tmp_path, tiny_overrides):
     cfg = compose_train(
         tmp_path, [*tiny_overrides, POISON, "callbacks.finite_loss.check_every_n_steps=2"]
@@ -22,6 +22,7 @@ def test_forced_nan_fails_the_run_with_the_reason(tmp_path, tiny_overrides):
     assert "non-finite" in run.data.tags["error"] and "optimizer.lr" in run.data.tags["error"]
 
 
+@pytest.mark.slow
 def test_skip_policy_leaves_the_weights_finite(tmp_path, tiny_overrides):
     # NaN weights make every later loss NaN, so every later update is skipped and nothing else breaks.
     cfg = compose_train(

@@ -3,39 +3,15 @@ exactly one val point per epoch, and the weights equal an uninterrupted run's.""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.jobs import launch
 
-
-def launch(tmp: Path, name: str, launch_dir: str, extra=(), kill_at: str | None = None):
-    command, env = job(tmp, name, launch_dir, extra)
-    if kill_at:
-        env["TRANSFERLAB_KILL_AT"] = kill_at
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def job(tmp: Path, name: str, launch_dir: str, extra=()) -> tuple[list[str], dict]:
-    """The command line of a small real job (5 epochs of digits) and its environment."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PROJECT_ROOT"] = str(ROOT)
-    command = [
-        sys.executable, "-m", "src.train",
-        "dataset=digits", "backbone.input_size=[3,32,32]", "dataset.num_workers=0",
-        "trainer.max_epochs=5", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "test=false", "logger.mlflow.log_model=false",
-        f"experiment_name={name}", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / launch_dir}",
-        "+callbacks.kill._target_=tests.reliability.faults.KillFromEnv",
-        *extra,
-    ]  # fmt: skip
-    return command, env
+pytestmark = pytest.mark.slow  # three training processes
 
 
 def weights(checkpoint: Path) -> dict:

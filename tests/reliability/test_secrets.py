@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from src.train import train
-from tests.conftest import compose_train, only_run
+import pytest
+
+from tests.helpers.compose import compose_train, only_run, train
 
 
+@pytest.mark.slow
 def test_secret_keys_are_not_logged(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.setenv("TRANSFERLAB_TEST_TOKEN", "hunter2")
     cfg = compose_train(

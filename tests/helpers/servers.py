@@ -1,5 +1,5 @@
 """Real servers on free loopback ports for integration tests: PostgreSQL (initdb in a temporary
-folder) and `mlflow server`. The fixtures that use them live in conftest.py."""
+folder) and `mlflow server`. The fixtures that use them live in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.helpers.jobs import default_signals
 
 
 def free_port() -> int:
@@ -91,7 +93,12 @@ def mlflow_server(backend_uri: str, artifacts: Path, proxied: bool = True) -> It
     # No job runner: its worker processes (MLflow's GenAI jobs) only slow a test machine down.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
-        command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env
+        command,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+        preexec_fn=default_signals,  # it is sent SIGTERM
     )
     base = f"http://127.0.0.1:{port}"
     try:

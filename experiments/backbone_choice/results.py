@@ -1,0 +1,253 @@
+"""RESULTS.md, the tables and the plot of the backbone-choice study, from its MLflow runs (the
+accuracy table and plot through src.report, logged as a kind=report run). Regenerate:
+`.venv/bin/python experiments/backbone_choice/results.py` (MLFLOW_TRACKING_URI picks another store).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editable install
+
+from src.report.build import Report, write_report  # noqa: E402
+from src.report.query import Query, runs_frame, search  # noqa: E402
+from src.report.table import Layout  # noqa: E402
+
+EXPERIMENT, SCORES_EXPERIMENT = "backbone_choice", "backbone_choice_scores"
+TOP1_FILE = ROOT / "conf" / "imagenet_top1.yaml"
+# The four offline backbones, worst to best on ImageNet.
+BACKBONES = (
+    "mobilenetv2_100",
+    "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2",
+)
+SHORT = dict(zip(BACKBONES, ("MobileNetV2", "Lite0", "Lite1", "Lite2"), strict=True))
+PROTOCOLS = {"feature_extract": "fixed features (logistic regression)", "partial": "fine-tuned"}
+SCORES = ("logme", "leep", "nce", "hscore", "knn_acc")
+# Weighted Kendall tau of each score against fine-tuned accuracy, as published (../shared/LITERATURE.md:
+# TLlib's model-selection README, 10 ImageNet models; LEEP only on Aircraft). None: not published there.
+PAPER_TAU = {
+    "FGVC Aircraft": {"logme": 0.595, "leep": -0.264},
+    "Caltech-101": {"logme": 0.697},
+    "CIFAR-10": {"logme": 0.785},
+    "CIFAR-100": {"logme": 0.790},
+    "DTD": {"logme": 0.550},
+    "Pets": {"logme": 0.502},
+    "Stanford Cars": {"logme": 0.654},
+    "SUN397": {"logme": 0.748},
+}
+
+
+def imagenet_top1() -> tuple[dict[str, float], str]:
+    conf = OmegaConf.load(TOP1_FILE)
+    return dict(conf.imagenet_top1), str(conf.imagenet_top1_source)
+
+
+def log_odds(p: np.ndarray, n: int) -> np.ndarray:
+    """logit(p), with p kept 1/(2n) inside [0, 1] (a perfect score on n test images is finite)."""
+    p = np.clip(np.asarray(p, dtype=float), 1 / (2 * n), 1 - 1 / (2 * n))
+    return np.log(p / (1 - p))
+
+
+def accuracies(uri: str) -> pd.DataFrame:
+    """One row per finished training run: backbone, dataset, strategy, seed, test/acc, test size."""
+    frame = runs_frame(search(Query(uri, (EXPERIMENT,), {}, "FINISHED")))
+    keep = {
+        "tags.backbone": "backbone", "tags.dataset": "dataset", "tags.strategy": "strategy",
+        "tags.seed": "seed", "metrics.test/acc": "acc",
+    }  # fmt: skip
+    frame = frame.rename(columns=keep)[list(keep.values())].dropna(subset=["acc"])
+    return frame[frame["backbone"].isin(BACKBONES)]
+
+
+def scores(uri: str) -> pd.DataFrame:
+    """The transferability scores of each (dataset, backbone), computed before any training."""
+    frame = runs_frame(search(Query(uri, (SCORES_EXPERIMENT,), {"kind": "similarity"}, "FINISHED")))
+    columns = {f"metrics.similarity/{s}": s for s in SCORES}
+    frame = frame.rename(
+        columns={"tags.backbone": "backbone", "tags.dataset": "dataset", **columns}
+    )
+    frame = frame.sort_values("start_time").drop_duplicates(["dataset", "backbone"], keep="last")
+    return frame.set_index(["dataset", "backbone"])[list(columns.values())]
+
+
+def mean_acc(acc: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    """Mean test accuracy over seeds: one row per dataset, one column per backbone."""
+    chosen = acc[acc["strategy"] == strategy]
+    return chosen.groupby(["dataset", "backbone"])["acc"].mean().unstack("backbone")
+
+
+def correlations(acc: pd.DataFrame, top1: dict[str, float], test_size: int) -> pd.DataFrame:
+    """Kornblith et al.'s correlation: Pearson r between logit(ImageNet top-1) and logit(transfer
+    accuracy) over the backbones, per data set and on the log-odds averaged over data sets."""
+    rows = []
+    for strategy in PROTOCOLS:
+        means = mean_acc(acc, strategy).reindex(columns=BACKBONES).dropna()
+        if means.empty:
+            continue
+        x = log_odds(np.array([top1[b] for b in BACKBONES]) / 100, 10**6)
+        odds = means.apply(
+            lambda row: log_odds(row.to_numpy(), test_size), axis=1, result_type="expand"
+        )
+        for dataset, row in odds.iterrows():
+            rows.append((strategy, dataset, stats.pearsonr(x, row.to_numpy())[0]))
+        rows.append((strategy, "average log-odds", stats.pearsonr(x, odds.mean().to_numpy())[0]))
+    return pd.DataFrame(rows, columns=["strategy", "dataset", "r"])
+
+
+def taus(acc: pd.DataFrame, score_frame: pd.DataFrame) -> pd.DataFrame:
+    """Per data set, each score's weighted Kendall tau (scipy's weightedtau, hyperbolic weights
+    on the top ranks, as You et al. 2021 use) against the mean fine-tuned accuracy of the backbones."""
+    finetuned = mean_acc(acc, "partial").reindex(columns=BACKBONES)
+    table = {}
+    for dataset, row in finetuned.dropna().iterrows():
+        if dataset not in score_frame.index.get_level_values("dataset"):
+            continue
+        sub = score_frame.loc[dataset].reindex(BACKBONES)
+        table[dataset] = {
+            s: stats.weightedtau(sub[s].to_numpy(), row.to_numpy())[0] for s in SCORES
+        }
+    frame = pd.DataFrame(table).T
+    if len(frame):
+        frame.loc["mean over data sets"] = frame.mean()
+    return frame
+
+
+def markdown(frame: pd.DataFrame, digits: int = 3, index: str = "") -> str:
+    head = f"| {index} | " + " | ".join(map(str, frame.columns)) + " |"
+    lines = [head, "|" + "---|" * (len(frame.columns) + 1)]
+    for label, row in frame.iterrows():
+        cells = ["—" if pd.isna(v) else f"{v:+.{digits}f}" for v in row]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_table() -> str:
+    columns = ("logme", "leep")
+    lines = ["| data set (paper) | " + " | ".join(columns) + " |", "|---|---|---|"]
+    for dataset, values in PAPER_TAU.items():
+        cells = [f"{values[c]:+.3f}" if c in values else "—" for c in columns]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def wall_time(uri: str) -> float:
+    """Hours from the first run's start to the last run's end, over both experiments."""
+    frames = [
+        runs_frame(search(Query(uri, (name,), {}, "FINISHED")))
+        for name in (EXPERIMENT, SCORES_EXPERIMENT)
+    ]
+    frame = pd.concat(frames)
+    return (frame["end_time"].max() - frame["start_time"].min()).total_seconds() / 3600
+
+
+def headline(r: pd.DataFrame, tau: pd.DataFrame) -> list[str]:
+    lines = []
+    for strategy, name in PROTOCOLS.items():
+        sub = r[r["strategy"] == strategy].set_index("dataset")["r"]
+        if sub.empty:
+            lines.append(f"- {name}: not measured.")
+            continue
+        per_target = sub.drop("average log-odds")
+        lines.append(
+            f"- **{name}: r = {sub['average log-odds']:+.2f}** on the log-odds averaged over "
+            f"{len(per_target)} data sets (Kornblith et al.: 0.99 fixed features, 0.96 fine-tuned); "
+            f"per data set r > 0 on {int((per_target > 0).sum())} of {len(per_target)} "
+            f"(median {per_target.median():+.2f})."
+        )
+    if len(tau):
+        mean = tau.loc["mean over data sets"]
+        ranked = ", ".join(f"{s} {mean[s]:+.2f}" for s in mean.sort_values(ascending=False).index)
+        lines.append(
+            f"- **Weighted Kendall τ against the fine-tuned ranking, mean over data sets:** {ranked} "
+            "(LogME in TLlib's table: +0.50 to +0.79 over 10 models on 8 data sets)."
+        )
+    return lines
+
+
+def main() -> None:
+    uri = os.environ.get(
+        "MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/outputs/backbone_choice/mlflow.db"
+    )
+    top1, source = imagenet_top1()
+    layout = Layout(
+        rows=("backbone",), columns=("dataset", "strategy"), metric="test/acc",
+        row_order=BACKBONES,
+    )  # fmt: skip
+    report = Report(
+        Query(uri, (EXPERIMENT,), {}, "FINISHED"), layout, output_dir=HERE, stem="table",
+        title="Test accuracy (%) per backbone: fixed features (feature_extract) and fine-tuned "
+        "(partial), mean ± std over seeds",
+        plots={"imagenet_vs_transfer": {"line": "strategy", "panel": "dataset", "top1": top1}},
+        experiment="reports", run_name=f"report-{EXPERIMENT}",
+        artifact_location=str(ROOT / "mlartifacts"),
+    )  # fmt: skip
+    write_report(report)
+    acc = accuracies(uri)
+    test_size = int(os.environ.get("TEST_IMAGES", "200"))  # 20 per class (conf/experiment)
+    r = correlations(acc, top1, test_size)
+    tau = taus(acc, scores(uri))
+    seeds = acc[acc["strategy"] == "partial"].groupby(["dataset", "backbone"]).size()
+    r_table = r.pivot(index="dataset", columns="strategy", values="r").rename(columns=PROTOCOLS)
+    lines = [
+        "# Which pretrained model? Results",
+        "",
+        f"{len(acc)} finished training runs in MLflow experiment `{EXPERIMENT}` and the "
+        f"transferability scores in `{SCORES_EXPERIMENT}` (store "
+        f"`{uri.split('///')[-1].replace(str(ROOT) + '/', '')}`), {wall_time(uri):.2f} h from the "
+        f"first run's start to the last run's end. Fine-tuned: {seeds.min() if len(seeds) else 0}–"
+        f"{seeds.max() if len(seeds) else 0} seeds per cell. Protocol and caps: [README.md](README.md). "
+        "Regenerate everything: `bash experiments/backbone_choice/run.sh`; only this page: "
+        "`.venv/bin/python experiments/backbone_choice/results.py`.",
+        "",
+        f"ImageNet top-1 (conf/imagenet_top1.yaml; source: {source}): "
+        + ", ".join(f"{SHORT[b]} {top1[b]}" for b in BACKBONES)
+        + ".",
+        "",
+        "## Headline: did better ImageNet models transfer better here?",
+        "",
+        *headline(r, tau),
+        "",
+        "## (a) Kornblith et al. 2019: transfer accuracy against ImageNet top-1",
+        "",
+        "Also as [LaTeX](table.tex) ([compilable](table_document.tex)) and [CSV](table.csv); bold: "
+        "the best backbone in each column.",
+        "",
+        (HERE / "table.md").read_text().strip(),
+        "",
+        "Pearson r between logit(ImageNet top-1) and logit(test accuracy) over the four backbones "
+        "(accuracy: mean over seeds; 'average log-odds': the log-odds averaged over data sets "
+        "first, as in the paper's Figure 1):",
+        "",
+        markdown(r_table, 2, "data set"),
+        "",
+        "![ImageNet top-1 against transfer accuracy](imagenet_vs_transfer.png)",
+        "",
+        "## (b) You et al. 2021: do the scores computed before training rank the backbones?",
+        "",
+        "Weighted Kendall τ of each score (on the 15 training images per class, before any "
+        "training) against the backbones' mean fine-tuned test accuracy; +1: the same order.",
+        "",
+        markdown(tau, 2, "data set"),
+        "",
+        "Published values (10 ImageNet models per data set; ../shared/LITERATURE.md):",
+        "",
+        paper_table(),
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

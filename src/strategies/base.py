@@ -1,0 +1,125 @@
+"""The base Strategy: every group trains at the optimizer's lr; subclasses say what trains when."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as L
+from torch import nn
+
+from src.strategies.groups import HEAD, split_weight_decay, stage_groups, stage_of
+
+BN_POLICIES = ("train", "freeze_stats", "frozen")
+
+
+class Strategy:
+    """Base: every group trains at the optimizer's lr.
+
+    bn: `train` (BatchNorm learns where its stage trains; a frozen stage keeps its statistics),
+    `freeze_stats` (running statistics fixed everywhere, affine parameters train with their stage),
+    `frozen` (statistics and affine parameters fixed everywhere).
+    """
+
+    def __init__(
+        self, bn: str = "train", cache_prefix: bool | str = "auto", prefix_cache_dir: str = "cache"
+    ):
+        """cache_prefix: auto | true | false, compute the backbone layers frozen for the whole run
+        once per image, cached in prefix_cache_dir (src/strategies/prefix.py)."""
+        from src.strategies.prefix import check_mode
+
+        if bn not in BN_POLICIES:
+            raise ValueError(f"strategy.bn='{bn}': choose one of {BN_POLICIES}.")
+        check_mode(cache_prefix)
+        self.bn, self.cache_prefix, self.prefix_cache_dir = bn, cache_prefix, prefix_cache_dir
+        self.prefix_plan = None  # set by plan_prefix_cache, before the run
+        self.stage_names: list[str] = []  # backbone groups, input side first; set by param_groups
+
+    # Whether `trainable` depends on the epoch: DDP must then track every parameter (see
+    # src/models/distributed.py); otherwise the model is frozen before DDP wraps it.
+    changes_trainable = False
+
+    # --- what subclasses override -------------------------------------------------------------
+    def trainable(self, group: str, epoch: int) -> bool:
+        return True
+
+    def lr_scale(self, group: str) -> float:
+        """Constant multiplier of the optimizer's lr for this group."""
+        return 1.0
+
+    def lr_factor(self, group: str, epoch: float) -> float:
+        """Time-varying multiplier (epoch is fractional): 0 while the group is frozen."""
+        return 1.0 if self.trainable(group, int(epoch)) else 0.0
+
+    def check(self, max_epochs: int, regularisation=None) -> None:
+        """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
+
+    def plan_prefix_cache(self, model: nn.Module, regularisation, datamodule, max_epochs) -> None:
+        """Decide what the run caches (before it starts); cache_prefix=true refuses a run where
+        the cache cannot be exact."""
+        from src.strategies.prefix import plan
+
+        self.prefix_plan = plan(self, model, regularisation, datamodule, max_epochs)
+        if self.cache_prefix is True and not self.prefix_plan.on:
+            raise ValueError(
+                f"strategy.cache_prefix=true, but no prefix can be cached exactly: "
+                f"{self.prefix_plan.reason}. Use strategy.cache_prefix=auto or false."
+            )
+
+    def fit(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        ckpt_path: str | None = None,
+    ) -> None:
+        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG). The frozen
+        prefix's outputs are cached where that is exact (cache_prefix)."""
+        from src.strategies.prefix import prefix_cached
+
+        with prefix_cached(self, trainer, module, datamodule) as data:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+
+    def test(
+        self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+    ) -> dict:
+        """Test metrics of the best checkpoint (the last weights when nothing was checkpointed)."""
+        checkpoint = trainer.checkpoint_callback
+        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        return trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
+
+    # --- shared machinery ---------------------------------------------------------------------
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        groups = stage_groups(model)
+        self.stage_names = [name for name, _ in groups if name != HEAD]
+        return [g for n, p in groups for g in split_weight_decay(n, p, self.lr_scale(n))]
+
+    def stage_index(self, k: int) -> int:
+        """A stage count or index; negative counts from the top (-1: the last stage)."""
+        n = len(self.stage_names)
+        index = k + n if k < 0 else k
+        if not 0 <= index <= n:
+            raise ValueError(
+                f"stage {k} out of range for a backbone with {n} stages ({self.stage_names})."
+            )
+        return index
+
+    def apply(self, model: nn.Module, groups: Sequence[dict], epoch: int) -> None:
+        """Set requires_grad and BatchNorm modes for `epoch`; called at every train epoch start."""
+        bn_param_ids = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)
+        }
+        for group in groups:
+            trains = self.trainable(stage_of(group["name"]), epoch)
+            for param in group["params"]:
+                param.requires_grad_(
+                    trains and not (self.bn == "frozen" and id(param) in bn_param_ids)
+                )
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                params = list(module.parameters(recurse=False))
+                frozen_layer = bool(params) and not any(p.requires_grad for p in params)
+                # Both ways: a stage unfrozen this epoch must learn its statistics again.
+                module.train(self.bn == "train" and not frozen_layer)

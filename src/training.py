@@ -1,0 +1,125 @@
+"""One training job: build (and validate) everything, open the MLflow run, fit, test on the best
+checkpoint, return the metrics. `python -m src.train` (src/train.py) is its entry point; the
+advisor, the bench and the tests call `train(cfg, choices)` with a config from src.config.compose.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Fit and test one configuration; returns every metric of the last epoch and of the test.
+    `choices`: the job's config-group choices (run tags; src.config.run_tags)."""
+    import lightning.pytorch as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from src.config import build, build_data
+    from src.errors import refuse_bad_input
+    from src.models.module import TransferModule, check_optimizer
+    from src.models.tasks import task_for
+    from src.tracking.callbacks import SameConfigOnEveryRank
+    from src.tracking.loggers import record_failure
+    from src.tracking.resume import config_fingerprint, resume_point, shared_with_ranks
+    from src.tracking.secrets import redact
+    from src.tracking.store import prepare_store
+
+    # Hydra already prints (and files) every record; Lightning's own console handler would repeat them.
+    logging.getLogger("lightning").handlers.clear()
+    L.seed_everything(cfg.seed, workers=True)
+
+    # 1. Everything that can refuse bad input comes before an MLflow run exists.
+    with refuse_bad_input():
+        datamodule, regularisation, backbone = build_data(cfg)
+        task = task_for(datamodule.classes, datamodule.multilabel, datamodule.loss_weights)
+        task.check(regularisation, cfg.monitor.metric)
+        strategy = build(cfg.strategy)
+        strategy.check(cfg.trainer.max_epochs, regularisation)
+        regularisation.bind(backbone, pretrained=cfg.backbone.pretrained)
+        strategy.plan_prefix_cache(backbone, regularisation, datamodule, cfg.trainer.max_epochs)
+        optimizer = check_optimizer(build(cfg.optimizer))
+    log.info("Strategy: %s", type(strategy).__name__)
+    module = TransferModule(
+        model=backbone,
+        strategy=strategy,
+        optimizer=optimizer,
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        regularisation=regularisation,
+        class_names=datamodule.classes,
+        task=task,
+    )
+
+    # 2. Callbacks, loggers, trainer; a resumed job writes on in its old folder and MLflow run.
+    # Unresolved: ${paths.output_dir} differs per launch, the choices behind it do not.
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
+    point = None
+    if cfg.get("resume"):
+        point = resume_point(
+            str(cfg.resume), cfg.paths.tracking_uri, cfg.experiment_name, fingerprint
+        )
+    if point is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(point.output_dir)
+    mlflow_configs = [c for c in (cfg.get("logger") or {}).values() if "MLFlow" in c._target_]
+    # Every process, DDP ranks included: an MLflow client migrates a fresh store as it is built,
+    # so the schema must exist first (file-locked for sqlite). No run is created here.
+    for c in mlflow_configs:
+        prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
+    loggers = [
+        instantiate(c, **({"run_id": point.run_id} if point and c in mlflow_configs else {}))
+        for c in (cfg.get("logger") or {}).values()
+    ]
+    built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
+    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(SameConfigOnEveryRank(fingerprint))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    # 3. The run: config in, fit, test, status out. Under DDP only global rank 0 writes (config,
+    # MLflow run, checkpoints); the other ranks' MLflow loggers are no-ops (rank_zero_experiment).
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "config.yaml"
+    if trainer.is_global_zero:
+        # A password in a URL (a sweep's storage) is masked here as in the logged params.
+        config_file.write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    try:
+        if trainer.is_global_zero:
+            open_run(cfg, choices, loggers, point, fingerprint, datamodule, config_file)
+        with shared_with_ranks(point):
+            strategy.fit(trainer, module, datamodule, ckpt_path=point and str(point.checkpoint))
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            metrics.update(strategy.test(trainer, module, datamodule))
+    except BaseException as error:
+        record_failure(loggers, error)
+        raise
+    return metrics
+
+
+def open_run(
+    cfg: DictConfig, choices, loggers, point, fingerprint: str, datamodule, config_file: Path
+):
+    """Rank 0's MLflow run: params, tags, the resolved config, similarity scores; a resumed run
+    shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
+    from src.config import run_tags
+    from src.similarity.tracking import attach_similarity, similarity_key
+    from src.tracking.loggers import log_run_metadata, mlflow_loggers
+    from src.tracking.resume import process_tags, reopen
+    from src.tracking.secrets import redact
+
+    tags = {**run_tags(cfg, choices), **process_tags(config_file.parent, fingerprint)}
+    tags["skipped_images"] = str(len(datamodule.source.skipped))
+    params = {} if point else redact(OmegaConf.to_container(cfg, resolve=True))
+    log_run_metadata(loggers, params, tags, config_file)
+    for logger in mlflow_loggers(loggers) if point else ():
+        reopen(logger, point)
+    attach_similarity(loggers, similarity_key(cfg, choices))  # the scores measured before training

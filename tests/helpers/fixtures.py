@@ -1,0 +1,61 @@
+"""Fixtures of every test module (tests/conftest.py loads this as a plugin)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers.jobs import TINY
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """Seconds-long real training: digits at 32 px, a few batches."""
+    return list(TINY)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy shared CPU two OpenMP threads spin-wait on each other (a step
+    measured 15x slower with two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on loopback for the test module (tests/helpers/servers.py)."""
+    from tests.helpers.servers import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    """`mlflow server` with a PostgreSQL backend store and an artifact destination: what
+    docs/cluster.md sets up for workers on several machines. Yields (url, artifacts folder)."""
+    from tests.helpers.servers import create_database, mlflow_server
+
+    artifacts = tmp_path_factory.mktemp("mlflow-server") / "artifacts"
+    artifacts.mkdir()
+    with mlflow_server(create_database(postgres, "mlflow"), artifacts) as url:
+        yield url, artifacts
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_per_test():
+    """mlflow.set_tracking_uri (Lightning's MLFlowLogger calls it) also exports
+    MLFLOW_TRACKING_URI to this process; left set, a later test's config (paths.tracking_uri reads
+    it) and its subprocesses would write into an earlier test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
