@@ -56,12 +56,15 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
 def main(cfg: DictConfig) -> None:
     from src.errors import InvalidInput
+    from src.tracking.store import done_line
 
     try:
         predict_images(cfg)
     except InvalidInput as error:
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
+    # No run of its own: the run it predicted with, and where the CSV went.
+    log.info(done_line(cfg.run_id, cfg.csv or "stdout (csv= writes a file)"))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,7 @@ def main(cfg: DictConfig) -> float | None:
             raise  # in a sweep this job fails (its trial FAIL) and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
-        log.info("%s = %.4f", key, metrics[key])
-    return metrics.get(cfg.monitor.metric)
+    return metrics.get(cfg.monitor.metric)  # train() logged the scores and the run: last line
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
     `choices`: the job's config-group choices (run tags; src.config.run_tags)."""
     import lightning.pytorch as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from src.config import build, build_data
     from src.errors import refuse_bad_input
@@ -78,8 +77,6 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
     ]
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
-    if not loggers:  # Lightning refuses an LR monitor with nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(SameConfigOnEveryRank(fingerprint))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -102,7 +99,21 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
     except BaseException as error:
         record_failure(loggers, error)
         raise
+    if trainer.is_global_zero:
+        report_outcome(metrics, loggers, output_dir)
     return metrics
+
+
+def report_outcome(metrics: dict[str, float], loggers, output_dir: Path) -> None:
+    """The test scores, then the last line: the MLflow run id and the run's folder."""
+    from src.tracking.loggers import mlflow_loggers
+    from src.tracking.store import done_line
+
+    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
+        log.info("%s = %.4f", key, metrics[key])
+    mlflow = mlflow_loggers(loggers)
+    run_id, uri = (mlflow[0].run_id, mlflow[0]._tracking_uri) if mlflow else (None, None)
+    log.info(done_line(run_id, output_dir, uri))
 
 
 def open_run(
@@ -112,7 +123,7 @@ def open_run(
     shows RUNNING again and keeps the params it was started with (MLflow refuses to change them)."""
     from src.config import run_tags
     from src.similarity.tracking import attach_similarity, similarity_key
-    from src.tracking.loggers import log_run_metadata, mlflow_loggers
+    from src.tracking.loggers import log_dataset, log_run_metadata, mlflow_loggers
     from src.tracking.resume import process_tags, reopen
     from src.tracking.secrets import redact
 
@@ -122,4 +133,8 @@ def open_run(
     log_run_metadata(loggers, params, tags, config_file)
     for logger in mlflow_loggers(loggers) if point else ():
         reopen(logger, point)
+    if not point:  # a resumed run has its input already
+        subset = {key: tags[key] for key in ("fraction", "samples_per_class")}
+        source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
+        log_dataset(loggers, tags["dataset"], source, datamodule, subset)
     attach_similarity(loggers, similarity_key(cfg, choices))  # the scores measured before training

@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps({**report, "rows": rows}, indent=1))
     print(f"\nAll suites on {device} ({report['threads']} threads, torch {torch.__version__}):")
     print_table(rows)
-    print(f"JSON: {path}")
+    from src.tracking.store import done_line
+
+    print(done_line(None, path))  # the last line, as every entry point's: no run, the JSON
     return 1 if any(r["ok"] is False for r in rows) and os.environ.get("BENCH_STRICT") else 0
 
 

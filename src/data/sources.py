@@ -247,10 +247,11 @@ def unreadable_images(paths: list[str]) -> list[str]:
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return False
 
-    with ThreadPoolExecutor(
-        max_workers=min(8, os.cpu_count() or 1)
-    ) as pool:  # decoding frees the GIL
-        verdicts = list(pool.map(readable, paths))
+    from src.progress import progress
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # frees the GIL
+        decoding = pool.map(readable, paths)
+        verdicts = list(progress(decoding, desc="Decoding images", total=len(paths), unit="img"))
     return [path for path, ok in zip(paths, verdicts, strict=True) if not ok]
 
 

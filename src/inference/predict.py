@@ -32,8 +32,10 @@ def image_files(paths: Iterable[str]) -> list[Path]:
 
 def read_images(files: list[Path]) -> list[Image.Image]:
     """Every file decoded as RGB up front, so a non-image stops the job before any prediction."""
+    from src.progress import progress
+
     images = []
-    for file in files:
+    for file in progress(files, desc="Reading images", unit="img"):
         try:
             with Image.open(file) as image:
                 images.append(image.convert("RGB"))
@@ -47,8 +49,11 @@ def logits(
     model: nn.Module, images: list[Image.Image], transform: Callable, batch_size: int = 32
 ) -> torch.Tensor:
     """The model's raw outputs, one row per image."""
+    from src.progress import progress
+
     rows = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in progress(starts, desc="Predicting", unit="batch"):
         batch = torch.stack([transform(image) for image in images[start : start + batch_size]])
         rows.append(model(batch))
     return torch.cat(rows)

@@ -59,8 +59,10 @@ def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
 
 def training_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """mlflow.search_runs output -> one row per run group: scores, acc, gain over scratch."""
-    if "tags.kind" in runs:  # similarity runs are not training runs
-        runs = runs[runs["tags.kind"].isna()]
+    from src.tracking.kinds import TRAIN, run_kind
+
+    if len(runs):  # plain training runs only: not similarity runs, sweep trials or advisor runs
+        runs = runs[run_kind(runs) == TRAIN]
     runs = runs.dropna(subset=["metrics.test/acc", "tags.dataset_key"])
     target = runs["tags.dataset"]
     if "params.dataset/source/severity" in runs:  # corrupted copies: one target per severity

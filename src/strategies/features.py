@@ -19,6 +19,7 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.progress import progress
 from src.strategies.base import Strategy
 from src.strategies.groups import HEAD
 
@@ -127,7 +128,11 @@ def _load_or_extract(model, datamodule, split: str, device, paths: list[Path]):
         tensors = (stored[0]["features"], stored[0]["labels"])
         return tensors + ((stored[1]["logits"],) if len(paths) > 1 else ()), None
     start = time.perf_counter()
-    tensors = extract(model, datamodule.eval_batches(split, device), device, len(paths) > 1)
+    batches = progress(
+        datamodule.eval_batches(split, device), desc=f"Features ({split})", unit="batch",
+        total=len(datamodule.eval_loader(split)),
+    )  # fmt: skip
+    tensors = extract(model, batches, device, len(paths) > 1)
     return tensors, time.perf_counter() - start
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Set while a trial's job runs: Lightning re-executes this command line for DDP ranks > 0, which
 # inherit it and rerun exactly that trial instead of starting a sweep of their own.
 TRIAL_ENV = "TRANSFERLAB_SWEEP_TRIAL"
+TRIAL_KIND = "sweep_trial"  # the `kind` tag of a trial's run; its study's parent run is kind=sweep
 DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 
 
@@ -98,8 +99,11 @@ class OptunaSweeper(Sweeper):
         TrialReporter) and, with MLflow, its run's name and tags. The run is created nested under
         the study's parent run: no moment exists where it stands alone (a SIGKILL included)."""
         overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
+        overrides.append(f"++kind={TRIAL_KIND}")  # reports leave trials out unless asked
         if self.mlflow:
-            run_name = f"{self.study_name}-trial{number:03d}"
+            run_name = (
+                f"trial{number:03d}-{self.study_name}"  # the UI cuts long names: number first
+            )
             tags = {"optuna.study": self.study_name, "optuna.trial.number": str(number)}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
