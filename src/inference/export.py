@@ -168,6 +168,14 @@ def requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
 
 
+def own_code(model: nn.Module) -> list[str] | None:
+    """This project's package, shipped with a model that holds one of its modules (a
+    feature_extract run's KernelSVM head), so the pickled model loads where src is not installed."""
+    if not any(type(m).__module__.startswith("src.") for m in model.modules()):
+        return None
+    return [str(Path(__file__).resolve().parents[1])]
+
+
 def log_mlflow_model(
     model: nn.Module,
     example: torch.Tensor,
@@ -196,6 +204,7 @@ def log_mlflow_model(
             metadata=usage_record,  # class names, input size, mean, std: in the MLmodel file
             # Given, not inferred: inference re-loads the model in a subprocess (~10 s).
             pip_requirements=requirements(),
+            code_paths=own_code(model),
         )
     log.info("MLflow model %s (registered as %s)", info.model_uri, registered_name)
     return info.model_uri
