@@ -38,7 +38,7 @@ test-all: $(STAMP)
 
 # Side-by-side ratios (suites 1-5 of the performance issue); JSON lands in outputs/bench/.
 bench: $(STAMP)
-	$(PY) -m src.bench overhead freeze probe_cache data startup $(ARGS)
+	$(PY) -m src.bench overhead freeze prefix_cache probe_cache data startup $(ARGS)
 
 # A table (md, tex, csv) and plots from MLflow runs: `make report ARGS="+filters.study=X"`.
 report: $(STAMP)

@@ -26,6 +26,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
+        P.check_top_k(cfg.top_k)
         paths = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
         files = P.image_files(map(str, paths))
         images = P.read_images(files)

@@ -179,7 +179,8 @@ def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "advise"]
     assert all(r.data.tags.get("mlflow.parentRunId") for r in runs if r is not parent)
     trial_runs = [r for r in runs if r.data.tags.get("kind") == "advise_search"]
-    assert len(trial_runs) == 3 and len({r.info.run_name for r in trial_runs}) == 3
+    # trials 0 and 2 finished; trial 1's run exists only if the kill came after its logger began
+    assert len(trial_runs) >= 2 and len({r.info.run_name for r in trial_runs}) == len(trial_runs)
     (data_run,) = [r for r in runs if r.data.tags.get("kind") == "advise_data"]
     assert data_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     records = [line for line in second.stdout.splitlines() if line.startswith("[")]

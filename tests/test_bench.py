@@ -39,3 +39,18 @@ def test_overhead_times_the_composed_job_against_a_raw_loop(tmp_path, monkeypatc
     assert "tf_efficientnet_lite0 32px b8" in overhead["measure"]
     (seconds,) = StepTimer.seconds  # one timed job, 2 steps at 8 images each
     assert overhead["a"] == 2 * 8 / seconds
+
+
+@pytest.mark.slow
+def test_cache_suites_compare_whole_runs_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    job = ["dataset=digits", "backbone.input_size=[3,32,32]", "trainer.limit_train_batches=2"]
+    assert (
+        main(["prefix_cache", "probe_cache", *(f"--job={o}" for o in job), "--json", str(out)]) == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["suite"] for r in rows] == ["prefix_cache"] * 2 + ["probe_cache"] * 3
+    assert "partial -2 uncached / cached" in rows[0]["measure"] and rows[0]["goal"] == 5.0
+    assert "linear_probe uncached / cached" in rows[1]["measure"]
+    assert rows[2]["goal"] == 9.0 and rows[4]["goal"] == 0.9 and rows[4]["unit"] == "img/s"
+    assert all(r["a"] > 0 and r["b"] > 0 for r in rows)

@@ -44,9 +44,14 @@ class StepTimer(L.Callback):
         now = time.perf_counter()
         if trainer.global_step == self.warmup:
             self.profile.start()
-            self.start = now
+            self.start, self.epoch = now, trainer.current_epoch
         else:
             self.profile.stop()
+            if trainer.current_epoch != self.epoch:  # validation and checkpoints would be timed
+                raise RuntimeError(
+                    "overhead: the timed steps cross an epoch end; lower --steps/--warmup or "
+                    "use more training data."
+                )
             StepTimer.seconds.append(now - self.start)
 
 

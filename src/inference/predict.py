@@ -16,30 +16,39 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def image_files(paths: Iterable[str]) -> list[Path]:
-    """Files as given; a folder gives its image files (by suffix), sorted."""
+    """Files as given; a folder gives its image files (by suffix, symlinks followed once), sorted."""
+    from src.data.files import list_images
+
+    paths = list(map(Path, paths))
+    if not paths:
+        raise InvalidInput("images=[]: give image files or folders, e.g. images=photos/.")
     files: list[Path] = []
-    for path in map(Path, paths):
+    for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(list_images(path, set(), [], IMAGE_SUFFIXES))
+            if not found:
+                raise InvalidInput(
+                    f"images: the folder '{path}' holds no image files "
+                    f"({', '.join(sorted(IMAGE_SUFFIXES))})."
+                )
+            files += found
         elif path.is_file():
             files.append(path)
         else:
             raise InvalidInput(f"images: no such file or folder '{path}'.")
-    if not files:
-        raise InvalidInput(f"images: no image files in {list(map(str, paths))}.")
     return files
 
 
 def read_images(files: list[Path]) -> list[Image.Image]:
     """Every file decoded as RGB up front, so a non-image stops the job before any prediction."""
+    from src.data.files import read_rgb  # as training read them: 16-bit, alpha, EXIF alike
     from src.progress import progress
 
     images = []
     for file in progress(files, desc="Reading images", unit="img"):
         try:
-            with Image.open(file) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as error:
+            images.append(read_rgb(file))
+        except (UnidentifiedImageError, OSError, ValueError) as error:
             raise InvalidInput(f"images: '{file}' is not an image file ({error}).") from None
     return images
 
@@ -59,6 +68,7 @@ def logits(
     return torch.cat(rows)
 
 
+<<<<<<< HEAD
 def multilabel(
     scores: torch.Tensor, names: list[str], thresholds: list[float]
 ) -> list[list[tuple[str, float]]]:
@@ -86,6 +96,11 @@ def write_label_csv(
         for file, row in zip(files, probs.tolist(), strict=True):
             chosen = [n for n, p, t in zip(names, row, thresholds, strict=True) if p >= t]
             writer.writerow([str(file), *(f"{p:.6f}" for p in row), ";".join(chosen)])
+=======
+def check_top_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInput(f"top_k={k}: an integer >= 1 (capped at the number of classes).")
+>>>>>>> main
 
 
 def top_k(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning.pytorch as L
@@ -31,9 +32,13 @@ def check_optimizer(
 ) -> Callable[..., torch.optim.Optimizer]:
     """Build it once on a dummy parameter, so torch's own checks (lr, betas, eps, weight decay)
     refuse bad values before any work, with the keys they concern."""
-    lr = getattr(factory, "keywords", {}).get("lr")
+    keywords = getattr(factory, "keywords", {})
+    lr = keywords.get("lr")
     if lr is not None and lr <= 0:  # torch accepts 0, which trains nothing
         raise ValueError(f"optimizer.lr={lr}: must be > 0.")
+    for key, value in keywords.items():  # torch accepts inf, which makes every weight NaN
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"optimizer.{key}={value}: must be a finite number.")
     try:
         factory([nn.Parameter(torch.zeros(1))])
     except ValueError as error:

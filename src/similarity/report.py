@@ -131,11 +131,15 @@ def write(tracking_uri: str, experiments: list[str] | None, out: Path | None) ->
 def main(cfg: DictConfig) -> None:
     names = cfg.experiments
     experiments = [names] if isinstance(names, str) else list(names) if names else None
+    from src.tracking.store import done_line
+
     try:
         write(cfg.tracking_uri, experiments, Path(cfg.out) if cfg.out else None)
     except InvalidInput as error:  # one line, exit 2
         log.error("%s", error)
         raise SystemExit(2) from None
+    # No run of its own: it reads the store's training runs; the file, when asked for one.
+    log.info(done_line(None, cfg.out or "stdout (out= writes a file)", cfg.tracking_uri))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ class Finetune(Strategy):
 
     def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train", **options):
         super().__init__(bn, **options)
-        if backbone_lr_mult <= 0:
-            raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: must be > 0.")
+        if not 0 < backbone_lr_mult < float("inf"):  # NaN fails too
+            raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: a finite number > 0.")
         self.backbone_lr_mult = backbone_lr_mult
 
     def lr_scale(self, group: str) -> float:
@@ -68,6 +68,11 @@ class Partial(Finetune):
         super().__init__(backbone_lr_mult, bn, **options)
         self.freeze_stages = freeze_stages
 
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        self._check_stage("freeze_stages", self.freeze_stages, -n, n)
+
     def trainable(self, group: str, epoch: int) -> bool:
         if group == HEAD:
             return True
@@ -80,6 +85,11 @@ class Surgical(Strategy):
     def __init__(self, block: int, bn: str = "train", **options):
         super().__init__(bn, **options)
         self.block = block
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        self._check_stage("block", self.block, -n, n - 1)
 
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD or self.stage_names.index(group) == self.stage_index(self.block)
@@ -105,6 +115,11 @@ class GradualUnfreeze(Finetune):
     ):
         super().__init__(backbone_lr_mult, bn, **options)
         self.milestones = list(milestones)
+        if not self.milestones:
+            raise ValueError(
+                "strategy.milestones=[]: the backbone would never unfreeze (a linear probe "
+                "recorded as gradual_unfreeze). Give at least one epoch, or use strategy=linear_probe."
+            )
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ValueError(
                 f"strategy.milestones={self.milestones}: strictly increasing epochs >= 1."
@@ -119,6 +134,15 @@ class GradualUnfreeze(Finetune):
             raise ValueError(
                 f"strategy.milestones {late} are not before trainer.max_epochs={max_epochs}; "
                 f"valid range [1, {max_epochs - 1}]."
+            )
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        if len(self.milestones) > n:
+            raise ValueError(
+                f"strategy.milestones={self.milestones}: the backbone has {n} stages, so at most "
+                f"{n} milestones can unfreeze one; the last {len(self.milestones) - n} do nothing."
             )
 
     def unfreeze_epoch(self, group: str) -> float:

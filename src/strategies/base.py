@@ -53,6 +53,18 @@ class Strategy:
     def check(self, max_epochs: int, regularisation=None) -> None:
         """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse stage settings this backbone cannot have (its stages come from timm), before
+        any run exists; subclasses check their own keys."""
+        self.stage_names = [name for name, _ in stage_groups(model) if name != HEAD]
+
+    def _check_stage(self, key: str, k: int, low: int, high: int) -> None:
+        if not low <= k <= high:
+            raise ValueError(
+                f"strategy.{key}={k}: the backbone has {len(self.stage_names)} stages "
+                f"({', '.join(self.stage_names)}); valid range [{low}, {high}]."
+            )
+
     def plan_prefix_cache(self, model: nn.Module, regularisation, datamodule, max_epochs) -> None:
         """Decide what the run caches (before it starts); cache_prefix=true refuses a run where
         the cache cannot be exact."""

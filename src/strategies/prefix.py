@@ -341,15 +341,18 @@ def cached_activations(
 @torch.inference_mode()
 def _extract(modules, datamodule, split: str, device, trainer: L.Trainer) -> torch.Tensor:
     """The prefix's output for every image of a split, in order, at the run's precision."""
+    from src.strategies.features import inference_setup
+
     training = {m: m.training for module in modules for m in module.modules()}
     for module in modules:
         module.eval().to(device)
     try:
         outputs = []
+        batch, _ = inference_setup(datamodule, device)
         with trainer.precision_plugin.forward_context():
-            for images, _ in datamodule.eval_batches(split, device):
-                outputs.append(run_prefix(modules, images).cpu())
-        return torch.cat(outputs)
+            for images, _ in datamodule.eval_batches(split, device, batch):
+                outputs.append(run_prefix(modules, images))
+        return torch.cat(outputs).cpu()  # one copy back, no sync per batch
     finally:
         for module, flag in training.items():
             module.train(flag)

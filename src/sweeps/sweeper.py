@@ -50,12 +50,15 @@ class OptunaSweeper(Sweeper):
         max_retries: int = 1,
         mlflow: DictConfig | None = None,
     ):
+        refuse = None
         if direction not in DIRECTIONS:
-            raise ValueError(
-                f"hydra.sweeper.direction={direction!r}: choose one of {list(DIRECTIONS)}."
-            )
-        if n_trials < 1 or max_failures < 1:
-            raise ValueError("hydra.sweeper: n_trials and max_failures must be >= 1.")
+            refuse = f"hydra.sweeper.direction={direction!r}: choose one of {list(DIRECTIONS)}."
+        for key, value in (("n_trials", n_trials), ("max_failures", max_failures)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                refuse = f"hydra.sweeper.{key}={value}: an integer >= 1."
+        if refuse:  # Hydra reports a plugin's exception with exit status 1: this is bad input
+            log.error("Invalid input: %s", refuse)
+            raise SystemExit(2)
         self.study_name, self.storage, self.metric = study_name, storage, metric
         self.direction = DIRECTIONS[direction]
         self.n_trials, self.max_failures, self.seed = n_trials, max_failures, seed

@@ -68,16 +68,25 @@ def log_dataset(loggers: list[Logger], name: str, source: dict, datamodule, subs
 
 
 def record_failure(loggers: list[Logger], error: BaseException) -> None:
-    """End MLflow runs FAILED (KILLED on Ctrl-C) with the error as a tag, whatever stage failed.
+    """End MLflow runs FAILED (KILLED on SIGTERM or Ctrl-C) with the reason as a tag, whatever
+    stage failed: `error` for a failure, `killed_reason` for an interruption.
 
     A run stopped by an Optuna pruner did what it was asked: FINISHED, tagged `pruned`."""
     from optuna import TrialPruned
 
+    from src.errors import is_sigterm
+    from src.tracking.claim import KILLED_REASON
+
     interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
     pruned = isinstance(error, TrialPruned)
     status = "FINISHED" if pruned else "KILLED" if interrupted else "FAILED"
+    if pruned:
+        tag = ("pruned", "true")
+    elif interrupted:
+        tag = (KILLED_REASON, "SIGTERM" if is_sigterm(error) else type(error).__name__)
+    else:
+        tag = ("error", f"{type(error).__name__}: {error}")
     for logger in mlflow_loggers(loggers):
         if logger._initialized:
-            tag = ("pruned", "true") if pruned else ("error", f"{type(error).__name__}: {error}")
             logger.experiment.set_tag(logger.run_id, tag[0], tag[1][:5000])
             logger.experiment.set_terminated(logger.run_id, status)

@@ -109,6 +109,41 @@ def _wal_mode(database: str) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
+def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> None:
+    """Refuse a tracking URI MLflow cannot open, before any run, store or folder exists: an
+    unknown scheme (`sqlit:///x.db`), a sqlite file in a place that is missing and cannot be
+    created, or that this user cannot write, and the file store MLflow 3 refuses."""
+    import os
+    from urllib.parse import urlparse
+
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    where = f"{key}='{tracking_uri}' (or MLFLOW_TRACKING_URI)"
+    scheme = urlparse(tracking_uri).scheme
+    schemes = sorted(s for s in _tracking_store_registry._registry if s not in ("", "file"))
+    if scheme in ("", "file"):
+        raise ValueError(
+            f"{where}: MLflow 3 refuses the file store; use a database, e.g. "
+            "sqlite:///mlflow.db, or a server (http://host:5000)."
+        )
+    if scheme not in schemes:
+        raise ValueError(f"{where}: unknown scheme '{scheme}'; MLflow opens {', '.join(schemes)}.")
+    if scheme != "sqlite":
+        return  # a server or database: only reachable over the network, checked when opened
+    if not tracking_uri.startswith(SQLITE) or tracking_uri == SQLITE:
+        raise ValueError(f"{where}: a sqlite store is sqlite:///relative.db or sqlite:////abs.db.")
+    database = Path(tracking_uri[len(SQLITE) :])
+    if database.is_dir():
+        raise ValueError(f"{where}: '{database}' is a folder, not a database file.")
+    existing = next(p for p in (database, *database.parents) if p.exists())
+    if existing == database:
+        writable = os.access(database, os.W_OK) and os.access(database.parent, os.W_OK)
+    else:
+        writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if not writable:
+        raise ValueError(f"{where}: '{existing}' is not writable by this user.")
+
+
 def done_line(run_id: str | None, outputs, tracking_uri: str | None = None) -> str:
     """An entry point's last log line: the MLflow run every later tool takes, and the folder."""
     where = f" in {tracking_uri}" if tracking_uri else ""
