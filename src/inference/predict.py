@@ -68,7 +68,6 @@ def logits(
     return torch.cat(rows)
 
 
-<<<<<<< HEAD
 def multilabel(
     scores: torch.Tensor, names: list[str], thresholds: list[float]
 ) -> list[list[tuple[str, float]]]:
@@ -96,11 +95,11 @@ def write_label_csv(
         for file, row in zip(files, probs.tolist(), strict=True):
             chosen = [n for n, p, t in zip(names, row, thresholds, strict=True) if p >= t]
             writer.writerow([str(file), *(f"{p:.6f}" for p in row), ";".join(chosen)])
-=======
+
+
 def check_top_k(k) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidInput(f"top_k={k}: an integer >= 1 (capped at the number of classes).")
->>>>>>> main
 
 
 def top_k(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:
