@@ -8,7 +8,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: setup train test test-all lint ui server bench report advise clean
+.PHONY: setup train test test-all lint ui server dashboard bench report advise clean clean-runs
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ test-all: $(STAMP)
 
 # Side-by-side ratios (suites 1-5 of the performance issue); JSON lands in outputs/bench/.
 bench: $(STAMP)
-	$(PY) -m src.bench overhead freeze probe_cache data startup $(ARGS)
+	$(PY) -m src.bench overhead freeze prefix_cache probe_cache data startup $(ARGS)
 
 # A table (md, tex, csv) and plots from MLflow runs: `make report ARGS="+filters.study=X"`.
 report: $(STAMP)
@@ -53,8 +53,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests
 
 # Browse this machine's runs (the local sqlite store, or MLFLOW_TRACKING_URI's).
+# Prints each experiment's runs page (model-training view, scores as columns), then serves it.
+TRACKING_URI = $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host $(HOST) --port $(PORT)
+	@$(PY) -m src.tracking.ui "$(TRACKING_URI)" $(HOST) $(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(TRACKING_URI)" --host $(HOST) --port $(PORT)
 
 # The tracking server workers on other machines log to (docs/cluster.md): runs in BACKEND_STORE
 # (PostgreSQL there), artifacts uploaded through the server into ARTIFACTS. Loopback by default:
@@ -64,5 +67,17 @@ ARTIFACTS ?= $(CURDIR)/mlartifacts
 server: $(STAMP)
 	$(VENV)/bin/mlflow server --backend-store-uri "$(BACKEND_STORE)" --artifacts-destination "$(ARTIFACTS)" --host $(HOST) --port $(PORT)
 
+# Optuna's dashboard over the sweeps' storage (OPTUNA_STORAGE, else outputs/optuna.db), loopback only.
+OPTUNA_STORAGE ?= sqlite:///$(CURDIR)/outputs/optuna.db
+dashboard: $(STAMP)
+	$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(or $(DASHBOARD_PORT),8080)
+
+# Outputs and caches only: every MLflow run, artifact and Optuna study stays (see clean-runs).
 clean:
-	rm -rf outputs mlflow.db mlartifacts .pytest_cache
+	rm -rf outputs/runs outputs/multiruns outputs/bench cache .pytest_cache
+
+# The tracking store itself: every run, artifact and study of this machine, after a confirmation.
+clean-runs:
+	@printf 'Delete mlflow.db, mlartifacts and outputs/ (every run, artifact and Optuna study)? [y/N] '; \
+	read answer; [ "$$answer" = y ] || [ "$$answer" = yes ] || { echo 'Nothing deleted.'; exit 1; }
+	rm -rf mlflow.db mlflow.db.lock mlartifacts outputs

@@ -102,6 +102,7 @@ def run_tags(cfg: DictConfig, choices: Mapping[str, str] | None) -> dict[str, st
 
     choices = choices or {}
     return {
+        "kind": str(cfg.get("kind") or "train"),  # what a report selects (train, sweep_trial, ...)
         "backbone": cfg.backbone.name,
         "pretrained": str(cfg.backbone.pretrained),
         "strategy": choices.get("strategy", cfg.strategy._target_.rsplit(".", 1)[-1]),

@@ -57,8 +57,11 @@ def main(cfg: DictConfig) -> float | None:
             raise  # in a multirun over data sets this one fails and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
+    from src.tracking.store import done_line
+
     for key, value in sorted(metrics.items()):
         log.info("%s = %.4f", key, value)
+    log.info(done_line(cfg.run_id, cfg.paths.output_dir, cfg.paths.tracking_uri))
     return next((v for k, v in metrics.items() if k.endswith("/acc")), None)
 
 

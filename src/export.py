@@ -62,8 +62,11 @@ def main(cfg: DictConfig) -> None:
     except InvalidInput as error:
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
+    from src.tracking.store import done_line
+
     for fmt, where in made.items():
         log.info("%s: %s", fmt, where)
+    log.info(done_line(cfg.run_id, cfg.output_dir, cfg.paths.tracking_uri))
 
 
 if __name__ == "__main__":

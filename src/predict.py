@@ -24,6 +24,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
+        P.check_top_k(cfg.top_k)
         paths = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
         files = P.image_files(map(str, paths))
         images = P.read_images(files)
@@ -45,12 +46,15 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
 def main(cfg: DictConfig) -> None:
     from src.errors import InvalidInput
+    from src.tracking.store import done_line
 
     try:
         predict_images(cfg)
     except InvalidInput as error:
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
+    # No run of its own: the run it predicted with, and where the CSV went.
+    log.info(done_line(cfg.run_id, cfg.csv or "stdout (csv= writes a file)"))
 
 
 if __name__ == "__main__":

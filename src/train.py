@@ -22,20 +22,23 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from src.errors import InvalidInput
+    from src.errors import SIGTERM_EXIT, InvalidInput, is_sigterm
     from src.training import train
 
     hydra_cfg = HydraConfig.get()
     try:
         metrics = train(cfg, hydra_cfg.runtime.choices)
+    except SystemExit as stop:
+        if is_sigterm(stop):  # Lightning's SIGTERMException would exit 0: a stop is no success
+            log.error("Stopped by SIGTERM: the run is KILLED; resume=auto continues it")
+            raise SystemExit(SIGTERM_EXIT) from None
+        raise
     except InvalidInput as error:  # the message names the key and what is valid: no traceback
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # in a sweep this job fails (its trial FAIL) and the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
-        log.info("%s = %.4f", key, metrics[key])
-    return metrics.get(cfg.monitor.metric)
+    return metrics.get(cfg.monitor.metric)  # train() logged the scores and the run: last line
 
 
 if __name__ == "__main__":

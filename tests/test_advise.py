@@ -175,6 +175,16 @@ def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert sum(r.data.tags.get("kind") == "similarity" for r in runs) == 1  # scored once
     assert sum(r.data.tags.get("kind") == "advise" for r in runs) == 1  # one parent, continued
+    # Every run nested under the advice (search trials via their study's run), named apart.
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "advise"]
+    assert all(r.data.tags.get("mlflow.parentRunId") for r in runs if r is not parent)
+    trial_runs = [r for r in runs if r.data.tags.get("kind") == "advise_search"]
+    # trials 0 and 2 finished; trial 1's run exists only if the kill came after its logger began
+    assert len(trial_runs) >= 2 and len({r.info.run_name for r in trial_runs}) == len(trial_runs)
+    (data_run,) = [r for r in runs if r.data.tags.get("kind") == "advise_data"]
+    assert data_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    records = [line for line in second.stdout.splitlines() if line.startswith("[")]
+    assert f"Done: MLflow run {parent.info.run_id}" in records[-1]
     storage = f"sqlite:///{tmp_path}/outputs/advise/optuna.db"
     (summary,) = optuna.get_all_study_summaries(storage)
     trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials

@@ -98,6 +98,7 @@ ENTRY_POINTS = [
     "src.report",
     "src.advise",
     "src.bench",
+    "src.tracking.ui",
 ]
 
 

@@ -85,6 +85,19 @@ def test_augmentation_is_reproducible_with_a_seed_and_random_without(policy):
     assert any(not torch.equal(transform(image), first) for _ in range(5))
 
 
+def test_randaugment_never_draws_an_invalid_operation():
+    """Its magnitude noise (mstd) reaches the top level, where posterize kept 0 bits (a Pillow
+    error that killed regularisation=strong runs at random)."""
+    config = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5,) * 3}
+    transform = Regularisation(augmentation="randaugment").train_transform(
+        {**config, "std": (0.5,) * 3}
+    )
+    image = Image.new("RGB", (16, 16), (120, 60, 200))
+    L.seed_everything(0)
+    for _ in range(3000):
+        transform(image)
+
+
 def test_head_dropout_is_active_in_train_and_off_in_eval():
     model = tiny_model(drop_rate=0.5)
     images = torch.randn(4, 3, 32, 32)

@@ -22,12 +22,9 @@ from tests.helpers.compose import compose_raw
 from tests.helpers.servers import mlflow_server
 
 EXPERIMENT = "fixture_study"
-PLOTS = (
-    "data_efficiency.png",
-    "learning_curves.png",
-    "similarity_vs_gain.png",
-    "imagenet_vs_transfer.png",
-)
+# Drawn from the fixture; data_efficiency and imagenet_vs_transfer are not: every run there has
+# one fraction and one backbone, a single point on their x-axes (tested below).
+PLOTS = ("learning_curves.png", "similarity_vs_gain.png")
 # (dataset, strategy, seed) -> test/acc of the finished runs in study "demo".
 VALUES = {
     ("digits", "finetune", 0): 0.80, ("digits", "finetune", 1): 0.83, ("digits", "finetune", 2): 0.84,
@@ -39,7 +36,7 @@ VALUES = {
 # What the table must print (x100, 2 digits, sample std), worked out by hand.
 EXPECTED = {
     ("digits", "finetune"): "82.33 ± 2.08",
-    ("digits", "lp_ft"): "**83.00 ± 2.00**",
+    ("digits", "lp_ft"): "83.00 ± 2.00",  # alone in its column: nothing to be best of
     ("digits", "scratch"): "55.00 ± 7.07 (n=2)",
     ("mnist", "finetune"): "**91.00 ± 1.00**",
     ("mnist", "lp_ft"): "—",
@@ -47,17 +44,27 @@ EXPECTED = {
 }
 
 
-SIMILARITY = {"digits": 0.3, "mnist": 0.6}  # metric similarity/domain_similarity, per data set
+SIMILARITY = {
+    "digits": 0.3,
+    "mnist": 0.6,
+    "fashion_mnist": 0.5,
+}  # metric similarity/domain_similarity
 
 
-def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", curve=()):
+def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", curve=(), params=None):
     run = client.create_run(experiment_id, start_time=start_time, tags=tags)
     metrics = [Metric("test/acc", acc, start_time, 0)]
     metrics += [Metric("similarity/domain_similarity", SIMILARITY[tags["dataset"]], start_time, 0)]
-    metrics += [Metric("val/acc", value, start_time, step) for step, value in enumerate(curve)]
+    # As Lightning logs them: val/acc at the step ending each epoch, `epoch` at the same step.
+    metrics += [
+        Metric("val/acc", value, start_time, 7 * (step + 1)) for step, value in enumerate(curve)
+    ]
+    metrics += [Metric("epoch", step, start_time, 7 * (step + 1)) for step in range(len(curve))]
     client.log_batch(run.info.run_id, metrics=metrics)
-    client.log_param(run.info.run_id, "optimizer/lr", "0.001")
+    for key, value in {"optimizer/lr": "0.001", "seed": tags["seed"], **(params or {})}.items():
+        client.log_param(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
 
 
 def tags_of(dataset, strategy, seed, study="demo", fraction="0.1"):
@@ -167,8 +174,10 @@ def latex_problems(tex: str) -> list[str]:
         problems.append(f"booktabs rules {rules}")
     for line in (line for line in body if line.endswith("\\\\")):
         cells = re.split(r"(?<!\\)&", line)
-        problems += [f"{len(cells)} cells for {len(spec)} columns: {line}"] * (
-            len(cells) != len(spec)
+        spans = [int(m.group(1)) if (m := re.search(r"\\multicolumn\{(\d+)\}", c)) else 1
+                 for c in cells]  # fmt: skip
+        problems += [f"{sum(spans)} cells for {len(spec)} columns: {line}"] * (
+            sum(spans) != len(spec)
         )
         problems += [f"unescaped special: {line}"] * bool(re.search(r"(?<!\\)[_%#]", line))
     return problems
@@ -179,19 +188,27 @@ def test_latex_is_booktabs_and_well_formed(report):
     table = files["table.tex"].read_text()
     assert latex_problems(files["table_document.tex"].read_text()) == []
     assert "\\textbf{91.00 $\\pm$ 1.00}" in table and "70.00 (n=1)" in table
-    assert "mnist & 91.00" not in table and "---" in table  # bold, and the missing cell's dash
-    assert "lp\\_ft" in table
+    assert "MNIST & 91.00" not in table and "---" in table  # bold, and the missing cell's dash
+    # Words for the reader, not keys: the metric, the data sets, the strategies.
+    assert "Test accuracy (\\%), mean $\\pm$ sample standard deviation over 3 seeds" in table
+    assert "test/acc" not in table and "LP-FT" in table and "Fine-tuning" in table
+    assert "\\multicolumn{3}{c}{Strategy}" in table and "\\cmidrule(lr){2-4}" in table
+
+
+def compile_latex(document: Path, out: Path) -> str:
+    """pdflatex's log of the document; the test fails on a LaTeX error."""
+    result = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={out}", str(document)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    return result.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX installed")
 def test_latex_compiles(report, tmp_path):
-    document = report[0]["table_document.tex"]
-    result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={tmp_path}", str(document)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:]
+    assert "Overfull \\hbox" not in compile_latex(report[0]["table_document.tex"], tmp_path)
 
 
 def test_report_is_a_kind_report_run_recording_the_query(report):
@@ -215,16 +232,18 @@ def test_plots_are_png(report):
 
 def test_data_efficiency_points_are_the_table_cells(store):
     from src.report.plots import curve_data, seed_stats
-    from src.report.query import Query, runs_frame, search
+    from src.report.query import Query, search
+    from src.report.table import Layout, select
 
-    frame = runs_frame(search(Query(store[0], (EXPERIMENT,), {"study": "demo"})))
+    frame = search(Query(store[0], (EXPERIMENT,), {"study": "demo"}))
+    selection = select(frame, Layout(rows=("dataset",), columns=("strategy",)))
     keys = {"x": "fraction", "line": "strategy", "panel": "dataset"}
-    data = curve_data(frame, "test/acc", keys, "seed")
+    data = curve_data(selection.frame, "test/acc", keys)
     stats = seed_stats(data[data["panel"] == "digits"], ["line", "x"], "value").set_index("line")
     finetune = [VALUES["digits", "finetune", seed] for seed in range(3)]  # not the older rerun
-    assert stats.loc["finetune", "mean"] == pytest.approx(statistics.mean(finetune), rel=1e-12)
-    assert stats.loc["finetune", "std"] == pytest.approx(statistics.stdev(finetune), rel=1e-12)
-    assert stats.loc["scratch", "count"] == 2
+    assert stats.loc["Fine-tuning", "mean"] == pytest.approx(statistics.mean(finetune), rel=1e-12)
+    assert stats.loc["Fine-tuning", "std"] == pytest.approx(statistics.stdev(finetune), rel=1e-12)
+    assert stats.loc["Scratch", "count"] == 2  # the legend reads words
 
 
 def test_rows_and_columns_are_any_tag_or_param_and_filters_take_lists(store, tmp_path):
@@ -253,6 +272,127 @@ def test_several_keys_make_one_label_and_a_configured_order_comes_first(store, t
     assert first.startswith("| digits / 0.1 | 55.00 ± 7.07 (n=2) |") and second.startswith(
         "| mnist / 0.1 |"
     )
+
+
+# --- runs that must not be mixed ------------------------------------------------------------------
+def fresh_store(root: Path):
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    return uri, client, client.create_experiment(EXPERIMENT, artifact_location=str(root / "art"))
+
+
+def csv_cells(paths: list[Path]) -> dict[tuple[str, str], dict]:
+    (table,) = [p for p in paths if p.suffix == ".csv"]
+    return {(r["row"], r["column"]): r for r in csv.DictReader(table.open())}
+
+
+def test_a_sweep_in_the_experiment_leaves_the_plain_runs_cell_alone(tmp_path):
+    """Done when: plain runs plus a 4-trial sweep in one experiment, same strategy, seed and
+    study tags: the finetune cell is the plain runs' mean; the trials are a report of their own."""
+    uri, client, experiment = fresh_store(tmp_path)
+    plain = {0: 0.95, 1: 0.97, 2: 0.96}
+    for seed, acc in plain.items():
+        tags = tags_of("digits", "finetune", seed) | {"kind": "train"}
+        add_run(client, experiment, tags, acc, 2_000 + seed, params={"trainer/max_epochs": "5"})
+    trials = [(1e-2, 0.633), (1e-3, 0.90), (1e-4, 0.50), (3e-3, 0.162)]
+    for number, (lr, acc) in enumerate(trials):  # newer than the plain runs, seed 0 among them
+        tags = tags_of("digits", "finetune", 0) | {"optuna.trial.number": str(number)}
+        if number < 3:  # trial 3 was logged before runs had a kind tag: found by its trial number
+            tags["kind"] = "sweep_trial"
+        add_run(client, experiment, tags, acc, 5_000 + number,
+                params={"optimizer/lr": str(lr), "trainer/max_epochs": "3"})  # fmt: skip
+    client.create_run(experiment, tags={"kind": "sweep", "study": "demo"})  # the study's parent
+    overrides = ["rows=[backbone]", "columns=[strategy]", "formats=[csv,md]", "plots=null"]
+
+    paths = write_report(report_from_config(compose_report(uri, tmp_path / "a", overrides)))
+    (cell,) = csv_cells(paths).values()
+    assert float(cell["mean"]) == pytest.approx(statistics.mean(plain.values()), rel=1e-12)
+    assert int(cell["n"]) == 3 and cell["best"] == "False"  # one cell: nothing to be best of
+    assert "**" not in paths[1].read_text()
+
+    paths = write_report(report_from_config(
+        compose_report(uri, tmp_path / "b", [*overrides, "kind=sweep_trial"])))  # fmt: skip
+    cells = csv_cells(paths)  # one row per learning rate: trials differ in it, not by seed
+    assert sorted(float(c["mean"]) for c in cells.values()) == sorted(a for _, a in trials)
+    assert "Rows also split by learning rate" in paths[1].read_text()
+
+
+def test_params_that_differ_split_a_cell_or_are_named_in_the_caption(tmp_path):
+    uri, client, experiment = fresh_store(tmp_path)
+    for seed, epochs, acc in [(0, "5", 0.9), (1, "5", 0.92), (2, "3", 0.7)]:  # epochs differ
+        add_run(client, experiment, tags_of("digits", "finetune", seed), acc, 2_000 + seed,
+                params={"trainer/max_epochs": epochs})  # fmt: skip
+    for seed in range(2):  # another cell, constant inside, other epochs than its neighbours
+        add_run(client, experiment, tags_of("digits", "lp_ft", seed), 0.8, 2_000,
+                params={"trainer/max_epochs": "10", "strategy/probe_epochs": "2"})  # fmt: skip
+    overrides = ["rows=[dataset]", "columns=[strategy]", "formats=[csv,md,tex]", "plots=null"]
+    paths = write_report(report_from_config(compose_report(uri, tmp_path / "r", overrides)))
+    cells = csv_cells(paths)
+    assert cells["digits / 5", "finetune"]["mean"] == repr(statistics.mean([0.9, 0.92]))
+    assert cells["digits / 3", "finetune"]["n"] == "1"
+    assert cells["digits / 10", "lp_ft"]["n"] == "2"
+    tex = next(p for p in paths if p.name == "table.tex").read_text()
+    assert "Rows also split by epochs" in tex
+    # trainer/max_epochs is a row key now; the probe epochs differ between cells only.
+    assert "Cells also differ in: LP-FT probe epochs" not in tex  # one value where it is set
+
+
+def test_two_column_keys_get_a_grouped_header_and_the_table_fits_the_page(tmp_path):
+    uri, client, experiment = fresh_store(tmp_path)
+    strategies = ("scratch", "linear_probe", "feature_extract", "finetune", "lp_ft", "partial")
+    for dataset in ("fashion_mnist", "mnist"):
+        for fraction in ("0.01", "0.1", "1.0"):
+            for strategy in strategies:
+                for seed in range(2):
+                    tags = tags_of(dataset, strategy, seed, fraction=fraction)
+                    add_run(client, experiment, tags, 0.5 + 0.1 * seed, 2_000)
+    overrides = ["rows=[strategy]", "columns=[dataset,fraction]", "formats=[tex]", "plots=null",
+                 "title='Transfer from ImageNet'"]  # fmt: skip
+    paths = write_report(report_from_config(compose_report(uri, tmp_path / "r", overrides)))
+    document = next(p for p in paths if p.name == "table_document.tex")
+    tex = document.read_text()
+    assert latex_problems(tex) == []
+    assert "\\multicolumn{3}{c}{Fashion-MNIST} & \\multicolumn{3}{c}{MNIST}" in tex
+    assert "\\cmidrule(lr){2-4} \\cmidrule(lr){5-7}" in tex
+    assert "Strategy & 1\\% & 10\\% & 100\\% & 1\\% & 10\\% & 100\\%" in tex
+    assert "\\caption{Transfer from ImageNet. Test accuracy" in tex
+    assert "\\resizebox{\\ifdim\\width>\\linewidth" in tex
+    if shutil.which("pdflatex"):
+        assert "Overfull \\hbox" not in compile_latex(document, tmp_path)
+
+
+def test_bands_stay_in_the_metric_range_and_curves_are_by_epoch(store):
+    from matplotlib.figure import Figure
+
+    from src.report.plots import bounds, draw_lines, histories
+    from src.report.query import Query, search
+
+    stats = __import__("pandas").DataFrame(
+        {"line": ["a", "a"], "x": [1, 2], "mean": [0.95, 0.99], "std": [0.2, 0.3]}
+    )
+    ax = Figure().subplots()
+    draw_lines(ax, stats, "x", "line", 100.0, bounds("test/acc", 100.0))
+    (band,) = ax.collections
+    assert band.get_paths()[0].vertices[:, 1].max() <= 100.0
+    assert bounds("val/loss", 100.0) is None  # a loss has no upper end
+    frame = search(Query(store[0], (EXPERIMENT,), {"study": "demo"}))
+    values = histories(MlflowClient(store[0]), frame.head(1), "val/acc")
+    assert sorted(values["epoch"]) == [1, 2, 3]  # logged at steps 7, 14, 21
+
+
+def test_plots_take_the_title_and_skip_single_point_panels(store, tmp_path, monkeypatch, caplog):
+    from src.report import plots
+
+    titles = []
+    original = plots.save
+    monkeypatch.setattr(plots, "save", lambda *a, **k: titles.append(a[3]) or original(*a, **k))
+    uri, _ = store
+    with caplog.at_level("INFO"):
+        paths = write_report(report_from_config(compose_report(uri, tmp_path, ["title=Demo"])))
+    assert titles and set(titles) == {"Demo"}
+    names = {path.name for path in paths}
+    assert "data_efficiency.png" not in names and "imagenet_vs_transfer.png" not in names
+    assert "panel digits left out: 1 point(s) on its x-axis" in caplog.text
 
 
 @pytest.mark.parametrize(

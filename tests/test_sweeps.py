@@ -108,6 +108,8 @@ def test_six_trial_sweep_storage_and_mlflow_agree(tmp_path, monkeypatch):
     client, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 6
     parent = parents[0]
+    assert parent.data.tags["kind"] == "sweep"  # reports read kind=train unless told otherwise
+    assert {c.data.tags["kind"] for c in children} == {"sweep_trial"}
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     by_id = {c.info.run_id: c for c in children}
@@ -143,7 +145,7 @@ def hopeless_second_trial(tmp_path: Path, name: str) -> str:
 
 # --- Done when 2: pruning happens, and the pruned trial ran fewer epochs ---------------------------
 @pytest.mark.slow
-def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch):
+def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch, capfd):
     searchpath = hopeless_second_trial(tmp_path, "prune")
     overrides = [searchpath, "hparams_search=prune", "hydra.sweeper.n_trials=2"]
     sweep(tmp_path, [*overrides, "trainer.max_epochs=3", "strategy=linear_probe"], monkeypatch)
@@ -162,6 +164,13 @@ def test_a_hopeless_trial_is_pruned_early(tmp_path, monkeypatch):
     epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
     full = len(client.get_metric_history(complete.user_attrs["mlflow_run_id"], "val/acc"))
     assert epochs < full == 3
+    # One line says so, with the value it was pruned at; no Hydra error, no "None".
+    out = capfd.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if "PRUNED" in line]
+    value = pruned.intermediate_values[max(pruned.intermediate_values)]
+    assert len(lines) == 1 and f"Trial 1 PRUNED at val/acc={value:.4f}" in lines[0], lines
+    assert "2/2 trials" in lines[0] and "best " in lines[0]
+    assert "Error executing job" not in out.out + out.err and "=None" not in out.out + out.err
 
 
 # --- Done when 5: an exception and a NaN both FAIL; the sweep finishes ------------------------------
@@ -271,12 +280,23 @@ def complete_trials(db: Path) -> int:
 
 # --- plain Hydra grids still work -----------------------------------------------------------------
 @pytest.mark.slow
-def test_plain_hydra_grid_is_unchanged(tmp_path, monkeypatch):
-    sweep(tmp_path, ["seed=0,1", "trainer.max_epochs=1"], monkeypatch)
+def test_a_plain_grid_gets_a_parent_run_and_names_that_tell_its_points_apart(
+    tmp_path, monkeypatch, capfd
+):
+    sweep(tmp_path, ["optimizer.lr=0.001,0.01", "trainer.max_epochs=1"], monkeypatch)
     _, parents, children = mlflow_runs(tmp_path)
-    assert len(parents) == 2 and not children  # one ordinary run per job
-    assert {r.data.tags["seed"] for r in parents} == {"0", "1"}
+    (parent,) = parents
+    assert parent.data.tags["kind"] == "grid" and parent.info.status == "FINISHED"
+    assert parent.data.params["grid/optimizer.lr"] == "0.001,0.01"
+    assert len(children) == 2  # plain runs, nested, named by the value each one swept
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.data.tags["kind"] for r in children} == {"train"}
+    names = sorted(r.info.run_name for r in children)
+    assert names == ["finetune-digits-tf_efficientnet_lite0-s42-lr=0.001",
+                     "finetune-digits-tf_efficientnet_lite0-s42-lr=0.01"]  # fmt: skip
     assert not (tmp_path / "outputs" / "optuna.db").exists()
+    records = [line for line in capfd.readouterr().out.splitlines() if line.startswith("[")]
+    assert f"Grid finished: MLflow parent run {parent.info.run_id}" in records[-1]
 
 
 # --- spaces and their checks (no training) -------------------------------------------------------
@@ -443,5 +463,5 @@ def test_a_trial_job_creates_its_run_already_nested(tmp_path):
     run = logger.experiment.get_run(logger.run_id)  # the run as it was created
     assert run.data.tags["mlflow.parentRunId"] == "parent123"
     assert run.data.tags["optuna.trial.number"] == "7"
-    assert run.data.tags["mlflow.runName"] == "nested-trial007"
+    assert run.data.tags["mlflow.runName"] == "trial007-nested"
     assert cfg.optimizer.lr == 0.5 and cfg.callbacks.optuna_trial.trial_number == 7

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -31,9 +33,9 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
         sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 2
     )
     for key in (
-        "lr-AdamW/stem",
-        "lr-AdamW/stage1",
-        "lr-AdamW/head",
+        "z_lr/stem",
+        "z_lr/stage1",
+        "z_lr/head",
         "val/f1_macro",
         "val/ece",
         "val/acc_top5",
@@ -43,7 +45,19 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     ):
         assert key in run.data.metrics, key
     lrs = run.data.metrics
-    assert lrs["lr-AdamW/stem"] / lrs["lr-AdamW/head"] == pytest.approx(0.1)
+    assert lrs["z_lr/stem"] / lrs["z_lr/head"] == pytest.approx(0.1)
+    assert not [k for k in lrs if k.endswith("_no_wd") or k.startswith("lr-")]  # one per group
+    assert run.data.tags["kind"] == "train"
+    # Paths are tags: the compare view plots params, and an output folder is no hyperparameter.
+    assert "callbacks/model_checkpoint/dirpath" in run.data.tags
+    assert not [k for k in run.data.params if k.endswith(("dir", "dirpath", "uri"))]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (dataset,) = run.inputs.dataset_inputs  # the UI's Datasets column
+    profile = json.loads(dataset.dataset.profile)
+    assert dataset.dataset.name == "digits" and len(dataset.dataset.digest) == 12
+    assert profile["train_images"] > 0 and profile["test_images"] > 0 and profile["classes"] == 10
+    assert profile["fraction"] == "1.0" and "samples_per_class" in profile
     artifacts = artifact_paths(client, run.info.run_id)
     assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_test.png"} <= artifacts
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts

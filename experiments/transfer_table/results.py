@@ -1,6 +1,10 @@
 """RESULTS.md, table.{md,tex,csv} and the plots of the transfer table, from its MLflow runs (the
 report is also logged as a kind=report run). Regenerate: `.venv/bin/python
-experiments/transfer_table/results.py` (MLFLOW_TRACKING_URI picks another store)."""
+experiments/transfer_table/results.py` (MLFLOW_TRACKING_URI picks another store).
+
+Without the store (it lives in outputs/, not in git), the tables, the data-efficiency plot and this
+page are rebuilt from table.csv, the cells the runs gave; the learning curves need the runs'
+histories and are then left out (bash run.sh makes them again)."""
 
 from __future__ import annotations
 
@@ -13,17 +17,28 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editable install
 
+import csv  # noqa: E402
+
+import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from src.report import plots  # noqa: E402
+from src.report import plots, render  # noqa: E402
 from src.report.build import Report, write_report  # noqa: E402
-from src.report.query import Query, runs_frame, search  # noqa: E402
-from src.report.table import Grid, Layout, aggregate, newest_per_seed  # noqa: E402
+from src.report.labels import key_label, metric_label  # noqa: E402
+from src.report.query import Query, search  # noqa: E402
+from src.report.table import Cell, Grid, Layout, aggregate, best_cells, select  # noqa: E402
 
 EXPERIMENT = "transfer_table"
 STRATEGIES = ("scratch", "linear_probe", "feature_extract", "finetune", "lp_ft", "partial")
 PRETRAINED = STRATEGIES[1:]
 FRACTIONS = {"0.01": "1%", "0.1": "10%", "1.0": "100%"}
+TITLE = "Transfer from ImageNet: EfficientNet-Lite0 by strategy on 1%, 10% and 100% of the data"
+LAYOUT = Layout(
+    rows=("strategy",), columns=("dataset", "fraction"), metric="test/acc", row_order=STRATEGIES,
+    column_order=tuple(f"{d} / {f}" for d in ("fashion_mnist", "mnist") for f in FRACTIONS),
+)  # fmt: skip
+# What differs between cells by protocol (run.sh): epochs follow the fraction, LP-FT probes a third.
+PROTOCOL = {"trainer/max_epochs": ["6", "15", "30"], "strategy/probe_epochs": ["2", "5", "10"]}
 
 
 def cell_text(grid: Grid, column: str, strategy: str) -> str:
@@ -72,40 +87,77 @@ def lpft_vs_finetune(grid: Grid, datasets: list[str]) -> list[str]:
     return [head, *lines]
 
 
-def main() -> None:
-    uri = os.environ.get(
-        "MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/outputs/transfer_table/mlflow.db"
-    )
+def from_runs(uri: str) -> tuple[Grid, int, str]:
+    """The report from the MLflow runs: tables, data efficiency and learning curves."""
     query = Query(uri, (EXPERIMENT,), {}, "FINISHED")
-    layout = Layout(
-        rows=("strategy",), columns=("dataset", "fraction"), metric="test/acc",
-        row_order=STRATEGIES,
-        column_order=tuple(f"{d} / {f}" for d in ("fashion_mnist", "mnist") for f in FRACTIONS),
-    )  # fmt: skip
     report = Report(
-        query, layout, output_dir=HERE, stem="table",
-        title="Test accuracy (%) of pretrained EfficientNet-Lite0 by strategy, mean ± std over 3 seeds",
+        query, LAYOUT, output_dir=HERE, stem="table", title=TITLE,
         plots={"data_efficiency": {"x": "fraction", "line": "strategy", "panel": "dataset"}},
         experiment="reports", run_name=f"report-{EXPERIMENT}",
         artifact_location=str(ROOT / "mlartifacts"),
     )  # fmt: skip
     write_report(report)
-    frame = query.keep(runs_frame(search(query)))
-    grid = aggregate(frame, layout)
-    datasets = sorted({col.split(" / ")[0] for col in grid.column_labels})
-    # Learning curves of the 100% runs of the first data set: how the strategies get there.
-    full = newest_per_seed(frame, ("dataset", "fraction", "strategy"), "seed")
-    full = full[(full["tags.fraction"] == "1.0") & (full["tags.dataset"] == datasets[0])]
+    selection = select(search(query), LAYOUT)
+    grid = aggregate(selection.frame, selection.layout)
     plots.learning_curves(
-        full, HERE / "learning_curves.png", "val/acc", MlflowClient(uri), line="strategy"
+        selection.frame, HERE / "learning_curves.png", "val/acc", MlflowClient(uri),
+        line="strategy", panel="dataset", keys=("fraction",), title=TITLE,
+    )  # fmt: skip
+    where = uri.split("///")[-1].replace(str(ROOT) + "/", "")
+    return grid, len(selection.frame), f"MLflow experiment `{EXPERIMENT}` (store `{where}`)"
+
+
+def from_csv(path: Path) -> tuple[Grid, int, str]:
+    """The tables and the data-efficiency plot from table.csv's cells (unrounded mean, std, n)."""
+    rows = list(csv.DictReader(path.open()))
+    cells = {(r["row"], r["column"]): Cell(float(r["mean"]), float(r["std"] or "nan"), int(r["n"]))
+             for r in rows if r["mean"]}  # fmt: skip
+    grid = Grid(
+        LAYOUT, [s for s in STRATEGIES if any(k[0] == s for k in cells)],
+        [c for c in LAYOUT.column_order if any(k[1] == c for k in cells)], cells, set(),
+        max(cell.n for cell in cells.values()),
+    )  # fmt: skip
+    grid.best = best_cells(grid)
+    notes = {"differ": PROTOCOL}
+    texts = {"md": render.markdown(grid, TITLE, notes), "tex": render.latex(grid, TITLE, notes=notes),
+             "csv": render.csv_text(grid)}  # fmt: skip
+    for fmt, text in texts.items():
+        (HERE / f"table.{fmt}").write_text(text)
+    (HERE / "table_document.tex").write_text(render.latex_document(texts["tex"]))
+    stats = pd.DataFrame([
+        {"panel": col.split(" / ")[0], "x": float(col.split(" / ")[1]),
+         "line": plots.value_label("strategy", row), "mean": cell.mean, "std": cell.std}
+        for (row, col), cell in cells.items()
+    ])  # fmt: skip
+    axes = (key_label("fraction"), metric_label(LAYOUT.metric, LAYOUT.scale), "dataset")
+    plots.stats_panels(stats, HERE / "data_efficiency.png", axes, LAYOUT.scale, "log",
+                       plots.bounds(LAYOUT.metric, LAYOUT.scale), TITLE, percent_x=True)  # fmt: skip
+    (HERE / "learning_curves.png").unlink(missing_ok=True)  # needs the runs' histories
+    runs = sum(cell.n for cell in cells.values())
+    return grid, runs, "`table.csv` (the MLflow store of these runs is not in the repository)"
+
+
+def main() -> None:
+    uri = os.environ.get(
+        "MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/outputs/transfer_table/mlflow.db"
     )
+    store = Path(uri.split("sqlite:///", 1)[-1])
+    has_runs = not uri.startswith("sqlite:///") or store.is_file()
+    grid, runs, source = from_runs(uri) if has_runs else from_csv(HERE / "table.csv")
+    datasets = sorted({col.split(" / ")[0] for col in grid.column_labels})
+    curves = (
+        ["Validation accuracy by epoch, per strategy, data set and fraction (mean ± std over seeds):",
+         "", "![learning curves](learning_curves.png)", ""]
+        if (HERE / "learning_curves.png").is_file()
+        else ["Learning curves need the runs' metric histories: `bash experiments/transfer_table/run.sh`"
+              " makes them (`learning_curves.png`).", ""]
+    )  # fmt: skip
     lines = [
         "# Transfer table: results",
         "",
-        f"{len(frame)} finished runs in MLflow experiment `{EXPERIMENT}` "
-        f"(store `{uri.split('///')[-1].replace(str(ROOT) + '/', '')}`). Protocol and caps: "
+        f"{runs} finished runs, read from {source}. Protocol and caps: "
         "[README.md](README.md). Regenerate everything: `bash experiments/transfer_table/run.sh`; "
-        "only this page from the runs: `.venv/bin/python experiments/transfer_table/results.py`.",
+        "only this page: `.venv/bin/python experiments/transfer_table/results.py`.",
         "",
         "## Headline",
         "",
@@ -126,10 +178,7 @@ def main() -> None:
         "",
         "![data efficiency](data_efficiency.png)",
         "",
-        f"Validation accuracy per step of the 100% runs on {datasets[0]} (mean ± std over seeds):",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
+        *curves,
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines[:20]))

@@ -112,7 +112,11 @@ def advise(cfg: DictConfig) -> Path:
         log_params(client, parent, settings(cfg))  # the same on a re-run: they make the key
         from src.advise.stages import Stages
 
-        return Stages(cfg, budget, client, parent, key, locations(cfg)).run()
+        report = Stages(cfg, budget, client, parent, key, locations(cfg)).run()
+    from src.tracking.store import done_line
+
+    log.info(done_line(parent, report.parent, cfg.paths.tracking_uri))  # RESULTS.md is there
+    return report
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="advise")
@@ -120,11 +124,10 @@ def main(cfg: DictConfig) -> None:
     from src.errors import InvalidInput
 
     try:
-        report = advise(cfg)
+        advise(cfg)
     except InvalidInput as error:  # one line naming the key and what is valid; exit 2
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    log.info("Advice written to %s", report)
 
 
 def refuse_unknown_dataset(argv: list[str]) -> None:

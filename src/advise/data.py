@@ -18,6 +18,7 @@ from src.advise.tracking import PARENT, find_runs
 
 log = logging.getLogger(__name__)
 METRIC = "test/acc"
+KIND = "advise_data"  # the data runs' `kind` tag
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def run_one(job: DataJob, fraction: float, seed: int, limit: list[str]) -> dict:
     else:
         n = train_images(job.overrides, fraction)
         overrides = [*job.overrides, f"dataset.fraction={fraction}", f"seed={seed}", *limit]
+        overrides += [f"++kind={KIND}", f"logger.mlflow.run_name=data-f{fraction}-s{seed}"]
         out = job.output_dir / "data" / f"f{fraction}-s{seed}"
         run_tags = {**tags, "train_images": str(n), PARENT: job.parent}
         result, _, _ = run_train(overrides, out, run_tags)
@@ -92,8 +94,10 @@ def run_fractions(
     """Every planned run that fits (time, or a run quota), in order; the rest skipped, said so."""
     import time
 
+    from src.progress import progress
+
     rows, measured = [], [(job.prior, cost_factor(1.0))]
-    for index, (fraction, seed) in enumerate(units):
+    for index, (fraction, seed) in enumerate(progress(units, desc="Advise: data runs", unit="run")):
         estimate = scaled_estimate(measured, cost_factor(fraction))
         if (quota is not None and index >= quota) or not budget.fits(estimate, until):
             budget.skip(f"data: fraction {fraction} seed {seed} (~{estimate:.0f}s)")

@@ -68,8 +68,10 @@ def rank(
     """One row per scored candidate, best first by `by`. Scoring is far cheaper than training, and
     the search needs `keep` backbones: the first `keep` are always scored; any further one only if
     its scoring would end by `until`."""
+    from src.progress import progress
+
     rows, measured = [], []
-    for name in candidates:
+    for name in progress(candidates, desc="Advise: ranking backbones", unit="backbone"):
         run = cached(job, name)
         if run is not None:
             log.info("Ranking: reused the scores of %s (run %s)", name, run.info.run_id)

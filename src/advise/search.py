@@ -22,6 +22,7 @@ from src.sweeps.worker import Worker
 
 log = logging.getLogger(__name__)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+KIND = "advise_search"  # the trials' `kind` tag: reports leave them out of plain-run tables
 
 
 @dataclass
@@ -102,8 +103,12 @@ def run_study(sweeper, job: SearchJob, budget: Budget, until: float, parent: str
     def launch(number: int, params: dict[str, Any]):
         overrides = [*job.overrides, *to_overrides(params), sweeper._identity_override(number)]
         overrides += budget.time_limit(until)
+        # Nested under the study's run (itself under the advice), named for the UI's table.
+        name = f"trial{number:03d}-{params.get('strategy', '')}-{job.backbone}"
+        overrides += [f"++kind={KIND}", f"logger.mlflow.run_name={name}"]
         out = job.output_dir / f"trial{number:03d}"
-        result, _, seconds = run_train(overrides, out, job.tags)
+        tags = {**job.tags, PARENT: study_run or parent}
+        result, _, seconds = run_train(overrides, out, tags)
         log.info("Trial %d of %s took %.0fs", number, job.study_name, seconds)
         return result
 

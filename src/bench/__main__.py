@@ -1,10 +1,13 @@
 """`python -m src.bench SUITE ...`: one table of side-by-side ratios, plus JSON.
 
-overhead     our full training step (TransferModule, strategy groups, metrics, MLflow logging)
-             against a raw PyTorch loop; same model, batch, optimizer, precision. Goal >= 0.95 CPU,
-             >= 0.98 GPU.
+overhead     the training step inside train(cfg) of the composed job (default: the default job;
+             every default callback, the MLflow logger, the progress bar) against a raw PyTorch
+             loop over the same model, data, optimizer and precision. Goal >= 0.95 CPU, >= 0.98 GPU.
 freeze       partial (all but the last stage frozen) against full fine-tuning; goal >= 1.5 on CPU.
-probe_cache  10-epoch linear_probe run against a feature_extract run (cold cache); goal >= 10.
+prefix_cache 10-epoch partial (all but the last two stages frozen) and linear_probe runs, prefix
+             cache off against on (cold), augmentation none; goal >= 5.
+probe_cache  10-epoch linear_probe run (uncached) against a feature_extract run (cold cache);
+             goal >= 9. Feature extraction against raw batched inference of the backbone; >= 0.9.
 data         training-loader throughput (model-ready, on the device) against the model's step
              throughput, for the default job and an image folder; goal >= 1.2.
 startup      `src.train --help` against its 3 s budget; import and first-step times reported.
@@ -27,8 +30,9 @@ import torch
 
 from src.backbones.offline import OFFLINE_BACKBONES, PACKAGED_WEIGHTS
 from src.bench import jobs, steps
+from src.bench.overhead import suite_overhead
 
-CPU_SUITES = ("overhead", "freeze", "probe_cache", "data", "startup")
+CPU_SUITES = ("overhead", "freeze", "prefix_cache", "probe_cache", "data", "startup")
 SUITES = (*CPU_SUITES, "gpu", "strategies", "pruning")
 
 
@@ -50,11 +54,13 @@ def run_suites(names: list[str], args):
     for name in names:
         rows = []
         if name == "overhead":
-            rows += steps.suite_overhead(setup, *timing, goal=0.98 if on_gpu else 0.95)
+            rows += suite_overhead(job, *timing, goal=0.98 if on_gpu else 0.95)
         elif name == "freeze":
             rows += steps.suite_freeze(setup, *timing, goal=1.5)
+        elif name == "prefix_cache":
+            rows += jobs.suite_prefix_cache(job, goal=5.0)
         elif name == "probe_cache":
-            rows += jobs.suite_probe_cache(job, goal=10.0)
+            rows += jobs.suite_probe_cache(job, goal=9.0)
         elif name == "data":
             rows += jobs.suite_data(job, setup, epochs=args.data_epochs, goal=1.2)
         elif name == "startup":
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("suites", nargs="+", choices=SUITES)
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="overhead, freeze")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0", help="freeze")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
@@ -126,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         dest="job_overrides",
         action="append",
         default=[],
-        help="probe_cache, data: a Hydra override of the job (repeatable); default: the default job",
+        help="overhead, prefix_cache, probe_cache, data: a Hydra override of the job (repeatable); default: the "
+        "default job",
     )
     parser.add_argument("--dataset", default="digits", help="pruning: a dataset config")
     parser.add_argument("--space", default="lr_wd", help="pruning: a conf/hparams_search file")
@@ -165,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps({**report, "rows": rows}, indent=1))
     print(f"\nAll suites on {device} ({report['threads']} threads, torch {torch.__version__}):")
     print_table(rows)
-    print(f"JSON: {path}")
+    from src.tracking.store import done_line
+
+    print(done_line(None, path))  # the last line, as every entry point's: no run, the JSON
     return 1 if any(r["ok"] is False for r in rows) and os.environ.get("BENCH_STRICT") else 0
 
 

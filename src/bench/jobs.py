@@ -39,10 +39,9 @@ def timed_train(overrides: list[str], root: Path, run: str = "run") -> float:
     return time.perf_counter() - start
 
 
-def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
-    """10-epoch linear_probe run against a feature_extract run with a cold cache (it pays for its one
-    extraction) and a torch linear head for the same 10 epochs."""
-    common = [
+def ten_epochs(job_overrides: list[str]) -> list[str]:
+    """The job for 10 epochs, timed as a whole run (no logger, test or bar: the same for both)."""
+    return [
         *job_overrides,
         "trainer.max_epochs=10",
         "logger=none",
@@ -51,9 +50,46 @@ def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
         "trainer.enable_model_summary=false",
         "callbacks.model_checkpoint.save_last=false",
     ]
+
+
+def suite_prefix_cache(job_overrides: list[str], goal: float) -> list[dict]:
+    """10-epoch partial (all but the last two stages frozen) and linear_probe runs, without and
+    with the prefix cache (cold: the cached run computes its cache). Pixel augmentation off in
+    both, since random augmentation turns the cache off."""
+    common = [*ten_epochs(job_overrides), "regularisation.augmentation=none"]
+    strategies = {
+        "partial -2": ["strategy=partial", "strategy.freeze_stages=-2"],
+        "linear_probe": ["strategy=linear_probe"],
+    }
+    job = " ".join(job_overrides) or "default job"
+    rows = []
+    for name, strategy in strategies.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            off = timed_train([*common, *strategy, "strategy.cache_prefix=false"], Path(tmp), "off")
+            on = timed_train([*common, *strategy, "strategy.cache_prefix=true"], Path(tmp), "on")
+        rows.append(
+            row(
+                "prefix_cache",
+                f"{name} uncached / cached (cold), 10 epochs, {job}, augmentation none",
+                off,
+                on,
+                goal,
+                "s",
+            )
+        )
+    return rows
+
+
+def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
+    """10-epoch linear_probe run (prefix cache off) against a feature_extract run with a cold cache
+    (it pays for its one extraction) and a torch linear head for the same 10 epochs; and the
+    extraction's throughput against raw batched inference of the same backbone."""
+    common = ten_epochs(job_overrides)
     with tempfile.TemporaryDirectory() as tmp:
         # One project root for all three, as in a real study (the data paths are part of the key).
-        probe = timed_train([*common, "strategy=linear_probe"], Path(tmp), "probe")
+        probe = timed_train(
+            [*common, "strategy=linear_probe", "strategy.cache_prefix=false"], Path(tmp), "probe"
+        )
         features = [
             *common,
             "strategy=feature_extract",
@@ -66,7 +102,7 @@ def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
     return [
         row(
             "probe_cache",
-            f"linear_probe / feature_extract cold cache, 10 epochs, {job}",
+            f"linear_probe (uncached) / feature_extract cold cache, 10 epochs, {job}",
             probe,
             cold,
             goal,
@@ -74,13 +110,63 @@ def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
         ),
         row(
             "probe_cache",
-            f"linear_probe / feature_extract warm cache, 10 epochs, {job}",
+            f"linear_probe (uncached) / feature_extract warm cache, 10 epochs, {job}",
             probe,
             warm,
             goal,
             "s",
         ),
+        extraction_row(job_overrides),
     ]
+
+
+def extraction_row(job_overrides: list[str]) -> dict:
+    """Images/s of a cold feature extraction (the job's data, loader and batch transform included)
+    against the same backbone's raw batched inference on ready tensors, side by side."""
+    from src.config import build_data
+    from src.strategies.features import cached_features, inference_setup
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, _ = compose(job_overrides, Path(tmp))
+        datamodule, _, model = build_data(cfg)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        raw = raw_inference(model, datamodule, device)
+        _, stats = cached_features(model, datamodule, Path(tmp) / "cache", device, ("train",))
+    extracted = len(datamodule.splits.train) / stats["feature_cache/extract_seconds"]
+    batch, channels_last = inference_setup(datamodule, device)
+    return row(
+        "probe_cache",
+        f"feature extraction / raw batched inference, {cfg.backbone.name} b{batch}"
+        + " channels_last" * channels_last,
+        extracted,
+        raw,
+        0.9,
+        "img/s",
+    )
+
+
+def raw_inference(model, datamodule, device: torch.device, seconds: float = 10.0) -> float:
+    """Images/s of pooled features from one ready batch, repeated: the backbone alone."""
+    from src.strategies.features import inference_setup, pooled_features
+
+    batch, channels_last = inference_setup(datamodule, device)
+    images, _ = next(iter(datamodule.eval_batches("train", device)))
+    images = images[:1].expand(batch, *images.shape[1:]).contiguous()
+    model = model.eval().to(device)
+    if channels_last:
+        model, images = (
+            model.to(memory_format=torch.channels_last),
+            images.contiguous(memory_format=torch.channels_last),
+        )
+    with torch.inference_mode():
+        pooled_features(model, images)  # warm-up
+        _sync(device)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            pooled_features(model, images)
+            count += batch
+        _sync(device)
+    return count / (time.perf_counter() - start)
 
 
 def loader_throughput(datamodule, device: torch.device, epochs: int) -> float:

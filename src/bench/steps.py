@@ -1,13 +1,12 @@
-"""Training-step throughput, measured side by side: our LightningModule against a raw PyTorch loop
-(overhead), and partial against full fine-tuning (freeze). Synthetic batches already on the device,
-as in the issue's anchor, so the figures are about the step and not the data."""
+"""Training-step throughput of hand-written loops, measured side by side: partial against full
+fine-tuning (freeze). Synthetic batches already on the device, so the figures are about the step
+and not the data. (overhead, the job against such a loop, is in src/bench/overhead.py.)"""
 
 from __future__ import annotations
 
 import functools
 import os
 import statistics
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -98,75 +97,6 @@ def raw_loop(setup: StepSetup, strategy, steps: int, warmup: int) -> float:
     return setup.batch_size * steps / seconds
 
 
-class _Batches:
-    """The same pre-made device batches, cycled, as a sized iterable for the Trainer."""
-
-    def __init__(self, batches: list, length: int):
-        self.batches, self.length = batches, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        return (self.batches[i % len(self.batches)] for i in range(self.length))
-
-
-def module_loop(setup: StepSetup, strategy, steps: int, warmup: int) -> float:
-    """Images/s of our full training step: TransferModule (strategy groups, LambdaLR, torchmetrics,
-    self.log every step) under a Lightning Trainer with a real logger, timed between callbacks."""
-    import lightning.pytorch as L
-    from lightning.pytorch.loggers import CSVLogger
-
-    from src.models.module import TransferModule
-    from src.models.schedulers import cosine_with_warmup
-    from src.models.speed import SpeedUp
-    from src.regularisation import Regularisation
-
-    class StepTimer(L.Callback):
-        profiler = Profile("our training step")
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == warmup:
-                setup.sync()
-                self.profiler.start()
-                self.start = time.perf_counter()
-
-        def on_train_end(self, trainer, pl_module):
-            setup.sync()
-            self.seconds = time.perf_counter() - self.start
-            self.profiler.stop()
-
-    module = TransferModule(
-        model=setup.model(),
-        strategy=strategy,
-        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
-        scheduler=cosine_with_warmup,
-        regularisation=Regularisation(),
-        class_names=[str(i) for i in range(10)],
-    )
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            accelerator=setup.device.type,
-            devices=1,
-            precision=setup.precision,
-            max_steps=warmup + steps,
-            limit_val_batches=0,
-            logger=_logger(tmp) or CSVLogger(tmp),
-            log_every_n_steps=10,
-            callbacks=[
-                timer,
-                SpeedUp(channels_last=setup.channels_last, compile=setup.compile),
-            ],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            benchmark=setup.device.type == "cuda",
-        )
-        trainer.fit(module, train_dataloaders=_Batches(setup.batches(), warmup + steps))
-    return setup.batch_size * steps / timer.seconds
-
-
 class Profile:
     """With BENCH_PROFILE=1, torch.profiler over the timed steps (timings then include its cost):
     the busiest ops and the host-device syncs, which stall the GPU's queue."""
@@ -198,17 +128,6 @@ class Profile:
         print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
 
 
-def _logger(directory: str):
-    """The MLflow logger of the default job, on a throwaway sqlite store (None without mlflow)."""
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        return None
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    return MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{directory}/mlflow.db")
-
-
 def interleaved(measures: dict, rounds: int) -> dict[str, float]:
     """Median of each measure over rounds run alternately, so drift hits every measure alike."""
     results = {name: [] for name in measures}
@@ -216,34 +135,6 @@ def interleaved(measures: dict, rounds: int) -> dict[str, float]:
         for name, measure in measures.items():
             results[name].append(measure())
     return {name: statistics.median(values) for name, values in results.items()}
-
-
-def suite_overhead(setup: StepSetup, steps: int, warmup: int, rounds: int, goal: float) -> list:
-    from src.strategies import Finetune
-
-    speeds = interleaved(
-        {
-            "module": lambda: module_loop(setup, Finetune(), steps, warmup),
-            "raw": lambda: raw_loop(setup, Finetune(), steps, warmup),
-        },
-        rounds,
-    )
-    rows = [
-        row(
-            "overhead",
-            f"our training step / raw loop, {describe(setup)}",
-            speeds["module"],
-            speeds["raw"],
-            goal,
-            "img/s",
-        )
-    ]
-    if setup.device.type == "cuda" and setup.backbone == "resnet50" and setup.compile:
-        target = 6000.0  # the issue's absolute goal on an H100/H200
-        rows.append(
-            row("overhead", "our step / 6,000 img/s goal", speeds["module"], target, 1.0, "img/s")
-        )
-    return rows
 
 
 def suite_freeze(setup: StepSetup, steps: int, warmup: int, rounds: int, goal: float) -> list:

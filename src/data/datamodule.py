@@ -11,7 +11,7 @@ from functools import cached_property
 import lightning.pytorch as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.batch_transforms import BatchTransform, Uint8Square
 from src.data.datasets import TensorSubset, TransformedSubset, already_batched
@@ -20,7 +20,7 @@ from src.data.identity import split_identity
 from src.data.sampling import BalancedSampler, EpochShuffle, inverse_frequency
 from src.data.sources import ArrayImages, LabelledImages, Source
 from src.data.splits import SplitIndices, cap_per_class, carve_test, split_official, split_pool
-from src.data.validation import check_settings
+from src.data.validation import check_pool, check_settings, check_splits
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class TransferDataModule(L.LightningDataModule):
     def splits(self) -> SplitIndices:
         """Indices into the pool (train, val), the official val images and the test images."""
         splits = self._split()
+        if not self.multilabel:
+            self._check_coverage(splits)
         if self.test_samples_per_class is not None:
             # The same test images for every run and seed, so results stay comparable.
             test = self.source.test if self.source.test is not None else self.source.pool
@@ -125,6 +127,8 @@ class TransferDataModule(L.LightningDataModule):
             pool_idx, test_idx = carve_test(pool.targets, self.test_fraction, TEST_SPLIT_SEED)
         else:
             test_idx = np.arange(len(test))
+        if not self.multilabel:
+            check_pool(self.classes, pool.targets[pool_idx], self.samples_per_class, test is None)
         return split_pool(
             pool.targets,
             pool_idx,
@@ -133,6 +137,22 @@ class TransferDataModule(L.LightningDataModule):
             self.samples_per_class,
             self.val_fraction,
             self.seed,
+        )
+
+    def _check_coverage(self, splits: SplitIndices) -> None:
+        """Every class in train (and, where this module splits, in val and test)."""
+        counts = {
+            split: np.bincount(
+                self.images(split).targets[getattr(splits, split)], minlength=self.num_classes
+            )
+            for split in ("train", "val", "test")
+        }
+        check_splits(
+            self.classes,
+            counts,
+            self.val_fraction if self.source.val is None else None,
+            self.test_fraction if self.source.test is None else None,
+            self.samples_per_class,
         )
 
     @property
@@ -218,32 +238,50 @@ class TransferDataModule(L.LightningDataModule):
         self.splits  # noqa: B018
 
     def _loader(
-        self, split: str, transform: Callable | None, shuffle: bool, shard: bool = False
+        self,
+        split: str,
+        transform: Callable | None,
+        shuffle: bool,
+        shard: bool = False,
+        dataset: Dataset | None = None,
+        batch_size: int | None = None,
     ) -> DataLoader:
+        """dataset: the split's images, or one tensor per image of it (in index order);
+        batch_size: the data set's unless given (inference can take larger batches)."""
+        batch_size = batch_size or self.batch_size
         images = self.images(split)
         indices = getattr(self.splits, split)
-        batched = self.batch_transforms is not None and self.in_memory  # one indexing op per batch
-        dataset = (
-            TensorSubset(images.as_tensor(), images.targets, indices)
-            if batched
-            else TransformedSubset(images, indices, transform)
-        )
+        batched = dataset is not None or (self.batch_transforms is not None and self.in_memory)
+        if dataset is None:  # batched: one indexing op per batch
+            dataset = (
+                TensorSubset(images.as_tensor(), images.targets, indices)
+                if batched
+                else TransformedSubset(images, indices, transform)
+            )
         sampler = eval_shard(dataset) if shard else self._sampler(split, shuffle)
         workers = 0 if batched else self.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             collate_fn=already_batched if batched else None,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle and len(dataset) > self.batch_size,  # no size-1 BatchNorm batch
+            drop_last=shuffle and len(dataset) > batch_size,  # no size-1 BatchNorm batch
         )
 
-    def eval_loader(self, split: str) -> DataLoader:
+    def cached_loader(self, split: str, inputs: torch.Tensor) -> DataLoader:
+        """The split's loader (order, batches, sampler, DDP shards) over tensors computed ahead,
+        one per image in the split's index order (a frozen prefix's outputs): no transform."""
+        targets = self.images(split).targets[getattr(self.splits, split)]
+        dataset = TensorSubset(inputs, targets, np.arange(len(inputs)))
+        training = split == "train"
+        return self._loader(split, None, shuffle=training, shard=not training, dataset=dataset)
+
+    def eval_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """Any split in order, with the evaluation transform (feature extraction reads train so)."""
-        return self._loader(split, self.eval_transform, shuffle=False)
+        return self._loader(split, self.eval_transform, shuffle=False, batch_size=batch_size)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.batch_transforms is None:
@@ -256,9 +294,9 @@ class TransferDataModule(L.LightningDataModule):
             return train_transform(images, seed), labels
         return eval_transform(images), labels
 
-    def eval_batches(self, split: str, device: torch.device):
+    def eval_batches(self, split: str, device: torch.device, batch_size: int | None = None):
         """(model-ready images on device, labels) for any split, in order, evaluation transform."""
-        for images, labels in self.eval_loader(split):
+        for images, labels in self.eval_loader(split, batch_size):
             images = images.to(device, non_blocking=True)
             if self.batch_transforms is not None:
                 images = self.batch_transforms[1](images)

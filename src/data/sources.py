@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from src.data.files import IMAGE_EXTENSIONS, list_images, read_rgb, to_rgb
 from src.errors import AssetUnavailable
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class WrappedImages(LabelledImages):
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         part = int(np.searchsorted(self.offsets, index, side="right")) - 1
         image, label = self.datasets[part][index - int(self.offsets[part])]
-        return image.convert("RGB"), int(label)
+        return to_rgb(image), int(label)
 
 
 @dataclass
@@ -193,46 +194,108 @@ def textures(patch_size: int = 64) -> Source:
 
 
 def image_folder(root: str, test_root: str | None = None, on_bad_image: str = "error") -> Source:
-    """root/<class>/<image>; every class folder must hold at least one image. Every image is
-    decoded once up front: unreadable ones are listed and refused (error) or left out (skip)."""
-    from torchvision.datasets import ImageFolder
-
+    """root/<class>/<image>; every class folder must hold at least one readable image. Every image
+    is decoded once up front: unreadable ones are listed and refused (error) or left out (skip).
+    Files are read faithfully (src/data/files.py); each file counts once."""
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"dataset.source.on_bad_image={on_bad_image!r}: choose error or skip.")
     skipped: list[str] = []
-
-    def load(path: str, key: str) -> ImageFolder:
-        folder = Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"dataset.source.{key}: no such folder '{folder}'.")
-        empty = [d.name for d in sorted(folder.iterdir()) if d.is_dir() and not any(d.iterdir())]
-        if empty:
-            raise ValueError(f"dataset.source.{key}: empty class folder(s) {empty} in '{folder}'.")
-        images = ImageFolder(str(folder))
-        bad = unreadable_images([p for p, _ in images.samples])
-        if bad and on_bad_image == "error":
-            raise ValueError(
-                f"dataset.source.{key}: {len(bad)} unreadable image(s) in '{folder}': "
-                f"{[str(Path(p).relative_to(folder)) for p in bad[:20]]}. Remove them, or set "
-                "dataset.source.on_bad_image=skip to leave them out."
-            )
-        if bad:
-            log.warning("Skipping %d unreadable image(s) in %s: %s", len(bad), folder, bad[:20])
-            skipped.extend(bad)
-            images.samples = [s for s in images.samples if s[0] not in set(bad)]
-            images.imgs, images.targets = images.samples, [t for _, t in images.samples]
-        return images
-
-    pool = load(root, "root")
+    pool = _class_folder(root, "root", on_bad_image, skipped)
     test = None
     if test_root is not None:
-        loaded = load(test_root, "test_root")
-        if loaded.classes != pool.classes:
+        test = _class_folder(test_root, "test_root", on_bad_image, skipped)
+        if test.classes != pool.classes:
             raise ValueError(
-                f"test_root classes {loaded.classes} differ from root's {pool.classes}."
+                f"dataset.source.test_root classes {test.classes} differ from "
+                f"dataset.source.root's {pool.classes}."
             )
-        test = WrappedImages([loaded], np.array(loaded.targets))
-    return Source(WrappedImages([pool], np.array(pool.targets)), test, list(pool.classes), skipped)
+        shared = sorted(set(pool.real_paths()) & set(test.real_paths()))
+        if shared:
+            raise ValueError(
+                f"dataset.source.test_root and dataset.source.root share {len(shared)} image(s) "
+                f"(test images would leak into training), e.g. {shared[:5]}."
+            )
+    return Source(pool, test, list(pool.classes), skipped)
+
+
+class FileImages(LabelledImages):
+    """Image files with their class index, read by src.data.files.read_rgb."""
+
+    def __init__(self, paths: list[Path], targets: list[int], classes: list[str]):
+        self.paths, self.classes = paths, classes
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return read_rgb(self.paths[index]), self.label(index)
+
+    def real_paths(self) -> list[str]:
+        return [os.path.realpath(p) for p in self.paths]
+
+
+def _class_folder(path: str, key: str, on_bad_image: str, skipped: list[str]) -> FileImages:
+    """One folder of class folders, listed (each file once), checked and decoded once."""
+    folder = Path(path)
+    where = f"dataset.source.{key}='{folder}'"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{where}: no such folder.")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(
+            f"{where}: {len(classes)} class folder(s) {classes}; a classifier needs at least 2 "
+            "(root/<class>/<image>)."
+        )
+    paths, targets, repeats = _list_classes(folder, classes, where)
+    if repeats:
+        log.warning(
+            "%s: %d symlink(s) lead to a folder already read (a loop or a repeat), each read "
+            "once: %s",
+            where,
+            len(repeats),
+            sorted(str(Path(r).relative_to(folder)) for r in repeats)[:10],
+        )
+    bad = set(unreadable_images([str(p) for p in paths]))
+    if bad and on_bad_image == "error":
+        raise ValueError(
+            f"{where}: {len(bad)} unreadable image(s): "
+            f"{sorted(str(Path(p).relative_to(folder)) for p in bad)[:20]}. Remove them, or set "
+            "dataset.source.on_bad_image=skip to leave them out."
+        )
+    if bad:
+        log.warning("Skipping %d unreadable image(s) in %s: %s", len(bad), folder, sorted(bad)[:20])
+        skipped.extend(sorted(bad))
+        kept = [(p, t) for p, t in zip(paths, targets, strict=True) if str(p) not in bad]
+        paths, targets = [p for p, _ in kept], [t for _, t in kept]
+    empty = [c for i, c in enumerate(classes) if i not in set(targets)]
+    if empty:
+        why = " once the unreadable ones are skipped" if bad else ""
+        raise ValueError(
+            f"{where}: empty class folder(s) {empty}: no readable image{why} (extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}). Add images or remove the folder(s)."
+        )
+    return FileImages(paths, targets, classes)
+
+
+def _list_classes(folder: Path, classes: list[str], where: str):
+    """(paths, class indices, repeated folders): each real file once; one file in two classes
+    has no single label and is refused."""
+    visited: set[str] = set()
+    repeats: list[str] = []
+    owner: dict[str, tuple[str, Path]] = {}
+    paths, targets = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(list_images(folder / name, visited, repeats)):
+            real = os.path.realpath(path)
+            if real in owner and owner[real][0] != name:
+                raise ValueError(
+                    f"{where}: the same file is in class '{owner[real][0]}' "
+                    f"({owner[real][1].relative_to(folder)}) and class '{name}' "
+                    f"({path.relative_to(folder)}); an image needs one label."
+                )
+            if real not in owner:
+                owner[real] = (name, path)
+                paths.append(path)
+                targets.append(label)
+    return paths, targets, repeats
 
 
 def unreadable_images(paths: list[str]) -> list[str]:
@@ -241,16 +304,16 @@ def unreadable_images(paths: list[str]) -> list[str]:
 
     def readable(path: str) -> bool:
         try:
-            with Image.open(path) as image:
-                image.load()  # verify() misses truncated data; load() decodes every byte
+            read_rgb(path)  # verify() misses truncated data; this decodes and converts every byte
             return True
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return False
 
-    with ThreadPoolExecutor(
-        max_workers=min(8, os.cpu_count() or 1)
-    ) as pool:  # decoding frees the GIL
-        verdicts = list(pool.map(readable, paths))
+    from src.progress import progress
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # frees the GIL
+        decoding = pool.map(readable, paths)
+        verdicts = list(progress(decoding, desc="Decoding images", total=len(paths), unit="img"))
     return [path for path, ok in zip(paths, verdicts, strict=True) if not ok]
 
 

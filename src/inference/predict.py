@@ -16,28 +16,39 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def image_files(paths: Iterable[str]) -> list[Path]:
-    """Files as given; a folder gives its image files (by suffix), sorted."""
+    """Files as given; a folder gives its image files (by suffix, symlinks followed once), sorted."""
+    from src.data.files import list_images
+
+    paths = list(map(Path, paths))
+    if not paths:
+        raise InvalidInput("images=[]: give image files or folders, e.g. images=photos/.")
     files: list[Path] = []
-    for path in map(Path, paths):
+    for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(list_images(path, set(), [], IMAGE_SUFFIXES))
+            if not found:
+                raise InvalidInput(
+                    f"images: the folder '{path}' holds no image files "
+                    f"({', '.join(sorted(IMAGE_SUFFIXES))})."
+                )
+            files += found
         elif path.is_file():
             files.append(path)
         else:
             raise InvalidInput(f"images: no such file or folder '{path}'.")
-    if not files:
-        raise InvalidInput(f"images: no image files in {list(map(str, paths))}.")
     return files
 
 
 def read_images(files: list[Path]) -> list[Image.Image]:
     """Every file decoded as RGB up front, so a non-image stops the job before any prediction."""
+    from src.data.files import read_rgb  # as training read them: 16-bit, alpha, EXIF alike
+    from src.progress import progress
+
     images = []
-    for file in files:
+    for file in progress(files, desc="Reading images", unit="img"):
         try:
-            with Image.open(file) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as error:
+            images.append(read_rgb(file))
+        except (UnidentifiedImageError, OSError, ValueError) as error:
             raise InvalidInput(f"images: '{file}' is not an image file ({error}).") from None
     return images
 
@@ -47,11 +58,19 @@ def probabilities(
     model: nn.Module, images: list[Image.Image], transform: Callable, batch_size: int = 32
 ) -> torch.Tensor:
     """Softmax over the model's classes, one row per image."""
+    from src.progress import progress
+
     rows = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in progress(starts, desc="Predicting", unit="batch"):
         batch = torch.stack([transform(image) for image in images[start : start + batch_size]])
         rows.append(model(batch).softmax(dim=-1))
     return torch.cat(rows)
+
+
+def check_top_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInput(f"top_k={k}: an integer >= 1 (capped at the number of classes).")
 
 
 def top_k(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:

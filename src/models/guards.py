@@ -1,5 +1,6 @@
 """A non-finite training loss stops the run with a message that says what to try (or, with
-policy=skip, drops that step's update). Checked without a device sync per step."""
+policy=skip, drops that step's update). Checked without a device sync per step: the verdict is
+read on the steps where Lightning reads logged values anyway (src/models/progress.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,27 @@ import logging
 import lightning.pytorch as L
 import torch
 
+from src.models.progress import is_logging_step
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("stop", "skip")
 
 
 class FiniteLoss(L.Callback):
-    """stop: a device-side flag collects every step's verdict, read every check_every_n_steps
-    (one sync there, as logging does anyway). skip: each step is checked before the optimizer
-    acts (a sync per step) and a non-finite one updates nothing."""
+    """stop: a device-side flag collects every step's verdict, read on logging steps
+    (`trainer.log_every_n_steps`) and at each epoch's last batch, where Lightning syncs anyway;
+    check_every_n_steps reads it on a cadence of its own instead (a sync on each of those steps).
+    skip: each step is checked before the optimizer acts (a sync per step) and a non-finite one
+    updates nothing."""
 
-    def __init__(self, policy: str = "stop", check_every_n_steps: int = 10):
+    def __init__(self, policy: str = "stop", check_every_n_steps: int | None = None):
         if policy not in POLICIES:
             raise ValueError(f"callbacks.finite_loss.policy={policy!r}: choose one of {POLICIES}.")
-        if check_every_n_steps < 1:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(
-                f"callbacks.finite_loss.check_every_n_steps={check_every_n_steps}: must be >= 1."
+                f"callbacks.finite_loss.check_every_n_steps={check_every_n_steps}: must be >= 1 "
+                "(or null: on logging steps)."
             )
         self.policy, self.every = policy, check_every_n_steps
         self.bad: torch.Tensor | None = None
@@ -35,7 +41,12 @@ class FiniteLoss(L.Callback):
             return
         bad = ~torch.isfinite(loss.detach())
         self.bad = bad if self.bad is None else self.bad | bad
-        if not (trainer.global_step % self.every == 0 or trainer.is_last_batch):
+        due = (
+            is_logging_step(trainer)
+            if self.every is None
+            else trainer.global_step % self.every == 0
+        )
+        if not (due or trainer.is_last_batch):
             return
         # Under DDP every rank must stop at the same step, or the others wait for it forever.
         if trainer.strategy.reduce_boolean_decision(bool(self.bad.item()), all=False):

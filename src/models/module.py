@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning.pytorch as L
@@ -31,9 +32,13 @@ def check_optimizer(
 ) -> Callable[..., torch.optim.Optimizer]:
     """Build it once on a dummy parameter, so torch's own checks (lr, betas, eps, weight decay)
     refuse bad values before any work, with the keys they concern."""
-    lr = getattr(factory, "keywords", {}).get("lr")
+    keywords = getattr(factory, "keywords", {})
+    lr = keywords.get("lr")
     if lr is not None and lr <= 0:  # torch accepts 0, which trains nothing
         raise ValueError(f"optimizer.lr={lr}: must be > 0.")
+    for key, value in keywords.items():  # torch accepts inf, which makes every weight NaN
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"optimizer.{key}={value}: must be a finite number.")
     try:
         factory([nn.Parameter(torch.zeros(1))])
     except ValueError as error:
@@ -110,7 +115,9 @@ class TransferModule(L.LightningModule):
             loss = loss + term
         # Tensors are averaged over DDP ranks (sync_dist); torchmetrics objects sync their own
         # state (counts) across ranks when computed, so acc is exact, not a mean of rank means.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True)
+        # Not on the bar: Lightning would read a per-step bar value back after every batch (a
+        # device sync); the bar shows the loss of logging steps (src/models/progress.py).
+        self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True)
         self.log_dict(self.task.train_step(logits, labels), on_step=False, on_epoch=True)
         return loss
 

@@ -42,7 +42,11 @@ class SingleLabel(nn.Module):
         self.confusion: dict[str, torch.Tensor] = {}  # stage -> last epoch's matrix, for plots
 
     def check(self, regularisation, monitor: str) -> None:
-        """Every regulariser and monitor works with one label per image."""
+        """Every regulariser works with one label per image; the monitor must be logged."""
+        check_class_keys(self.class_names)
+        per_class = [f"val/acc_class/{metric_key(name)}" for name in self.class_names]
+        logged = [*self.scalars["val"].keys(), "val/loss", "train/loss_epoch", "train/acc"]
+        check_monitored(monitor, logged, per_class, "single-label")
 
     def criterion(self, regularisation) -> nn.Module:
         """The training loss: label smoothing and mixup's soft targets from the regulariser."""
@@ -79,6 +83,31 @@ class SingleLabel(nn.Module):
         }
 
 
+def check_class_keys(class_names: list[str]) -> None:
+    """Per-class metrics are named by class: two names that make one MLflow key would overwrite
+    each other's values without a word."""
+    seen: dict[str, str] = {}
+    for name in class_names:
+        key = metric_key(name)
+        if key in seen:
+            raise ValueError(
+                f"classes '{seen[key]}' and '{name}' would both log as val/acc_class/{key}: "
+                "rename one (class folder names may use letters, digits, '_', '-' and '.')."
+            )
+        seen[key] = name
+
+
+def check_monitored(monitor: str, logged: list[str], per_class: list[str], kind: str) -> None:
+    """Refuse a monitor that is never logged: otherwise it fails only after the first epoch."""
+    if monitor in logged or monitor in per_class:
+        return
+    more = f" or a class's val/acc_class/<class> ({len(per_class)} classes)" if per_class else ""
+    raise ValueError(
+        f"monitor.metric={monitor} is not logged for a {kind} data set: choose one of {logged}{more} "
+        "(monitor.mode=min for a loss or val/ece, max otherwise)."
+    )
+
+
 class MultiLabel(nn.Module):
     """One sigmoid per label, binary cross-entropy (pos_weight per label with class_weights).
 
@@ -103,12 +132,9 @@ class MultiLabel(nn.Module):
                 "multi-label ones: set regularisation.mixup_alpha=0 regularisation.cutmix_alpha=0, "
                 "or use regularisation=default, light, none or l2sp."
             )
-        valid = [f"val/{name}" for name in MULTILABEL_METRICS]
-        if monitor.startswith("val/") and monitor not in valid:
-            raise ValueError(
-                f"monitor.metric={monitor} is not logged for a multi-label data set: choose one of "
-                f"{valid} (e.g. monitor.metric=val/auroc; monitor.mode=min for val/loss)."
-            )
+        check_class_keys(self.class_names)
+        logged = [f"val/{name}" for name in MULTILABEL_METRICS] + ["train/loss_epoch"]
+        check_monitored(monitor, logged, [], "multi-label")
 
     def criterion(self, regularisation) -> nn.Module:
         return SmoothedBCE(regularisation.label_smoothing, self.pos_weight)

@@ -24,7 +24,8 @@ from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 AUGMENTATIONS = {
     "none": None,
     "basic": None,
-    "randaugment": "rand-m9-mstd0.5-inc1",
+    # mmax9: at magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 11 refuses.
+    "randaugment": "rand-m9-mstd0.5-inc1-mmax9",
     "autoaugment": "original",
     "trivialaugment": None,
 }

@@ -26,7 +26,7 @@ def report_from_config(cfg: DictConfig):
 
     filters = OmegaConf.to_container(cfg.filters, resolve=True)
     plots = OmegaConf.to_container(cfg.plots, resolve=True) if cfg.plots else {}
-    query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status)
+    query = Query(cfg.tracking_uri, tuple(cfg.experiments), filters, cfg.status, cfg.kind)
     layout = Layout(
         rows=tuple(cfg.rows),
         columns=tuple(cfg.columns),
@@ -49,6 +49,7 @@ def report_from_config(cfg: DictConfig):
         experiment=cfg.report_experiment,
         run_name=cfg.run_name,
         artifact_location=cfg.paths.artifact_location,
+        labels={str(k): str(v) for k, v in (cfg.get("labels") or {}).items()},
     )
 
 
@@ -58,12 +59,10 @@ def main(cfg: DictConfig) -> None:
     from src.report.build import write_report
 
     try:
-        paths = write_report(report_from_config(cfg))
+        write_report(report_from_config(cfg))  # its last line: the report run and folder
     except InvalidInput as error:  # the message says what was asked and what exists
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for path in paths:
-        log.info("wrote %s", path)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from src.errors import InvalidInput
 from src.report import plots, render
-from src.report.query import Query, runs_frame, search
-from src.report.table import Grid, Layout, aggregate, newest_per_seed
+from src.report.query import Query, search
+from src.report.table import Grid, Layout, Selection, aggregate, select
 
 log = logging.getLogger(__name__)
 KIND = "report"
@@ -36,6 +36,7 @@ class Report:
     experiment: str = "reports"  # where the kind=report run goes
     run_name: str = "report"
     artifact_location: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # key or value -> the words shown
 
     def check(self) -> None:
         """Bad input is refused before any search or run."""
@@ -58,10 +59,11 @@ class Report:
         }
 
 
-def table_files(grid: Grid, report: Report) -> list[Path]:
+def table_files(grid: Grid, report: Report, selection: Selection) -> list[Path]:
+    notes = {"split_by": selection.split_by, "differ": selection.differ}
     texts = {
-        "md": render.markdown(grid, report.title),
-        "tex": render.latex(grid, report.title),
+        "md": render.markdown(grid, report.title, notes, report.labels),
+        "tex": render.latex(grid, report.title, notes=notes, labels=report.labels),
         "csv": render.csv_text(grid),
     }
     paths = []
@@ -74,22 +76,28 @@ def table_files(grid: Grid, report: Report) -> list[Path]:
     return paths
 
 
-def plot_files(client, frame, report: Report) -> list[Path]:
-    """The configured plots of the table's runs; a plot without data is left out. Each plot gets
-    the table's metric, seed key and scale (and the client) where it takes them; its spec wins."""
-    layout = report.layout
+def plot_files(client, selection: Selection, report: Report) -> list[Path]:
+    """The configured plots of the table's own runs (the selection); a plot without data is left
+    out. Each plot gets the table's metric, keys, scale, title and labels (and the client) where
+    it takes them; its spec wins."""
+    layout = selection.layout
     context = {
         "metric": layout.metric,
-        "seed": layout.seed,
         "scale": layout.scale,
         "client": client,
+        "keys": (*layout.rows, *layout.columns),
+        "title": report.title,
+        "labels": report.labels,
     }
     made = []
     for name, spec in report.plots.items():
         draw = getattr(plots, name)
         accepted = inspect.signature(draw).parameters
         kwargs = {key: value for key, value in context.items() if key in accepted} | spec
-        made.append(draw(frame, report.output_dir / f"{PLOT_FILES[name]}.png", **kwargs))
+        path = draw(selection.frame, report.output_dir / f"{PLOT_FILES[name]}.png", **kwargs)
+        if path is None:
+            log.info("Plot %s left out: nothing to draw from these runs", name)
+        made.append(path)
     return [path for path in made if path is not None]
 
 
@@ -98,25 +106,26 @@ def write_report(report: Report) -> list[Path]:
     from mlflow import MlflowClient
 
     from src.tracking.runs import mlflow_run
+    from src.tracking.store import done_line
 
     # 1. Refuse bad input and an empty query before any run exists.
     report.check()
-    frame = report.query.keep(runs_frame(search(report.query)))
-    grid = aggregate(frame, report.layout)
+    frame = search(report.query)
+    selection = select(frame, report.layout)
+    grid = aggregate(selection.frame, selection.layout)
     if not grid.cells:
         raise InvalidInput(
             f"No run matched with metric {report.layout.metric!r} "
-            f"(experiments={list(report.query.experiments)}, filter={report.query.filter_string()!r})."
+            f"(experiments={list(report.query.experiments)}, kind={report.query.kind!r}, "
+            f"filter={report.query.filter_string()!r})."
         )
     shape = (len(grid.row_labels), len(grid.column_labels))
-    log.info("%d runs, %d cells in a %d x %d table", len(frame), len(grid.cells), *shape)
-    # 2. The files, then the run that records them with the query.
+    log.info("%d runs of kind %s, %d counted, %d cells in a %d x %d table", len(frame),
+             report.query.kind or "*", len(selection.frame), len(grid.cells), *shape)  # fmt: skip
+    # 2. The files (table and plots from the one selection), then the run that records them.
     report.output_dir.mkdir(parents=True, exist_ok=True)
-    paths = table_files(grid, report)
-    table_runs = newest_per_seed(
-        frame, (*report.layout.rows, *report.layout.columns), report.layout.seed
-    )
-    paths += plot_files(MlflowClient(report.query.tracking_uri), table_runs, report)
+    paths = table_files(grid, report, selection)
+    paths += plot_files(MlflowClient(report.query.tracking_uri), selection, report)
     tags = {"kind": KIND, "metric": report.layout.metric}
     with mlflow_run(
         report.query.tracking_uri, report.experiment, report.artifact_location, report.run_name,
@@ -124,5 +133,10 @@ def write_report(report: Report) -> list[Path]:
     ) as (client, run_id):  # fmt: skip
         for path in paths:
             client.log_artifact(run_id, str(path))
-        client.set_tag(run_id, "runs", str(len(frame)))
+        client.set_tag(run_id, "runs", str(len(selection.frame)))
+        if selection.split_by:
+            client.set_tag(run_id, "split_by", ",".join(selection.split_by))
+    for path in paths:
+        log.info("wrote %s", path)
+    log.info(done_line(run_id, report.output_dir, report.query.tracking_uri))
     return paths

@@ -1,18 +1,27 @@
-"""Which runs a report reads: one MLflow search, turned into a flat table (one row per run).
+"""Which runs a report reads: `mlflow.search_runs` (one row per run), then the runs of one kind.
 
 A key names a tag or a param: `tags.strategy` and `params.optimizer/lr` say which; a bare name
 (`strategy`) is a tag when some run carries that tag, else a param, so configs stay short.
+
+Kinds: plain training runs (`train`, a -m grid's points included), Optuna trials (`sweep_trial`),
+the advisor's search trials and data runs (`advise_search`, `advise_data`); parents and other
+tools' runs have their own (`sweep`, `grid`, `advise`, `similarity`, `report`). A report reads one
+kind (default `train`): a trial is a run with a sampled learning rate, pruned maybe, and must not
+be averaged with the runs of a study. Runs logged before the `kind` tag existed get theirs from
+the tags they do carry (`optuna.trial.number`, `advise_stage`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
-from mlflow import MlflowClient
 
 from src.errors import InvalidInput
+from src.tracking.kinds import TRAIN, run_kind
 
 PREFIXES = ("tags.", "params.", "metrics.")
 
@@ -23,6 +32,7 @@ class Query:
     experiments: tuple[str, ...] = ()  # names; empty: every experiment in the store
     filters: dict[str, str | list[str]] = field(default_factory=dict)  # key -> value(s)
     status: str | None = "FINISHED"  # None: runs in any state
+    kind: str | None = TRAIN  # the runs' kind (see the module docstring); None: every kind
 
     def as_params(self) -> dict[str, str]:
         """The query as MLflow params of the report run, so a table says what made it."""
@@ -31,6 +41,7 @@ class Query:
             "experiments": ",".join(self.experiments) or "*",
             "filter": self.filter_string() or "*",
             "filters": json.dumps(self.filters, sort_keys=True),
+            "kind": self.kind or "*",
         }
 
     def filter_string(self) -> str:
@@ -43,7 +54,9 @@ class Query:
         return " and ".join(clauses)
 
     def keep(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The runs whose key takes one of a list-valued filter's values."""
+        """The runs of the query's kind whose key takes one of a list-valued filter's values."""
+        if self.kind and len(frame):
+            frame = frame[run_kind(frame) == self.kind]
         for key, values in self.filters.items():
             if isinstance(values, list | tuple):
                 name = prefixed(key)
@@ -60,41 +73,48 @@ def quote(value) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
-def experiment_ids(client: MlflowClient, names: tuple[str, ...]) -> list[str]:
+@contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """mlflow's fluent API on `uri` for a moment; the caller's tracking URI (and the environment
+    variable mlflow.set_tracking_uri exports) come back afterwards."""
+    import os
+
+    import mlflow
+
+    before, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
+
+
+def experiment_ids(names: tuple[str, ...]) -> list[str]:
     """Ids of the named experiments; an unknown name is an error, not an empty table."""
-    if not names:
-        return [e.experiment_id for e in client.search_experiments()]
-    found = {name: client.get_experiment_by_name(name) for name in names}
-    missing = sorted(name for name, experiment in found.items() if experiment is None)
+    import mlflow
+
+    every = {e.name: e.experiment_id for e in mlflow.search_experiments()}
+    missing = sorted(set(names) - set(every))
     if missing:
-        known = sorted(e.name for e in client.search_experiments())
-        raise InvalidInput(f"No MLflow experiment named {missing}; the store has {known}.")
-    return [experiment.experiment_id for experiment in found.values()]
+        raise InvalidInput(f"No MLflow experiment named {missing}; the store has {sorted(every)}.")
+    return [every[name] for name in names] if names else list(every.values())
 
 
-def search(query: Query) -> list:
-    """Every matching run (MLflow pages at most 1000 at a time)."""
-    client = MlflowClient(query.tracking_uri)
-    ids = experiment_ids(client, query.experiments)
-    runs, token = [], None
-    while True:
-        page = client.search_runs(ids, query.filter_string(), max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+def search(query: Query) -> pd.DataFrame:
+    """The query's runs, one row per run: run_id, start_time, `tags.*`, `params.*`, `metrics.*`
+    (mlflow.search_runs' frame), narrowed to the query's kind and list-valued filters."""
+    import mlflow
 
-
-def runs_frame(runs: list) -> pd.DataFrame:
-    """One row per run: run_id, start_time, and `tags.*`, `params.*`, `metrics.*` columns."""
-    rows = []
-    for run in runs:
-        row = {"run_id": run.info.run_id, "start_time": run.info.start_time}
-        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["run_id", "start_time"])
+    with tracking(query.tracking_uri):
+        ids = experiment_ids(query.experiments)
+        frame = mlflow.search_runs(ids, query.filter_string(), output_format="pandas")
+    if "run_id" not in frame:  # no run at all: mlflow returns a frame without columns
+        frame = pd.DataFrame(columns=["run_id", "start_time"])
+    return query.keep(frame)
 
 
 def column(frame: pd.DataFrame, key: str) -> str:

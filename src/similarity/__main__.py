@@ -42,6 +42,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
     from src.tracking.runs import mlflow_run
+    from src.tracking.store import done_line
     from src.tracking.tables import write_table
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
@@ -80,6 +81,9 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         files = [output_dir / "scores.json", output_dir / "config.yaml"]
         for path in [*files, *write_table([row], output_dir, "scores")]:
             client.log_artifact(run_id, str(path))
+    for name, value in scores.items():
+        log.info("similarity/%s = %.4f", name, value)
+    log.info(done_line(run_id, output_dir, cfg.paths.tracking_uri))
     return scores
 
 
@@ -97,8 +101,6 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    for name, value in scores.items():
-        log.info("similarity/%s = %.4f", name, value)
     return scores["logme"]
 
 

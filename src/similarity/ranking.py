@@ -36,6 +36,7 @@ class WriteRanking(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from src.tracking.runs import mlflow_run
+        from src.tracking.store import done_line
         from src.tracking.tables import write_table
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -55,3 +56,4 @@ class WriteRanking(Callback):
             for path in files:
                 client.log_artifact(run_id, str(path))
         log.info("Ranking of %d jobs:\n%s", len(rows), files[1].read_text())
+        log.info(done_line(run_id, sweep_dir, config.paths.tracking_uri))

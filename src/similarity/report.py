@@ -59,8 +59,10 @@ def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
 
 def training_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """mlflow.search_runs output -> one row per run group: scores, acc, gain over scratch."""
-    if "tags.kind" in runs:  # similarity runs are not training runs
-        runs = runs[runs["tags.kind"].isna()]
+    from src.tracking.kinds import TRAIN, run_kind
+
+    if len(runs):  # plain training runs only: not similarity runs, sweep trials or advisor runs
+        runs = runs[run_kind(runs) == TRAIN]
     runs = runs.dropna(subset=["metrics.test/acc", "tags.dataset_key"])
     target = runs["tags.dataset"]
     if "params.dataset/source/severity" in runs:  # corrupted copies: one target per severity
@@ -129,11 +131,15 @@ def write(tracking_uri: str, experiments: list[str] | None, out: Path | None) ->
 def main(cfg: DictConfig) -> None:
     names = cfg.experiments
     experiments = [names] if isinstance(names, str) else list(names) if names else None
+    from src.tracking.store import done_line
+
     try:
         write(cfg.tracking_uri, experiments, Path(cfg.out) if cfg.out else None)
     except InvalidInput as error:  # one line, exit 2
         log.error("%s", error)
         raise SystemExit(2) from None
+    # No run of its own: it reads the store's training runs; the file, when asked for one.
+    log.info(done_line(None, cfg.out or "stdout (out= writes a file)", cfg.tracking_uri))
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ __all__ = [
 class Finetune(Strategy):
     """Everything trainable; the pretrained backbone at backbone_lr_mult x the head's lr."""
 
-    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(bn)
-        if backbone_lr_mult <= 0:
-            raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: must be > 0.")
+    def __init__(self, backbone_lr_mult: float = 1.0, bn: str = "train", **options):
+        super().__init__(bn, **options)
+        if not 0 < backbone_lr_mult < float("inf"):  # NaN fails too
+            raise ValueError(f"strategy.backbone_lr_mult={backbone_lr_mult}: a finite number > 0.")
         self.backbone_lr_mult = backbone_lr_mult
 
     def lr_scale(self, group: str) -> float:
@@ -47,8 +47,8 @@ class Finetune(Strategy):
 class Scratch(Finetune):
     """Random initialisation (its config sets backbone.pretrained=false), everything at one lr."""
 
-    def __init__(self, bn: str = "train"):
-        super().__init__(backbone_lr_mult=1.0, bn=bn)
+    def __init__(self, bn: str = "train", **options):
+        super().__init__(backbone_lr_mult=1.0, bn=bn, **options)
 
 
 class LinearProbe(Strategy):
@@ -62,9 +62,16 @@ class Partial(Finetune):
     """The first `freeze_stages` backbone groups (stem first) frozen; negative counts from the top,
     so -1 freezes all but the last stage."""
 
-    def __init__(self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(backbone_lr_mult, bn)
+    def __init__(
+        self, freeze_stages: int, backbone_lr_mult: float = 1.0, bn: str = "train", **options
+    ):
+        super().__init__(backbone_lr_mult, bn, **options)
         self.freeze_stages = freeze_stages
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        self._check_stage("freeze_stages", self.freeze_stages, -n, n)
 
     def trainable(self, group: str, epoch: int) -> bool:
         if group == HEAD:
@@ -75,9 +82,14 @@ class Partial(Finetune):
 class Surgical(Strategy):
     """Only backbone group `block` (0 = stem, -1 = the last stage) and the head train (Lee et al. 2023)."""
 
-    def __init__(self, block: int, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, block: int, bn: str = "train", **options):
+        super().__init__(bn, **options)
         self.block = block
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        self._check_stage("block", self.block, -n, n - 1)
 
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD or self.stage_names.index(group) == self.stage_index(self.block)
@@ -99,9 +111,15 @@ class GradualUnfreeze(Finetune):
         ramp_epochs: float = 1.0,
         backbone_lr_mult: float = 1.0,
         bn: str = "train",
+        **options,
     ):
-        super().__init__(backbone_lr_mult, bn)
+        super().__init__(backbone_lr_mult, bn, **options)
         self.milestones = list(milestones)
+        if not self.milestones:
+            raise ValueError(
+                "strategy.milestones=[]: the backbone would never unfreeze (a linear probe "
+                "recorded as gradual_unfreeze). Give at least one epoch, or use strategy=linear_probe."
+            )
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
             raise ValueError(
                 f"strategy.milestones={self.milestones}: strictly increasing epochs >= 1."
@@ -116,6 +134,15 @@ class GradualUnfreeze(Finetune):
             raise ValueError(
                 f"strategy.milestones {late} are not before trainer.max_epochs={max_epochs}; "
                 f"valid range [1, {max_epochs - 1}]."
+            )
+
+    def check_model(self, model: nn.Module) -> None:
+        super().check_model(model)
+        n = len(self.stage_names)
+        if len(self.milestones) > n:
+            raise ValueError(
+                f"strategy.milestones={self.milestones}: the backbone has {n} stages, so at most "
+                f"{n} milestones can unfreeze one; the last {len(self.milestones) - n} do nothing."
             )
 
     def unfreeze_epoch(self, group: str) -> float:
@@ -143,8 +170,10 @@ class LPFT(Finetune):
 
     changes_trainable = True
 
-    def __init__(self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train"):
-        super().__init__(backbone_lr_mult, bn)
+    def __init__(
+        self, probe_epochs: int, backbone_lr_mult: float = 1.0, bn: str = "train", **options
+    ):
+        super().__init__(backbone_lr_mult, bn, **options)
         if probe_epochs < 1:
             raise ValueError(f"strategy.probe_epochs={probe_epochs}: must be >= 1.")
         self.probe_epochs = probe_epochs
@@ -164,8 +193,8 @@ class LayerDecay(Strategy):
     """Layer-wise lr decay: lr x decay^(depth from the head), timm's per-block groups; norms and
     biases get no weight decay."""
 
-    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train"):
-        super().__init__(bn)
+    def __init__(self, decay: float = 0.75, min_scale: float = 0.0, bn: str = "train", **options):
+        super().__init__(bn, **options)
         if not 0 < decay <= 1:
             raise ValueError(f"strategy.decay={decay}: valid range (0, 1].")
         self.decay, self.min_scale = decay, min_scale

@@ -20,10 +20,18 @@ class Strategy:
     `frozen` (statistics and affine parameters fixed everywhere).
     """
 
-    def __init__(self, bn: str = "train"):
+    def __init__(
+        self, bn: str = "train", cache_prefix: bool | str = "auto", prefix_cache_dir: str = "cache"
+    ):
+        """cache_prefix: auto | true | false, compute the backbone layers frozen for the whole run
+        once per image, cached in prefix_cache_dir (src/strategies/prefix.py)."""
+        from src.strategies.prefix import check_mode
+
         if bn not in BN_POLICIES:
             raise ValueError(f"strategy.bn='{bn}': choose one of {BN_POLICIES}.")
-        self.bn = bn
+        check_mode(cache_prefix)
+        self.bn, self.cache_prefix, self.prefix_cache_dir = bn, cache_prefix, prefix_cache_dir
+        self.prefix_plan = None  # set by plan_prefix_cache, before the run
         self.stage_names: list[str] = []  # backbone groups, input side first; set by param_groups
 
     # Whether `trainable` depends on the epoch: DDP must then track every parameter (see
@@ -45,6 +53,30 @@ class Strategy:
     def check(self, max_epochs: int, regularisation=None) -> None:
         """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse stage settings this backbone cannot have (its stages come from timm), before
+        any run exists; subclasses check their own keys."""
+        self.stage_names = [name for name, _ in stage_groups(model) if name != HEAD]
+
+    def _check_stage(self, key: str, k: int, low: int, high: int) -> None:
+        if not low <= k <= high:
+            raise ValueError(
+                f"strategy.{key}={k}: the backbone has {len(self.stage_names)} stages "
+                f"({', '.join(self.stage_names)}); valid range [{low}, {high}]."
+            )
+
+    def plan_prefix_cache(self, model: nn.Module, regularisation, datamodule, max_epochs) -> None:
+        """Decide what the run caches (before it starts); cache_prefix=true refuses a run where
+        the cache cannot be exact."""
+        from src.strategies.prefix import plan
+
+        self.prefix_plan = plan(self, model, regularisation, datamodule, max_epochs)
+        if self.cache_prefix is True and not self.prefix_plan.on:
+            raise ValueError(
+                f"strategy.cache_prefix=true, but no prefix can be cached exactly: "
+                f"{self.prefix_plan.reason}. Use strategy.cache_prefix=auto or false."
+            )
+
     def fit(
         self,
         trainer: L.Trainer,
@@ -52,8 +84,12 @@ class Strategy:
         datamodule: L.LightningDataModule,
         ckpt_path: str | None = None,
     ) -> None:
-        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG)."""
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG). The frozen
+        prefix's outputs are cached where that is exact (cache_prefix)."""
+        from src.strategies.prefix import prefix_cached
+
+        with prefix_cached(self, trainer, module, datamodule) as data:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
 
     def test(
         self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule

@@ -20,6 +20,7 @@ from filelock import FileLock
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from src.progress import progress
 from src.strategies.base import Strategy
 from src.strategies.groups import HEAD
 
@@ -51,25 +52,45 @@ def cache_key(identity: dict) -> str:
     ]
 
 
+# Inference batches on a GPU: large enough to fill it, small enough for any backbone at 224 px.
+GPU_INFERENCE_BATCH = 256
+
+
+def inference_setup(datamodule, device: torch.device) -> tuple[int, bool]:
+    """(batch size, channels_last) for running a frozen backbone over a split: on a GPU larger
+    batches than training's and NHWC (tensor cores); on a CPU the data set's batch, NCHW."""
+    if device.type == "cuda":
+        return max(datamodule.batch_size, GPU_INFERENCE_BATCH), True
+    return datamodule.batch_size, False
+
+
+def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
 @torch.inference_mode()
 def extract(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     logits: bool = False,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Pooled pre-logits features (timm's forward_head(pre_logits=True)) and labels, backbone in
-    eval mode; with logits=True also the model's own head outputs (e.g. its ImageNet logits)."""
+    eval mode; with logits=True also the model's own head outputs (e.g. its ImageNet logits).
+    Outputs stay on the device until the end: one copy back, no sync per batch."""
     model.eval().to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     features, labels, outputs = [], [], []
     for images, targets in batches:
-        maps = model.forward_features(images.to(device))
-        features.append(model.forward_head(maps, pre_logits=True).float().cpu())
+        maps = model.forward_features(images.to(device).contiguous(memory_format=memory_format))
+        features.append(model.forward_head(maps, pre_logits=True).float())
         labels.append(targets)
         if logits:
-            outputs.append(model.forward_head(maps).float().cpu())
-    extracted = (torch.cat(features), torch.cat(labels))
-    return (*extracted, torch.cat(outputs)) if logits else extracted
+            outputs.append(model.forward_head(maps).float())
+    extracted = (torch.cat(features).cpu(), torch.cat(labels))
+    return (*extracted, torch.cat(outputs).cpu()) if logits else extracted
 
 
 def cached_features(
@@ -128,7 +149,12 @@ def _load_or_extract(model, datamodule, split: str, device, paths: list[Path]):
         tensors = (stored[0]["features"], stored[0]["labels"])
         return tensors + ((stored[1]["logits"],) if len(paths) > 1 else ()), None
     start = time.perf_counter()
-    tensors = extract(model, datamodule.eval_batches(split, device), device, len(paths) > 1)
+    batch, channels_last = inference_setup(datamodule, device)
+    batches = progress(
+        datamodule.eval_batches(split, device, batch), desc=f"Features ({split})", unit="batch",
+        total=len(datamodule.eval_loader(split, batch)),
+    )  # fmt: skip
+    tensors = extract(model, batches, device, len(paths) > 1, channels_last)
     return tensors, time.perf_counter() - start
 
 
@@ -282,6 +308,9 @@ class FeatureExtract(Strategy):
     def trainable(self, group: str, epoch: int) -> bool:
         return group == HEAD
 
+    def plan_prefix_cache(self, model, regularisation, datamodule, max_epochs) -> None:
+        """Nothing to plan: the whole backbone is cached already (its features)."""
+
     def check(self, max_epochs: int, regularisation=None) -> None:
         if regularisation is not None and regularisation.trains_by_gradient:
             raise ValueError(
@@ -291,7 +320,8 @@ class FeatureExtract(Strategy):
             )
 
     def fit(self, trainer, module, datamodule, ckpt_path: str | None = None) -> None:
-        # Cached features make a rerun cheap: a resumed feature_extract job simply runs again.
+        # Cached features make a rerun cheap: a resumed job extracts (reads) them again, and the
+        # linear head continues from its checkpoint (a scikit-learn head is simply refitted).
         features, stats = self._features(trainer, module, datamodule, ("train", "val"))
         balanced = datamodule.sampler == "balanced"
         self.features = FeatureDataModule(
@@ -318,7 +348,7 @@ class FeatureExtract(Strategy):
             copy.deepcopy(module.task),  # its own metrics and thresholds
         )
         if self.classifier == "linear":
-            trainer.fit(self.head_module, datamodule=self.features)
+            trainer.fit(self.head_module, datamodule=self.features, ckpt_path=ckpt_path)
         else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
             trainer.validate(self.head_module, datamodule=self.features)
 

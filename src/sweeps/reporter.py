@@ -70,10 +70,7 @@ class TrialReporter(L.Callback):
         if decision == NOT_FINITE:
             # A diverged run is a failed trial, not a poor one: no pruner should rank it.
             raise FloatingPointError(f"{self.monitor}={value} at epoch {epoch}")
-        if decision == PRUNE:
-            log.info(
-                "Trial %d pruned after epoch %d (%s=%.4f)", self.number, epoch, self.monitor, value
-            )
+        if decision == PRUNE:  # the sweep's worker logs the one line saying so
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {self.monitor}={value:.4f}")
 
     def _decide(self, value: float, epoch: int) -> int:

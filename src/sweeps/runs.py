@@ -40,7 +40,7 @@ def open_parent(study: optuna.Study, mlflow_cfg: dict[str, Any], params: dict[st
         mlflow_cfg["experiment_name"],
         mlflow_cfg.get("artifact_location"),
         f"study-{study.study_name}",
-        {"optuna.study": study.study_name, "sweep": "optuna"},
+        {"optuna.study": study.study_name, "sweep": "optuna", "kind": "sweep"},
     )
     log_params(mlf, run_id, {key: str(value) for key, value in params.items()})  # not nested
     study.set_user_attr(PARENT_ATTR, run_id)

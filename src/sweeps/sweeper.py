@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Set while a trial's job runs: Lightning re-executes this command line for DDP ranks > 0, which
 # inherit it and rerun exactly that trial instead of starting a sweep of their own.
 TRIAL_ENV = "TRANSFERLAB_SWEEP_TRIAL"
+TRIAL_KIND = "sweep_trial"  # the `kind` tag of a trial's run; its study's parent run is kind=sweep
 DIRECTIONS = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
 
 
@@ -49,12 +50,15 @@ class OptunaSweeper(Sweeper):
         max_retries: int = 1,
         mlflow: DictConfig | None = None,
     ):
+        refuse = None
         if direction not in DIRECTIONS:
-            raise ValueError(
-                f"hydra.sweeper.direction={direction!r}: choose one of {list(DIRECTIONS)}."
-            )
-        if n_trials < 1 or max_failures < 1:
-            raise ValueError("hydra.sweeper: n_trials and max_failures must be >= 1.")
+            refuse = f"hydra.sweeper.direction={direction!r}: choose one of {list(DIRECTIONS)}."
+        for key, value in (("n_trials", n_trials), ("max_failures", max_failures)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                refuse = f"hydra.sweeper.{key}={value}: an integer >= 1."
+        if refuse:  # Hydra reports a plugin's exception with exit status 1: this is bad input
+            log.error("Invalid input: %s", refuse)
+            raise SystemExit(2)
         self.study_name, self.storage, self.metric = study_name, storage, metric
         self.direction = DIRECTIONS[direction]
         self.n_trials, self.max_failures, self.seed = n_trials, max_failures, seed
@@ -98,8 +102,11 @@ class OptunaSweeper(Sweeper):
         TrialReporter) and, with MLflow, its run's name and tags. The run is created nested under
         the study's parent run: no moment exists where it stands alone (a SIGKILL included)."""
         overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
+        overrides.append(f"++kind={TRIAL_KIND}")  # reports leave trials out unless asked
         if self.mlflow:
-            run_name = f"{self.study_name}-trial{number:03d}"
+            run_name = (
+                f"trial{number:03d}-{self.study_name}"  # the UI cuts long names: number first
+            )
             tags = {"optuna.study": self.study_name, "optuna.trial.number": str(number)}
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id

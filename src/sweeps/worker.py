@@ -106,21 +106,52 @@ class Worker:
             return self._loop(launch)
 
     def _loop(self, launch: Callable[[int, dict[str, Any]], Any]) -> list:
+        from src.progress import progress
+
         returns = []
-        while (trial := self._next_trial()) is not None:
-            number, params = trial
-            log.info("Trial %d: %s", number, params)
-            try:
-                with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
-                    job_return = launch(number, params)
-            except BaseException:  # Ctrl-C, SystemExit: the trial ends with the sweep, not later
-                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-                self._tag(number)
-                raise
-            returns.append(job_return)
-            self._tell(number, job_return)
+        done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
+        self.bar = progress(desc=f"Trials ({self.s.study_name})", total=self.n_trials,
+                            unit="trial", leave=True, initial=min(done, self.n_trials))  # fmt: skip
+        with self.bar:
+            while (trial := self._next_trial()) is not None:
+                number, params = trial
+                log.info("Trial %d: %s", number, params)
+                try:
+                    with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
+                        job_return = launch(number, params)
+                except BaseException:  # Ctrl-C, SystemExit: the trial ends with the sweep
+                    self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                    self._tag(number)
+                    raise
+                returns.append(job_return)
+                self._tell(number, job_return)
         self._finish()
         return returns
+
+    def _progress(self, number: int, state: str, value: float | None, reason: str) -> str:
+        """'trial 3 PRUNED at val/acc=0.1620 (pruned after epoch 1) | 4/20 | best 0.9133 (trial 1)'
+        and the bar moved on: what a researcher watching the sweep wants in one line."""
+        if state == "PRUNED":  # no objective value: the last one it reported
+            reported = self.study.trials[number].intermediate_values
+            value = reported[max(reported)] if reported else None
+            reason = f"after epoch {max(reported)}" if reported else ""
+        shown = "n/a" if value is None else f"{value:.4f}"
+        line = f"Trial {number} {state} at {self.s.metric}={shown}"
+        if state != "COMPLETE" and reason:
+            line += f" ({reason})"
+        done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
+        line += f" | {done}/{self.n_trials} trials"
+        if count(self.study, (TrialState.COMPLETE,)):
+            best = self.study.best_trial
+            line += f" | best {best.value:.4f} (trial {best.number})"
+            self.bar.set_postfix_str(f"best {self.s.metric}={best.value:.4f}", refresh=False)
+        before = self.bar.n
+        self.bar.update(max(0, min(done, self.n_trials) - before))
+        ran, left = self.bar.n - self.bar.initial, self.n_trials - self.bar.n
+        if ran > 0 and left > 0:  # this worker's pace so far
+            eta = self.bar.format_dict["elapsed"] / ran * left
+            line += f" | ETA {self.bar.format_interval(eta)}"
+        return line
 
     def _next_trial(self) -> tuple[int, dict[str, Any]] | None:
         """The next trial to run, or None when the study is done. While the budget is used up but
@@ -173,7 +204,7 @@ class Worker:
             # the state is stored before that, and n_trials is capped at the grid's size anyway.
             if "Study.stop" not in str(error):
                 raise
-        log.info("Trial %d %s %s=%s", number, state, self.s.metric, value)
+        log.info("%s", self._progress(number, state, value, reason))
         self._tag(number)
 
     def _tag(self, number: int) -> None:
@@ -199,6 +230,11 @@ class Worker:
             log.info(
                 "Best trial %d: %s=%.4f %s", best.number, self.s.metric, best.value, best.params
             )
+        if failures < self.s.max_failures or done >= self.n_trials:
+            from src.tracking.store import done_line
+
+            parent = self.study.user_attrs.get(runs.PARENT_ATTR)  # the study's MLflow run
+            log.info(done_line(parent, self.sweep_dir, (self.s.mlflow or {}).get("tracking_uri")))
         if failures >= self.s.max_failures and done < self.n_trials:
             raise RuntimeError(
                 f"Study {self.s.study_name}: {failures} failed trials reached "
@@ -217,14 +253,17 @@ def _build(cfg: dict[str, Any]):
 
 def objective_value(job_return) -> tuple[str, float | None, str]:
     """(state, value, reason) from a Hydra JobReturn: the job's return value is the metric."""
-    import optuna
+    from hydra.core.utils import JobStatus
 
-    try:
-        value = job_return.return_value
-    except optuna.TrialPruned as pruned:
-        return "PRUNED", None, str(pruned)
-    except Exception as error:  # the job's own exception, re-raised by Hydra's JobReturn
-        log.warning("Trial failed: %s: %s", type(error).__name__, error, exc_info=error)
+    # The job's own exception, read without JobReturn.return_value: that getter prints Hydra's
+    # "Error executing job with overrides", which a pruned trial is not.
+    value = job_return._return_value
+    if job_return.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
+        return "PRUNED", None, str(value)
+    if job_return.status == JobStatus.FAILED:
+        error = value
+        log.warning("Trial failed (overrides %s): %s: %s", job_return.overrides,
+                    type(error).__name__, error, exc_info=error)  # fmt: skip
         return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
     if value is None or not math.isfinite(float(value)):
         return "FAIL", None, f"the job returned {value!r} for the monitored metric"

@@ -60,6 +60,33 @@ class RunArtifacts(L.Callback):
                 logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="plots")
 
 
+class GroupLearningRates(L.Callback):
+    """The learning rate of every named parameter group, once per epoch, as `z_lr/<group>`.
+
+    One metric per stage (`z_lr/stem`, ..., `z_lr/head`): a group's norms-and-biases twin
+    (`<group>_no_wd`) always shares its rate, so it is not logged twice. The `z_` prefix sorts the
+    rates after `test/`, `train/` and `val/` in the MLflow UI, where a run's charts open on what
+    it scored. Values are Python floats already: no device sync in the training step."""
+
+    PREFIX = "z_lr/"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.loggers:
+            return
+        from src.strategies.groups import stage_of
+
+        rates: dict[str, float] = {}
+        several = len(trainer.optimizers) > 1
+        for index, optimizer in enumerate(trainer.optimizers):
+            for number, group in enumerate(optimizer.param_groups):
+                name = stage_of(group.get("name") or f"group{number}")
+                key = f"{self.PREFIX}{f'{index}/' if several else ''}{name}"
+                rates.setdefault(key, float(group["lr"]))
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=step)
+
+
 class SameConfigOnEveryRank(L.Callback):
     """Under DDP, every rank must train the same config: a rank started with other overrides (a
     sweep's command line re-run with other sampled values, a stale script on one node) would

@@ -8,6 +8,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 
+from src.tracking.store import PATH_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -15,30 +17,76 @@ def mlflow_loggers(loggers: list[Logger]) -> list[MLFlowLogger]:
     return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
 
 
+def split_paths(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(params, path tags) of a nested config, flattened with '/' as Lightning's loggers do."""
+    from lightning.fabric.utilities.logger import _flatten_dict
+
+    flat = _flatten_dict(params, delimiter="/")
+    paths = {key: str(value) for key, value in flat.items() if PATH_KEY.search(key)}
+    return {key: value for key, value in flat.items() if key not in paths}, paths
+
+
 def log_run_metadata(
     loggers: list[Logger], params: dict[str, Any], tags: dict[str, str], config_file: Path
 ) -> None:
-    """Every logger gets the flattened config; MLflow also gets the tags and the resolved YAML."""
+    """Every logger gets the flattened config; MLflow also gets the tags and the resolved YAML.
+    Paths in the config become tags (see PATH_KEY)."""
+    params, paths = split_paths(params)
     for logger in loggers:
         logger.log_hyperparams(params)
     for logger in mlflow_loggers(loggers):
-        for key, value in tags.items():
-            logger.experiment.set_tag(logger.run_id, key, str(value))
+        for key, value in {**paths, **tags}.items():
+            logger.experiment.set_tag(logger.run_id, key, str(value)[:5000])
         logger.experiment.log_artifact(logger.run_id, str(config_file))
         log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
 
 
+def log_dataset(loggers: list[Logger], name: str, source: dict, datamodule, subset: dict) -> None:
+    """The run's data set as an MLflow input (the UI's Datasets column): its name, where the
+    images come from, a digest of the exact images of every split, and the split sizes with the
+    subsampling that made them (fraction, samples per class) as its profile."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    splits = datamodule.splits
+    sizes = {split: len(getattr(splits, split)) for split in ("train", "val", "test")}
+    digest = hashlib.sha1(
+        json.dumps([datamodule.identity(split) for split in sizes], sort_keys=True).encode()
+    ).hexdigest()[:12]
+    profile = {**{f"{split}_images": n for split, n in sizes.items()},
+               "classes": len(datamodule.classes), **subset}  # fmt: skip
+    local = any(key in source for key in ("root", "path"))
+    dataset = Dataset(
+        name=name, digest=digest, source_type="local" if local else "code",
+        source=json.dumps(source, sort_keys=True, default=str), profile=json.dumps(profile),
+    )  # fmt: skip
+    context = [InputTag("mlflow.data.context", "training")]
+    for logger in mlflow_loggers(loggers):
+        logger.experiment.log_inputs(logger.run_id, [DatasetInput(dataset, context)])
+
+
 def record_failure(loggers: list[Logger], error: BaseException) -> None:
-    """End MLflow runs FAILED (KILLED on Ctrl-C) with the error as a tag, whatever stage failed.
+    """End MLflow runs FAILED (KILLED on SIGTERM or Ctrl-C) with the reason as a tag, whatever
+    stage failed: `error` for a failure, `killed_reason` for an interruption.
 
     A run stopped by an Optuna pruner did what it was asked: FINISHED, tagged `pruned`."""
     from optuna import TrialPruned
 
+    from src.errors import is_sigterm
+    from src.tracking.claim import KILLED_REASON
+
     interrupted = isinstance(error, KeyboardInterrupt | SystemExit)
     pruned = isinstance(error, TrialPruned)
     status = "FINISHED" if pruned else "KILLED" if interrupted else "FAILED"
+    if pruned:
+        tag = ("pruned", "true")
+    elif interrupted:
+        tag = (KILLED_REASON, "SIGTERM" if is_sigterm(error) else type(error).__name__)
+    else:
+        tag = ("error", f"{type(error).__name__}: {error}")
     for logger in mlflow_loggers(loggers):
         if logger._initialized:
-            tag = ("pruned", "true") if pruned else ("error", f"{type(error).__name__}: {error}")
             logger.experiment.set_tag(logger.run_id, tag[0], tag[1][:5000])
             logger.experiment.set_terminated(logger.run_id, status)

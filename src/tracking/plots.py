@@ -44,15 +44,21 @@ def plot_confusion(matrix: torch.Tensor, class_names: list[str], path: Path, tit
 
 def plot_learning_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:
     """Loss and accuracy (multi-label: AUROC) per epoch, train against validation."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     score = "acc" if history.get("val/acc") else "auroc"
+    words = {"loss": "Loss", "acc": "Accuracy", "auroc": "AUROC (macro)"}
+    splits = {"train": "training", "val": "validation"}
     for ax, kind in zip(axes, ("loss", score), strict=True):
         for key, points in history.items():
             if key.split("/")[1].startswith(kind) and points:
                 epochs, values = zip(*points, strict=True)
-                ax.plot(epochs, values, marker="o", label=key.removesuffix("_epoch"))
-        ax.set(xlabel="epoch", ylabel=kind, title=f"{kind} per epoch")
+                label = splits.get(key.split("/")[0], key)
+                ax.plot([e + 1 for e in epochs], values, marker="o", label=label)  # epoch 1 first
+        ax.set(xlabel="Epoch", ylabel=words[kind], title=f"{words[kind]} per epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)

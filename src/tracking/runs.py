@@ -12,15 +12,19 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Param
 
+from src.tracking.store import experiment_id  # created as a model-training experiment
+
+__all__ = [
+    "experiment_id",
+    "flatten",
+    "log_params",
+    "mlflow_run",
+    "reopen",
+    "run_status",
+    "start_run",
+]
+
 log = logging.getLogger(__name__)
-
-
-def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The experiment's id, created (with its artifact location) on first use."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def start_run(

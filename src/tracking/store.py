@@ -9,16 +9,80 @@ instead (see README, Scale-out).
 
 from __future__ import annotations
 
-from contextlib import suppress
+import re
 from pathlib import Path
 
 from filelock import FileLock
 
 SQLITE = "sqlite:///"
+# Config keys that hold a file, folder or URL: they differ per run (output folders) or say where,
+# not what, so MLflow gets them as tags; as params they would fill the compare view's plots.
+PATH_KEY = re.compile(r"(^|[/_])(dir|dirpath|path|root|location|uri|file|storage|ckpt_path)$")
+# MLflow 3 opens an experiment without this tag on its GenAI page (traces); ours train models,
+# so the UI should open on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The runs table a researcher compares in: MLflow's shared view state (an experiment tag that the
+# URL's viewStateShareKey names) with the scores and the tags that tell runs apart as columns.
+RUNS_VIEW = "runs"
+RUNS_COLUMNS = [
+    "attributes.`Dataset`", "metrics.`val/acc`", "metrics.`test/acc`", "tags.`kind`",
+    "tags.`strategy`", "tags.`dataset`", "tags.`fraction`", "tags.`seed`", "tags.`backbone`",
+]  # fmt: skip
+
+
+def experiment_tags() -> dict[str, str]:
+    import json
+
+    view = json.dumps({"selectedColumns": RUNS_COLUMNS})
+    return {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{RUNS_VIEW}": view}
+
+
+def runs_url(base: str, experiment: str) -> str:
+    """The MLflow UI page of an experiment's runs, in the model-training workspace, with the
+    columns of RUNS_VIEW (MLflow 3 otherwise opens on GenAI traces, metrics hidden)."""
+    query = f"workflowType=machine_learning&viewStateShareKey={RUNS_VIEW}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/runs?{query}"
+
+
+def experiment_id(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (tagged as model development) when missing; an
+    experiment created before the tag existed gets it too, so old stores open on their runs."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location, tags=experiment_tags()
+            )
+        except MlflowException:  # another process created it first: fine
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    tag_experiment(client, experiment)
+    return experiment.experiment_id
+
+
+def tag_experiment(client, experiment) -> None:
+    """The tags of experiment_tags() that an experiment lacks (one made by an older version)."""
+    for key, value in experiment_tags().items():
+        if experiment.tags.get(key) is None:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def store_dir(tracking_uri: str, default: str) -> str:
+    """The folder beside the tracking store, where artifacts and caches go by default (OmegaConf
+    resolver `store_dir`): a sqlite file's folder, a file store itself, else `default`."""
+    if tracking_uri.startswith(SQLITE):
+        return str(Path(tracking_uri[len(SQLITE) :]).parent)
+    if tracking_uri.startswith("file://"):
+        return str(Path(tracking_uri[len("file://") :]))
+    if "://" not in tracking_uri and tracking_uri:  # a bare path is a file store
+        return str(Path(tracking_uri))
+    return default
 
 
 def prepare_store(tracking_uri: str, experiment_name: str, artifact_location: str | None) -> None:
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     lock = None
@@ -31,9 +95,7 @@ def prepare_store(tracking_uri: str, experiment_name: str, artifact_location: st
         client = MlflowClient(tracking_uri)  # creates or migrates the schema
         if tracking_uri.startswith(SQLITE):
             _wal_mode(tracking_uri[len(SQLITE) :])
-        if client.get_experiment_by_name(experiment_name) is None:
-            with suppress(MlflowException):  # another machine created it first: fine
-                client.create_experiment(experiment_name, artifact_location=artifact_location)
+        experiment_id(client, experiment_name, artifact_location)
     finally:
         if lock is not None:
             lock.release()
@@ -45,3 +107,45 @@ def _wal_mode(database: str) -> None:
 
     with sqlite3.connect(database, timeout=60) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
+
+
+def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> None:
+    """Refuse a tracking URI MLflow cannot open, before any run, store or folder exists: an
+    unknown scheme (`sqlit:///x.db`), a sqlite file in a place that is missing and cannot be
+    created, or that this user cannot write, and the file store MLflow 3 refuses."""
+    import os
+    from urllib.parse import urlparse
+
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    where = f"{key}='{tracking_uri}' (or MLFLOW_TRACKING_URI)"
+    scheme = urlparse(tracking_uri).scheme
+    schemes = sorted(s for s in _tracking_store_registry._registry if s not in ("", "file"))
+    if scheme in ("", "file"):
+        raise ValueError(
+            f"{where}: MLflow 3 refuses the file store; use a database, e.g. "
+            "sqlite:///mlflow.db, or a server (http://host:5000)."
+        )
+    if scheme not in schemes:
+        raise ValueError(f"{where}: unknown scheme '{scheme}'; MLflow opens {', '.join(schemes)}.")
+    if scheme != "sqlite":
+        return  # a server or database: only reachable over the network, checked when opened
+    if not tracking_uri.startswith(SQLITE) or tracking_uri == SQLITE:
+        raise ValueError(f"{where}: a sqlite store is sqlite:///relative.db or sqlite:////abs.db.")
+    database = Path(tracking_uri[len(SQLITE) :])
+    if database.is_dir():
+        raise ValueError(f"{where}: '{database}' is a folder, not a database file.")
+    existing = next(p for p in (database, *database.parents) if p.exists())
+    if existing == database:
+        writable = os.access(database, os.W_OK) and os.access(database.parent, os.W_OK)
+    else:
+        writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if not writable:
+        raise ValueError(f"{where}: '{existing}' is not writable by this user.")
+
+
+def done_line(run_id: str | None, outputs, tracking_uri: str | None = None) -> str:
+    """An entry point's last log line: the MLflow run every later tool takes, and the folder."""
+    where = f" in {tracking_uri}" if tracking_uri else ""
+    run = f"MLflow run {run_id}{where}" if run_id else "no MLflow run"
+    return f"Done: {run}; outputs in {outputs}"

@@ -15,6 +15,18 @@ def tiny_overrides() -> list[str]:
     return list(TINY)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy shared CPU two OpenMP threads spin-wait on each other (a step
+    measured 15x slower with two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def postgres():
     """A real PostgreSQL server on loopback for the test module (tests/helpers/servers.py)."""

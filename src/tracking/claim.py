@@ -1,0 +1,92 @@
+"""Who owns a run: the process holding the lock file in its output folder.
+
+A training process holds `output_dir/run.lock` (an OS file lock) from before its MLflow run is
+created until it ends; the OS drops the lock when the process dies, even by SIGKILL. So a RUNNING
+run whose lock is free is dead, and a resumer that takes the lock owns the run: two resumers
+can never continue one run, and nobody resumes a run that is still training.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+# Why a run was marked KILLED (a tag), so nothing stays RUNNING without an explanation.
+KILLED_REASON = "killed_reason"
+
+
+class RunLock:
+    """The lock of one output folder; `acquire(wait=False)` says whether it was free."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOCK_FILE
+        self.existed = self.path.exists()  # before this process first takes it
+        self._lock = FileLock(str(self.path), thread_local=False)
+
+    def acquire(self, wait: bool = False) -> bool:
+        try:
+            self._lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+
+def alive_by_pid(tags: dict[str, str]) -> bool:
+    """For a run without a lock file (older code): its process may be alive if it ran elsewhere,
+    or runs here under its recorded pid."""
+    import os
+
+    from src.tracking.resume import pid_alive
+
+    if tags.get("host") != socket.gethostname():
+        return True
+    pid = tags.get("pid", "")
+    return pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))
+
+
+def mark_killed(client, run_id: str, reason: str) -> None:
+    """A dead RUNNING run that will not be resumed ends KILLED, the reason in a tag."""
+    client.set_tag(run_id, KILLED_REASON, reason[:5000])
+    client.set_terminated(run_id, "KILLED")
+    log.warning("Marked MLflow run %s KILLED: %s", run_id, reason)
+
+
+def loadable_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: last.ckpt if it loads, else the newest one that does (a
+    kill between the best and the last save, or a truncated last.ckpt, leaves an older one)."""
+    folder = output_dir / "checkpoints"
+    if not folder.is_dir():
+        return None
+    last = folder / "last.ckpt"
+    others = sorted(
+        (p for p in folder.glob("*.ckpt") if p.name != last.name),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for path in [last, *others]:
+        if path.is_file() and _loads(path):
+            if path != last:
+                log.warning("%s is missing or does not load; resuming from %s", last, path.name)
+            return path
+    return None
+
+
+def _loads(path: Path) -> bool:
+    """Whether a Lightning checkpoint reads back completely (zip intact, trainer state there)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # truncated zip, bad pickle, empty file: all mean "not this one"
+        return False
+    return isinstance(state, dict) and "state_dict" in state and "loops" in state
