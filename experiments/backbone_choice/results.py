@@ -19,7 +19,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editable install
 
 from src.report.build import Report, write_report  # noqa: E402
-from src.report.query import Query, runs_frame, search  # noqa: E402
+from src.report.query import Query, search  # noqa: E402
 from src.report.table import Layout  # noqa: E402
 
 EXPERIMENT, SCORES_EXPERIMENT = "backbone_choice", "backbone_choice_scores"
@@ -61,7 +61,7 @@ def log_odds(p: np.ndarray, n: int) -> np.ndarray:
 
 def accuracies(uri: str) -> pd.DataFrame:
     """One row per finished training run: backbone, dataset, strategy, seed, test/acc, test size."""
-    frame = runs_frame(search(Query(uri, (EXPERIMENT,), {}, "FINISHED")))
+    frame = search(Query(uri, (EXPERIMENT,)))  # kind=train: plain runs and -m grid points
     keep = {
         "tags.backbone": "backbone", "tags.dataset": "dataset", "tags.strategy": "strategy",
         "tags.seed": "seed", "metrics.test/acc": "acc",
@@ -72,7 +72,7 @@ def accuracies(uri: str) -> pd.DataFrame:
 
 def scores(uri: str) -> pd.DataFrame:
     """The transferability scores of each (dataset, backbone), computed before any training."""
-    frame = runs_frame(search(Query(uri, (SCORES_EXPERIMENT,), {"kind": "similarity"}, "FINISHED")))
+    frame = search(Query(uri, (SCORES_EXPERIMENT,), kind="similarity"))
     columns = {f"metrics.similarity/{s}": s for s in SCORES}
     frame = frame.rename(
         columns={"tags.backbone": "backbone", "tags.dataset": "dataset", **columns}
@@ -196,10 +196,8 @@ def paper_table() -> str:
 
 def wall_time(uri: str) -> float:
     """Hours from the first run's start to the last run's end, over both experiments."""
-    runs = [run for name in (EXPERIMENT, SCORES_EXPERIMENT) for run in search(Query(uri, (name,)))]
-    start = min(run.info.start_time for run in runs)
-    end = max(run.info.end_time or run.info.start_time for run in runs)
-    return (end - start) / 3.6e6  # milliseconds
+    frame = search(Query(uri, (EXPERIMENT, SCORES_EXPERIMENT), kind=None))
+    return (frame["end_time"].max() - frame["start_time"].min()).total_seconds() / 3600
 
 
 def headline(r: pd.DataFrame, tau: pd.DataFrame) -> list[str]:
@@ -268,6 +266,7 @@ def main() -> None:
         plots={"imagenet_vs_transfer": {"line": "strategy", "panel": "dataset", "top1": top1}},
         experiment="reports", run_name=f"report-{EXPERIMENT}",
         artifact_location=str(ROOT / "mlartifacts"),
+        labels={"feature_extract": "fixed features", "partial": "fine-tuned", **SHORT},
     )  # fmt: skip
     write_report(report)
     acc = accuracies(uri)
