@@ -70,7 +70,16 @@ def build(node: DictConfig, **kwargs):
     escaping the newlines of a message written to be read."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    # A mandatory value left at ??? (dataset.source.root of an image folder): Hydra drops it from
+    # a partial, which then fails later with a TypeError. Named here instead.
+    missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
+    if missing:
+        raise ValueError(
+            f"{missing[0]} is required: add {missing[0]}=<value> to the command"
+            + (f" (also missing: {', '.join(missing[1:])})." if missing[1:] else ".")
+        )
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as wrapped:

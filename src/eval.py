@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
         with open_dict(cfg):  # the run's seed: its train/val splits, not new ones
             cfg.seed = cfg.seed if cfg.seed is not None else trained.config["seed"]
+            if cfg.get("dataset") is None:  # no dataset=: the run's own, exactly as trained
+                cfg.dataset = OmegaConf.create(trained.config["dataset"])
+                cfg.dataset.seed = cfg.seed
+                cfg.dataset_name = trained.dataset_name
         model = load_model(trained)
         datamodule = build(cfg.dataset)
         datamodule.prepare_data()
@@ -37,7 +41,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     per_image, per_batch = eval_transform(config), batch_eval_transform(config)
     datamodule.set_transforms(per_image, per_image, per_batch, per_batch)
     # 3. Score and file.
-    metrics = evaluate(model, datamodule, cfg.split)
+    metrics = evaluate(model, datamodule, cfg.split, calibration=trained.probabilistic)
     prefix = eval_prefix(cfg.dataset_name, cfg.split)
     log_eval(trained, prefix, metrics)
     return {prefix + key: value for key, value in metrics.items()}

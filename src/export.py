@@ -31,11 +31,14 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
         if cfg.mlflow_model and not trained.run_id:
             raise InvalidInput("mlflow_model=true logs into the training run: give run_id.")
         model = load_model(trained)
-    example = E.example_input(data_config(model)["input_size"])
+    config = data_config(model)
+    example = E.example_input(config["input_size"])
+    usage = E.usage(trained.class_names, config, trained)
+    metadata = E.metadata_props(usage, trained.provenance)
     # 2. Each export, verified against the checkpoint's logits.
     folder = Path(cfg.output_dir)
-    files = {fmt: E.export(model, example, folder, fmt, cfg.atol) for fmt in formats}
-    E.write_provenance(folder, trained.provenance, files)
+    files = {fmt: E.export(model, example, folder, fmt, cfg.atol, metadata) for fmt in formats}
+    E.write_provenance(folder, trained.provenance, files, usage)
     made = {fmt: str(path) for fmt, path in files.items()}
     if trained.run_id:  # provenance on the run's side too
         client = MlflowClient(cfg.paths.tracking_uri)
@@ -49,6 +52,7 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
             cfg.paths.tracking_uri,
             trained.provenance,
             cfg.registered_name,
+            usage,
         )
     return made
 

@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 
 
 def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) per image; printed, and written to cfg.csv when set."""
+    """Per image, the top-k (label, probability): softmax over classes; for a multi-label model
+    every label whose sigmoid reaches its stored threshold; for an SVM head its margins (score).
+    Printed, and written to cfg.csv when set."""
     from src.config import build
     from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
     from src.inference import predict as P
-    from src.inference.trained import data_config, load_model, locate
+    from src.inference.trained import Trained, data_config, load_model, locate
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
@@ -33,12 +35,21 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
             model, names = load_model(trained), trained.class_names
         else:  # num_classes=None keeps the ImageNet head the weights came with
             model, names = build(cfg.backbone, num_classes=None).eval(), P.imagenet_names()
-    # 2. The model's own evaluation preprocessing, then the top k.
-    probs = P.probabilities(model, images, eval_transform(data_config(model)), cfg.batch_size)
-    tops = P.top_k(probs, names, cfg.top_k)
+            trained = Trained({}, Path())
+    # 2. The model's own evaluation preprocessing, then its labels.
+    scores = P.logits(model, images, eval_transform(data_config(model)), cfg.batch_size)
+    if trained.thresholds is not None:
+        tops = P.multilabel(scores, names, trained.thresholds)
+    else:
+        tops = P.top_k(scores.softmax(-1) if trained.probabilistic else scores, names, cfg.top_k)
     print(P.format_table(files, tops))
     if cfg.csv:
-        P.write_csv(Path(cfg.csv), files, tops)
+        if trained.thresholds is not None:
+            P.write_label_csv(Path(cfg.csv), files, scores.sigmoid(), names, trained.thresholds)
+        else:
+            P.write_csv(
+                Path(cfg.csv), files, tops, "probability" if trained.probabilistic else "score"
+            )
         log.info("Predictions written to %s", cfg.csv)
     return tops
 

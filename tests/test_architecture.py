@@ -124,3 +124,20 @@ def test_every_entry_point_answers_help(module):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Powered by Hydra" in done.stdout or "usage:" in done.stdout, done.stdout[-2000:]
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "Error" not in output
+    for key in REQUIRED.get(module, []):  # what a user must give is named
+        assert key in output, key
+    for base in ("_datamodule", "_medmnist", "_timm"):  # base files are no options
+        assert base not in output
+
+
+# Keys an entry point's --help must name: what it cannot run without, or its main choices.
+REQUIRED = {
+    "src.advise": ["dataset", "budget", "dataset.source.root"],
+    "src.eval": ["run_id", "ckpt_path"],
+    "src.predict": ["images", "run_id"],
+    "src.export": ["run_id", "formats"],
+    "src.train": ["dataset", "dataset.source.root"],
+    "src.similarity": ["backbone", "dataset"],
+}

@@ -24,6 +24,7 @@ def test_step_suites_write_side_by_side_ratios(tmp_path, capsys):
     assert "freeze" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a real training job, timed
 def test_overhead_times_the_composed_job_against_a_raw_loop(tmp_path, monkeypatch):
     """train(cfg) of the default job (shrunk), timed between its own batches, runs to the end."""
     from src.bench.overhead import StepTimer

@@ -45,6 +45,8 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
     overrides = [f"{group}={option}"]
     if group == "backbone":
         overrides.append("backbone.pretrained=false")  # hub weights need a network
+    if (group, option) == ("backbone", "timm"):  # any timm model: the name is the user's
+        overrides.append("backbone.name=resnet10t")
     cfg = compose_train(tmp_path, overrides)
     node = cfg.get(group)
     if group == "backbone":

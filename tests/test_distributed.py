@@ -109,7 +109,7 @@ def test_concurrent_feature_extraction_is_done_once(tmp_path, monkeypatch):
 
     calls = []
 
-    def slow_extract(model, batches, device, logits=False):
+    def slow_extract(model, batches, device, logits=False, channels_last=False):
         calls.append(threading.get_ident())
         time.sleep(0.5)
         return torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
@@ -120,7 +120,12 @@ def test_concurrent_feature_extraction_is_done_once(tmp_path, monkeypatch):
         def identity(self, split):
             return {"split": split}
 
-        def eval_batches(self, split, device):
+        batch_size = 4
+
+        def eval_batches(self, split, device, batch_size=None):
+            return []
+
+        def eval_loader(self, split, batch_size=None):
             return []
 
     model = torch.nn.Linear(2, 2)

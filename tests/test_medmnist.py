@@ -83,7 +83,7 @@ def test_multilabel_run_logs_per_label_metrics_and_tests_at_val_thresholds(tmp_p
     assert ((thresholds >= 0) & (thresholds <= 1)).all()
     # The best checkpoint (tested) carries the thresholds of its own validation epoch.
     checkpoint = torch.load(
-        next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")), weights_only=False
+        next((tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")), weights_only=True
     )
     assert torch.allclose(checkpoint["state_dict"]["task.thresholds"], thresholds, atol=1e-6)
 

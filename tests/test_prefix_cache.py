@@ -29,15 +29,14 @@ def last_weights(root: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
+@pytest.mark.slow  # three real training runs each (the fast suite keeps one: test_train)
 @pytest.mark.parametrize(
     "strategy",
     [
         ["strategy=partial", "strategy.freeze_stages=-2"],
-        pytest.param(["strategy=linear_probe"], marks=pytest.mark.slow),
-        pytest.param(["strategy=surgical", "strategy.block=-1"], marks=pytest.mark.slow),
-        pytest.param(
-            ["strategy=gradual_unfreeze", "strategy.milestones=[1]"], marks=pytest.mark.slow
-        ),
+        ["strategy=linear_probe"],
+        ["strategy=surgical", "strategy.block=-1"],
+        ["strategy=gradual_unfreeze", "strategy.milestones=[1]"],
     ],
     ids=lambda overrides: overrides[0].removeprefix("strategy="),
 )

@@ -456,3 +456,28 @@ def test_analysis_notebook_runs_over_the_fixture_store(store, monkeypatch, tmp_p
     executed = nbclient.NotebookClient(nbformat.read(notebook, as_version=4), timeout=120).execute()
     outputs = json.dumps([cell.get("outputs", []) for cell in executed.cells], ensure_ascii=False)
     assert "91.00 ± 1.00" in outputs and "image/png" in outputs
+
+
+def test_a_moved_callback_class_does_not_split_a_cell_but_its_settings_do():
+    import pandas as pd
+
+    from src.report.table import Layout, select
+
+    frame = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "start_time": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "tags.backbone": ["x", "x"],
+            "tags.seed": ["0", "1"],
+            "metrics.test/acc": [0.5, 0.6],
+            "params.callbacks/run_artifacts/_target_": [
+                "src.tracking.A",
+                "src.tracking.callbacks.A",
+            ],
+            "params.callbacks/early_stopping/patience": ["3", "3"],
+        }
+    )
+    layout = Layout(rows=("backbone",), columns=("backbone",))
+    assert select(frame, layout).split_by == []
+    frame["params.callbacks/early_stopping/patience"] = ["3", "5"]
+    assert select(frame, layout).split_by == ["callbacks/early_stopping/patience"]

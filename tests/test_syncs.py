@@ -54,6 +54,7 @@ def describe(windows: list) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow  # a real training job
 def test_default_job_syncs_only_on_logging_steps_and_epoch_ends(tmp_path, monkeypatch, one_thread):
     windows = counted_run(tmp_path, [], monkeypatch)
     assert len(windows.windows) == STEPS

@@ -12,7 +12,7 @@ import torch
 def main(run_dir: str, out: str) -> None:
     checkpoints = [p for p in Path(run_dir, "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
     assert len(checkpoints) == 1, f"expected the one best checkpoint in {run_dir}: {checkpoints}"
-    state = torch.load(checkpoints[0], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(checkpoints[0], map_location="cpu", weights_only=True)["state_dict"]
     model = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     torch.save(model, out)
     print(f"{checkpoints[0]} -> {out} ({len(model)} tensors)")

@@ -76,7 +76,7 @@ def locations(cfg: DictConfig) -> list[str]:
     ]
 
 
-def settings(cfg: DictConfig) -> dict:
+def settings(cfg: DictConfig, data: list[str] = ()) -> dict:
     """What the advice key hashes: a re-run with the same settings (any budget) continues."""
     keys = (
         "dataset_name",
@@ -90,29 +90,40 @@ def settings(cfg: DictConfig) -> dict:
     )
     chosen = {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in keys}
     chosen["search"] = {k: v for k, v in chosen["search"].items() if k != "storage"}
+    if (
+        data
+    ):  # another folder or other sizes are another advice (absent: the keys stay as they were)
+        chosen["dataset_overrides"] = list(data)
     return chosen
 
 
 def advise(cfg: DictConfig) -> Path:
     from src.advise.budget import Budget
+    from src.advise.jobs import compose, dataset_overrides
     from src.advise.tracking import advice_key, parent_run
     from src.errors import refuse_bad_input
     from src.tracking.runs import log_params
 
+    # The user's data set node as given (root, sizes, fractions ...): every job gets all of it.
+    given = OmegaConf.to_container(cfg.dataset, resolve=False) if cfg.get("dataset") else {}
     OmegaConf.resolve(cfg)  # ${hydra:...} now, before jobs swap HydraConfig for their own
     with refuse_bad_input():
         budget = Budget.parse(cfg.budget, started=STARTED if __name__ == "__main__" else None)
         check(cfg)
-    key = advice_key(settings(cfg))
+        data = dataset_overrides(cfg.dataset_name, given)
+        compose("train", [f"dataset={cfg.dataset_name}", *data])  # a bad key is refused now
+    if data:
+        log.info("Every job gets the data set's overrides: %s", " ".join(data))
+    key = advice_key(settings(cfg, data))
     tags = {"dataset": cfg.dataset_name, "budget": str(cfg.budget)}
     with parent_run(
         cfg.paths.tracking_uri, cfg.experiment_name, cfg.paths.artifact_location, key, tags
     ) as (client, parent):
         client.set_tag(parent, "budget", str(cfg.budget))
-        log_params(client, parent, settings(cfg))  # the same on a re-run: they make the key
+        log_params(client, parent, settings(cfg, data))  # the same on a re-run: they make the key
         from src.advise.stages import Stages
 
-        report = Stages(cfg, budget, client, parent, key, locations(cfg)).run()
+        report = Stages(cfg, budget, client, parent, key, locations(cfg), data).run()
     from src.tracking.store import done_line
 
     log.info(done_line(parent, report.parent, cfg.paths.tracking_uri))  # RESULTS.md is there

@@ -22,10 +22,10 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def backbone_overrides(name: str) -> list[str]:
-    """A conf/backbone name as it is; any other name is a timm model on the _timm base."""
+    """A conf/backbone name as it is; any other name is a timm model (conf/backbone/timm.yaml)."""
     if (CONF_DIR / "backbone" / f"{name}.yaml").is_file():
         return [f"backbone={name}"]
-    return ["backbone=_timm", f"backbone.name={name}"]
+    return ["backbone=timm", f"backbone.name={name}"]
 
 
 def _composed(config_name: str, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
@@ -82,6 +82,91 @@ def run_train(
         finally:
             release_devices()
     return result, metrics, time.perf_counter() - start
+
+
+def node_overrides(prefix: str, given, default) -> list[str]:
+    """Overrides turning the `default` config node into `given` (both unresolved containers):
+    the keys a user changed, added (+key) or removed (~key), at the deepest level that differs.
+    How the advisor hands the user's whole dataset node (root, sizes, fractions ...) to its jobs."""
+    if isinstance(given, dict) and isinstance(default, dict):
+        overrides = []
+        for key in given:
+            if key not in default:
+                overrides.append(f"+{prefix}.{key}={override_value(given[key])}")
+            elif given[key] != default[key]:
+                overrides += node_overrides(f"{prefix}.{key}", given[key], default[key])
+        return overrides + [f"~{prefix}.{key}" for key in default if key not in given]
+    return [f"{prefix}={override_value(given)}"]
+
+
+def override_value(value) -> str:
+    """A value in Hydra's override grammar: strings quoted unless plainly a word or a path."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    plain = re.fullmatch(r"[A-Za-z_/][\w./\-]*", text) and text not in ("true", "false", "null")
+    return text if plain else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def dataset_overrides(name: str, given: dict) -> list[str]:
+    """The user's changes to data set `name` (dataset.source.root=..., dataset.fraction=...;
+    `given`: the user's dataset node, unresolved), as overrides every job composes after
+    `dataset=<name>`."""
+    from omegaconf import OmegaConf
+
+    default = OmegaConf.to_container(compose("train", [f"dataset={name}"]).dataset, resolve=False)
+    return node_overrides("dataset", given, default)
+
+
+# How a job runs, not what it trains: left out of a reproduce command.
+INTERNAL = (
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "logger.",
+    "dataset.num_workers",
+    "paths.",
+    "experiment_name",
+    "study",
+    "hydra.",
+)
+
+
+def minimal(overrides: list[str], internal: list[str] = ()) -> list[str]:
+    """The overrides that matter for a rerun: not the `internal` ones nor any INTERNAL key
+    (progress bars, logging, workers, paths), and no `key=value` whose value is already
+    conf/train.yaml's under the same choices."""
+    from omegaconf import OmegaConf
+
+    kept = [
+        o
+        for o in overrides
+        if o not in internal and not o.split("=", 1)[0].lstrip("+~").startswith(INTERNAL)
+    ]
+    choices = [o for o in kept if "." not in o.split("=", 1)[0]]
+    full, base = compose("train", kept), compose("train", [o for o in choices if _is_group(o)])
+
+    def changes(item: str) -> bool:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if _is_group(item):
+            return True  # a choice of backbone, data set, strategy is the point of the command
+        return OmegaConf.select(full, key, throw_on_missing=False) != OmegaConf.select(
+            base, key, throw_on_missing=False
+        )
+
+    return [o for o in kept if changes(o)]
+
+
+def _is_group(item: str) -> bool:
+    key = item.split("=", 1)[0].lstrip("+~")
+    return "." not in key and (CONF_DIR / key).is_dir()
 
 
 def command(overrides: list[str]) -> str:

@@ -77,6 +77,27 @@ def data_section(advice: Advice) -> list[str]:
     return [*lines, "![data efficiency](data_efficiency.png)", ""]
 
 
+def use_section(advice: Advice) -> list[str]:
+    """The winning run id with the commands that use it at once, and the shortest command that
+    trains it again."""
+    if not advice.command:
+        return ["(no winner)"]
+    lines = []
+    if advice.winner:
+        run = advice.winner
+        lines += [
+            f"Winning run: `{run}`",
+            "",
+            "```",
+            f"python -m src.predict run_id={run} images=<file or folder>",
+            f"python -m src.export run_id={run} formats=[torchscript,onnx]",
+            f"python -m src.eval run_id={run}",
+            "```",
+            "",
+        ]
+    return [*lines, "Train it again:", "", f"```\n{advice.command}\n```"]
+
+
 def results_markdown(advice: Advice, taus: list[dict]) -> str:
     lines = [
         f"# Advice for `{advice.dataset}`",
@@ -86,9 +107,9 @@ def results_markdown(advice: Advice, taus: list[dict]) -> str:
         f"Budget {advice.budget}: used {advice.elapsed}. MLflow parent run `{advice.parent_run}`"
         " (tag kind=advise); every run below is nested under it.",
         "",
-        "## Reproduce the winning configuration",
+        "## Use the winning run, or reproduce it",
         "",
-        f"```\n{advice.command}\n```" if advice.command else "(no winner)",
+        *use_section(advice),
         "",
         "## 1. Ranking before training (transferability on a subsample)",
         "",

@@ -24,6 +24,7 @@ class Advice:
     trials: list[dict]
     best: dict | None
     command: str | None
+    winner: str | None  # the MLflow run id to use (predict, export, eval)
     data: list[dict]
     curve: Curve | None
     curve_note: str
@@ -127,6 +128,7 @@ def summary(advice: Advice) -> dict:
         "test_acc_std": std,
         "seeds": seeds,
         "command": advice.command,
+        "winning_run": advice.winner,
         "curve": None if curve is None else {"a": curve.a, "b": curve.b, "c": curve.c},
         "projections": projections(advice),
         "mlflow_run": advice.parent_run,

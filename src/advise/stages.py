@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.advise import data as data_stage
 from src.advise import search as search_stage
 from src.advise.budget import Budget
-from src.advise.jobs import backbone_overrides, command
+from src.advise.jobs import backbone_overrides, command, minimal
 from src.advise.rank import RankJob, rank
 from src.advise.render import write
 from src.advise.report import Advice, accuracy, kendall, projections
@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class Stages:
-    def __init__(self, cfg: DictConfig, budget: Budget, client, parent: str, key: str, where):
+    def __init__(
+        self, cfg: DictConfig, budget: Budget, client, parent: str, key: str, where, data=()
+    ):
         self.cfg, self.budget, self.client, self.parent, self.key = cfg, budget, client, parent, key
         self.where = list(where)  # experiment and paths overrides: not part of the command
+        self.data_overrides = list(data)  # the user's dataset.* keys: part of every job
         self.out = Path(cfg.output_dir)
         self.cost = OmegaConf.to_container(cfg.search.cost)
 
@@ -55,7 +58,8 @@ class Stages:
         job = RankJob(
             self.client, self.parent, self.key, cfg.dataset_name, cfg.experiment_name,
             [f"max_per_class={cfg.rank.max_per_class}", f"knn_k={cfg.rank.knn_k}",
-             f"seed={cfg.seed}", *(o for o in self.where if o.startswith("paths."))],
+             f"seed={cfg.seed}", *(o for o in self.where if o.startswith("paths.")),
+             *self.data_overrides],
             self.out,
         )  # fmt: skip
         return rank(job, list(cfg.candidates), cfg.rank.score, cfg.top_k, self.budget, until)
@@ -67,6 +71,7 @@ class Stages:
             *backbone_overrides(backbone),
             f"dataset={cfg.dataset_name}",
             *cfg.train_overrides,
+            *self.data_overrides,  # after train_overrides: the user's own keys win
             f"trainer.max_epochs={cfg.search.max_epochs}",
             f"test={str(test).lower()}",
             f"seed={cfg.seed}",
@@ -130,7 +135,7 @@ class Stages:
         advice = Advice(
             dataset=self.cfg.dataset_name, budget=str(self.cfg.budget), parent_run=self.parent,
             ranking=ranking, trials=trials, best=best,
-            command=command([o for o in overrides if o not in self.where]) if overrides else None,
+            command=self.command(overrides), winner=winner(best, data_rows),
             data=data_rows, curve=curve, curve_note=note, target_acc=self.cfg.target_acc,
             band=self.cfg.data.band, elapsed=self.budget.describe(), skipped=self.budget.skipped,
         )  # fmt: skip
@@ -140,6 +145,11 @@ class Stages:
         self.log_metrics(advice)
         log.info("Advice: %s", (self.out / "RESULTS.md").read_text().splitlines()[2])
         return self.out / "RESULTS.md"
+
+    def command(self, overrides: list[str] | None) -> str | None:
+        """The shortest `python -m src.train` line that trains the winner: the choices and the
+        values that differ from the defaults, nothing internal (progress bar, workers, paths)."""
+        return command(minimal(overrides, self.where)) if overrides else None
 
     def log_metrics(self, advice: Advice) -> None:
         mean, std, seeds = accuracy(advice.data)
@@ -156,3 +166,14 @@ class Stages:
         if advice.best:
             choice = f"{advice.best['backbone']}+{advice.best['strategy']}"
             self.client.set_tag(self.parent, "recommended", choice)
+        if advice.winner:
+            self.client.set_tag(self.parent, "winning_run", advice.winner)
+
+
+def winner(best: dict | None, data_rows: list[dict]) -> str | None:
+    """The run to use: the recommended configuration trained on all the data (best test accuracy
+    over seeds), else the best search trial. Its checkpoint serves src.eval, predict and export."""
+    full = [r for r in data_rows if r["fraction"] == 1.0 and r["test_acc"] is not None]
+    if full:
+        return max(full, key=lambda r: r["test_acc"])["run_id"]
+    return (best or {}).get("run_id") or None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,19 @@ def create_backbone(
         if not Path(weights).is_file():
             raise FileNotFoundError(f"backbone.weights: no such file '{weights}'.")
         kwargs["pretrained_cfg_overlay"] = dict(overlay, file=str(weights))
-        if num_classes is None:  # keep the file's head: tell timm its size, so it is not dropped
-            num_classes = kwargs["pretrained_cfg_overlay"]["num_classes"] = _file_classes(
-                name, weights
-            )
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        try:  # timm loads the file with weights_only=True: code in a pickle is refused, not run
+            if num_classes is None:  # keep the file's head: tell timm its size, not dropped
+                num_classes = kwargs["pretrained_cfg_overlay"]["num_classes"] = _file_classes(
+                    name, weights
+                )
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+        except (pickle.UnpicklingError, RuntimeError) as error:  # timm re-raises as RuntimeError
+            if "weights_only" not in str(error) and "Unsupported global" not in str(error):
+                raise
+            raise ValueError(
+                f"backbone.weights={weights}: refused, the file holds more than plain tensors "
+                "and could run code when loaded. Give a state dict of tensors (or .safetensors)."
+            ) from None
     else:
         source = "hub"
         ensure_hub_reachable(name)

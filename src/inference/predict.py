@@ -54,18 +54,47 @@ def read_images(files: list[Path]) -> list[Image.Image]:
 
 
 @torch.inference_mode()
-def probabilities(
+def logits(
     model: nn.Module, images: list[Image.Image], transform: Callable, batch_size: int = 32
 ) -> torch.Tensor:
-    """Softmax over the model's classes, one row per image."""
+    """The model's raw outputs, one row per image."""
     from src.progress import progress
 
     rows = []
     starts = range(0, len(images), batch_size)
     for start in progress(starts, desc="Predicting", unit="batch"):
         batch = torch.stack([transform(image) for image in images[start : start + batch_size]])
-        rows.append(model(batch).softmax(dim=-1))
+        rows.append(model(batch))
     return torch.cat(rows)
+
+
+def multilabel(
+    scores: torch.Tensor, names: list[str], thresholds: list[float]
+) -> list[list[tuple[str, float]]]:
+    """Per image, every label whose sigmoid reaches its stored threshold (chosen on validation),
+    most likely first."""
+    probs = scores.sigmoid()
+    return [
+        sorted(
+            ((names[j], float(p)) for j, p in enumerate(row) if p >= thresholds[j]),
+            key=lambda pair: -pair[1],
+        )
+        for row in probs
+    ]
+
+
+def write_label_csv(
+    path: Path, files: list[Path], probs: torch.Tensor, names: list[str], thresholds: list[float]
+) -> None:
+    """Multi-label: one row per image, one column per label (its probability), and `labels`:
+    those at or above their thresholds, ';'-separated."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", *names, "labels"])
+        for file, row in zip(files, probs.tolist(), strict=True):
+            chosen = [n for n, p, t in zip(names, row, thresholds, strict=True) if p >= t]
+            writer.writerow([str(file), *(f"{p:.6f}" for p in row), ";".join(chosen)])
 
 
 def check_top_k(k) -> None:
@@ -90,12 +119,14 @@ def imagenet_names() -> list[str]:
     return [info.index_to_description(i) for i in range(info.num_classes())]
 
 
-def write_csv(path: Path, files: list[Path], tops: list[list[tuple[str, float]]]) -> None:
-    """One row per image: file, rank, label, probability."""
+def write_csv(
+    path: Path, files: list[Path], tops: list[list[tuple[str, float]]], value: str = "probability"
+) -> None:
+    """One row per image and rank: file, rank, label, probability (an SVM's: score)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "rank", "label", "probability"])
+        writer.writerow(["file", "rank", "label", value])
         for file, top in zip(files, tops, strict=True):
             for rank, (label, p) in enumerate(top, start=1):
                 writer.writerow([str(file), rank, label, f"{p:.6f}"])

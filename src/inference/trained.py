@@ -25,6 +25,11 @@ class Trained:
     run_id: str | None = None
     tracking_uri: str | None = None
     class_names: list[str] = field(default_factory=list)
+    # Filled by load_model: a multi-label model's per-label decision thresholds (None: softmax),
+    # and whether its scores are logits (False: an SVM's margins, no probabilities).
+    thresholds: list[float] | None = None
+    probabilistic: bool = True
+    dataset_name: str = "training"  # the run's dataset tag: what src.eval names its metrics by
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -40,8 +45,9 @@ def locate(
 
     if bool(run_id) == bool(ckpt_path):
         raise InvalidInput("Give exactly one of run_id=<MLflow run id> or ckpt_path=<file>.")
+    tags = {}
     if run_id:
-        output_dir = _run_output_dir(run_id, tracking_uri)
+        output_dir, tags = _run_output_dir(run_id, tracking_uri)
         checkpoint = find_checkpoint(output_dir / "checkpoints", which)
     else:
         checkpoint = Path(ckpt_path)
@@ -52,10 +58,13 @@ def locate(
     if not config_file.is_file():
         raise InvalidInput(f"No training config.yaml next to the checkpoint, in {output_dir}.")
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
-    return Trained(config, checkpoint, run_id, tracking_uri)
+    trained = Trained(config, checkpoint, run_id, tracking_uri)
+    target = str(config.get("dataset", {}).get("source", {}).get("_target_", "training"))
+    trained.dataset_name = tags.get("dataset") or target.rsplit(".", 1)[-1]
+    return trained
 
 
-def _run_output_dir(run_id: str, tracking_uri: str) -> Path:
+def _run_output_dir(run_id: str, tracking_uri: str) -> tuple[Path, dict[str, str]]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -66,7 +75,7 @@ def _run_output_dir(run_id: str, tracking_uri: str) -> Path:
     output_dir = run.data.tags.get("output_dir")
     if not output_dir or not Path(output_dir).is_dir():
         raise InvalidInput(f"run_id={run_id}: its output_dir '{output_dir}' no longer exists.")
-    return Path(output_dir)
+    return Path(output_dir), run.data.tags
 
 
 def find_checkpoint(folder: Path, which: str) -> Path:
@@ -81,13 +90,34 @@ def find_checkpoint(folder: Path, which: str) -> Path:
     return found[0]
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint as plain data (tensors, numbers, strings, lists, dicts): torch's
+    weights_only loader, which refuses anything that would run code while unpickling."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line for line in str(error).splitlines() if "Unsupported global" in line]
+        reason = (lines or [type(error).__name__])[0].strip()
+        raise InvalidInput(
+            f"{path}: refused, it holds more than plain data (tensors, numbers, strings), which "
+            f"could run code when loaded ({reason[:160]}). Only checkpoints written by "
+            "src.train load here."
+        ) from None
+    except (EOFError, RuntimeError) as error:
+        raise InvalidInput(f"{path}: not a readable checkpoint ({error}).") from None
+
+
 def load_model(trained: Trained) -> nn.Module:
-    """The run's backbone with its trained weights, in eval mode; fills trained.class_names."""
+    """The run's backbone with its trained weights, in eval mode; fills trained.class_names,
+    thresholds and probabilistic."""
     from omegaconf import OmegaConf
 
     from src.config import build
+    from src.strategies.heads import KernelSVM, replace_classifier
 
-    state = torch.load(trained.checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(trained.checkpoint)
     # The backbone's weights only (the module also holds the task's class weights, thresholds).
     weights = {
         k.removeprefix("model."): v
@@ -98,8 +128,14 @@ def load_model(trained: Trained) -> nn.Module:
     # No pretrained download: every weight comes from the checkpoint.
     num_classes = len(state.get("class_names") or []) or _head_size(weights)
     model = build(backbone_cfg, num_classes=num_classes, pretrained=False)
+    head = state.get("head") or {}
+    if "kernel_svm" in head:  # feature_extract's RBF SVM in place of the linear classifier
+        replace_classifier(model, KernelSVM(head["kernel_svm"]))
     model.load_state_dict(weights)
     trained.class_names = state.get("class_names") or [str(i) for i in range(model.num_classes)]
+    thresholds = state["state_dict"].get("task.thresholds")
+    trained.thresholds = None if thresholds is None else thresholds.tolist()
+    trained.probabilistic = head.get("probabilistic", True)
     log.info("Loaded %s (%d classes)", trained.checkpoint, model.num_classes)
     return model.eval()
 

@@ -17,16 +17,18 @@ from torchmetrics.classification import (
 FAST = {"validate_args": False}
 
 
-def scalar_metrics(num_classes: int, prefix: str) -> MetricCollection:
+def scalar_metrics(num_classes: int, prefix: str, calibration: bool = True) -> MetricCollection:
     """Metrics logged as one number per epoch. balanced_acc (mean per-class recall) and the
-    one-vs-rest macro AUROC do not reward predicting the majority class of an imbalanced set."""
+    one-vs-rest macro AUROC do not reward predicting the majority class of an imbalanced set.
+    calibration=False: scores that are not probabilities (SVM margins) get no ECE."""
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro", **FAST),
         "balanced_acc": MulticlassRecall(num_classes, average="macro", **FAST),
         "f1_macro": MulticlassF1Score(num_classes, average="macro", **FAST),
         "auroc": MulticlassAUROC(num_classes, average="macro", **FAST),
-        "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1", **FAST),
     }
+    if calibration:
+        metrics["ece"] = MulticlassCalibrationError(num_classes, n_bins=15, norm="l1", **FAST)
     if num_classes > 5:  # top-5 of five or fewer classes is always 1
         metrics["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro", **FAST)
     return MetricCollection(metrics, prefix=prefix)

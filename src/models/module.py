@@ -124,8 +124,9 @@ class TransferModule(L.LightningModule):
     def _evaluate(self, batch, stage: str) -> None:
         images, labels = batch
         logits = self(images)
-        loss = self.task.eval_loss(logits, labels)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        if self.task.probabilistic:  # an SVM's margins have no loss worth logging
+            loss = self.task.eval_loss(logits, labels)
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log_dict(
             self.task.eval_step(stage, logits, labels), on_epoch=True, prog_bar=stage == "val"
         )

@@ -31,6 +31,7 @@ class SingleLabel(nn.Module):
     """Softmax over classes, cross-entropy (class-weighted with class_weights)."""
 
     multilabel = False
+    probabilistic = True  # scores are logits: the loss and calibration error mean something
 
     def __init__(self, class_names: list[str], class_weights: torch.Tensor | None = None):
         super().__init__()
@@ -47,6 +48,12 @@ class SingleLabel(nn.Module):
         per_class = [f"val/acc_class/{metric_key(name)}" for name in self.class_names]
         logged = [*self.scalars["val"].keys(), "val/loss", "train/loss_epoch", "train/acc"]
         check_monitored(monitor, logged, per_class, "single-label")
+
+    def for_margins(self) -> None:
+        """Scores that are not logits (SVM margins): no loss and no calibration error logged."""
+        self.probabilistic = False
+        n = len(self.class_names)
+        self.scalars = nn.ModuleDict({s: scalar_metrics(n, f"{s}/", False) for s in STAGES})
 
     def criterion(self, regularisation) -> nn.Module:
         """The training loss: label smoothing and mixup's soft targets from the regulariser."""
@@ -116,6 +123,7 @@ class MultiLabel(nn.Module):
     each label's threshold is set where its validation F1 is highest; test F1 uses those."""
 
     multilabel = True
+    probabilistic = True
 
     def __init__(self, class_names: list[str], pos_weight: torch.Tensor | None = None):
         super().__init__()
@@ -135,6 +143,10 @@ class MultiLabel(nn.Module):
         check_class_keys(self.class_names)
         logged = [f"val/{name}" for name in MULTILABEL_METRICS] + ["train/loss_epoch"]
         check_monitored(monitor, logged, [], "multi-label")
+
+    def for_margins(self) -> None:
+        """SVM margins: ranks (AUROC, AP) and thresholds hold, a loss would not."""
+        self.probabilistic = False
 
     def criterion(self, regularisation) -> nn.Module:
         return SmoothedBCE(regularisation.label_smoothing, self.pos_weight)

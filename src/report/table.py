@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 # Params that differ from run to run by design, never a difference between configurations: the
 # seed (and the keys it feeds), names, and a trial's or resume's identity. Paths are tags now, but
 # older runs logged them as params.
+# callbacks/<name>/_target_: where a callback's class lives; a refactor that moves it must not split
+# a study's cells (the callback's own settings still count).
 PER_RUN = re.compile(
     r"(^|/)seed$|^run_name$|^logger/[^/]+/(run_name|tags/.*)$|^callbacks/optuna_trial/|^resume$"
+    r"|^callbacks/[^/]+/_target_$"
 )
 
 MISSING = "—"

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
@@ -206,40 +205,6 @@ class LinearHead(nn.Module):
         return self.fc(self.dropout(features))
 
 
-class SklearnHead(nn.Module):
-    """A fitted scikit-learn classifier behind a torch forward, so it is scored, logged and plotted
-    by the same metrics and callbacks as every other run. Returns class probabilities where the
-    classifier has them, decision scores otherwise (SVMs)."""
-
-    def __init__(self, classifier, num_classes: int):
-        super().__init__()
-        self.classifier, self.num_classes = classifier, num_classes
-        self.fc = nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = features.cpu().numpy()
-        scores = (
-            self.classifier.predict_proba(x)
-            if hasattr(self.classifier, "predict_proba")
-            else self.classifier.decision_function(x)
-        )
-        scores = np.asarray(scores, dtype=np.float32)
-        if scores.ndim == 1:  # binary decision_function: one margin per sample
-            scores = np.stack([-scores, scores], axis=1)
-        if self.multilabel and hasattr(self.classifier, "predict_proba"):
-            # per-label probabilities -> log-odds: the task applies a sigmoid to logits
-            probs = np.clip(scores, 1e-6, 1 - 1e-6)
-            scores = np.log(probs) - np.log1p(-probs)
-        return torch.from_numpy(scores).to(features.device)
-
-    @property
-    def multilabel(self) -> bool:
-        return hasattr(self.classifier[-1], "estimators_") and self.classifier[-1].multilabel_
-
-
 def sklearn_classifier(
     kind: str, C: float, max_iter: int, seed: int, balanced: bool = False, task=None
 ):
@@ -322,22 +287,17 @@ class FeatureExtract(Strategy):
     def fit(self, trainer, module, datamodule, ckpt_path: str | None = None) -> None:
         # Cached features make a rerun cheap: a resumed job extracts (reads) them again, and the
         # linear head continues from its checkpoint (a scikit-learn head is simply refitted).
+        from src.strategies.heads import is_probabilistic
+
         features, stats = self._features(trainer, module, datamodule, ("train", "val"))
         balanced = datamodule.sampler == "balanced"
         self.features = FeatureDataModule(
             features, datamodule.batch_size, datamodule.seed, balanced=balanced
         )
-        num_features, num_classes = features["train"][0].shape[1], len(module.class_names)
-        if self.classifier == "linear":  # the task's loss carries any class weights
-            head = LinearHead(
-                num_features, num_classes, dropout=getattr(module.model, "drop_rate", 0.0)
-            )
-        else:  # scikit-learn's class_weight="balanced" is the same inverse-frequency rule
-            weigh = balanced or datamodule.class_weights == "auto"
-            fitted, chosen = self._fit_sklearn(features, datamodule.seed, weigh, module.task)
-            for logger in trainer.loggers:
-                logger.log_metrics({"strategy/C": chosen}, step=0)
-            head = SklearnHead(fitted, num_classes)
+        head = self._head(trainer, module, datamodule, features)
+        task = copy.deepcopy(module.task)  # its own metrics and thresholds
+        if not is_probabilistic(self.classifier):
+            task.for_margins()  # SVM margins: no loss, no calibration error
         self.head_module = type(module)(
             head,
             Strategy(),
@@ -345,12 +305,81 @@ class FeatureExtract(Strategy):
             module.scheduler_factory,
             module.regularisation,
             module.class_names,
-            copy.deepcopy(module.task),  # its own metrics and thresholds
+            task,
         )
         if self.classifier == "linear":
-            trainer.fit(self.head_module, datamodule=self.features, ckpt_path=ckpt_path)
+            # A checkpoint already holding the whole model (killed after fit, in test): the head
+            # trains again, cheaply, rather than load a backbone into the head's module.
+            resume = ckpt_path if ckpt_path and not _whole_model(ckpt_path) else None
+            trainer.fit(self.head_module, datamodule=self.features, ckpt_path=resume)
+            self._load_best_head(trainer)
         else:  # nothing to train by gradient: score the fitted classifier on val like an epoch end
             trainer.validate(self.head_module, datamodule=self.features)
+        self._ship(trainer, module)
+
+    def _head(self, trainer, module, datamodule, features: dict) -> nn.Module:
+        """The classifier on features: a torch layer to train, or scikit-learn's fitted one as
+        its exact torch equivalent (src/strategies/heads.py)."""
+        from src.strategies.heads import KernelSVM, affine, install_linear
+
+        num_features, num_classes = features["train"][0].shape[1], len(module.class_names)
+        if self.classifier == "linear":  # the task's loss carries any class weights
+            dropout = getattr(module.model, "drop_rate", 0.0)
+            return LinearHead(num_features, num_classes, dropout=dropout)
+        # scikit-learn's class_weight="balanced" is the same inverse-frequency rule
+        weigh = datamodule.sampler == "balanced" or datamodule.class_weights == "auto"
+        fitted, chosen = self._fit_sklearn(features, datamodule.seed, weigh, module.task)
+        for logger in trainer.loggers:
+            logger.log_metrics({"strategy/C": chosen}, step=0)
+        if self.classifier == "svm":
+            return KernelSVM.from_fitted(fitted, num_classes)
+        weight, bias = affine(fitted, num_classes)
+        head = LinearHead(num_features, num_classes)
+        install_linear(head, torch.from_numpy(weight), torch.from_numpy(bias))
+        return head
+
+    def _load_best_head(self, trainer) -> None:
+        """The head of the best validation epoch, as Strategy.test would test it."""
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.best_model_path:
+            state = torch.load(callback.best_model_path, map_location="cpu", weights_only=True)
+            self.head_module.load_state_dict(state["state_dict"])
+
+    def _ship(self, trainer, module) -> None:
+        """The run's checkpoints become the whole model: the backbone with this head as its
+        classifier, the task's thresholds, the class names, so eval, predict and export load a
+        feature_extract run like any other. A linear head rewrites each checkpoint it trained
+        (best and last keep their own head); a scikit-learn head writes last.ckpt."""
+        from src.strategies.heads import head_record, install_linear, replace_classifier
+
+        callback = trainer.checkpoint_callback
+        if callback is None or not callback.dirpath or not trainer.is_global_zero:
+            return
+        folder = Path(callback.dirpath)
+        folder.mkdir(parents=True, exist_ok=True)
+        head = self.head_module.model
+        trained_here = {callback.best_model_path, callback.last_model_path} - {""}
+        saved = sorted(map(Path, trained_here)) if self.classifier == "linear" else []
+        for path in saved or [folder / "last.ckpt"]:
+            state = (
+                torch.load(path, map_location="cpu", weights_only=True)
+                if saved
+                else {"state_dict": self.head_module.state_dict(), "epoch": 0, "global_step": 0}
+            )
+            trained = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+            if isinstance(head, LinearHead):
+                install_linear(module.model, trained["fc.weight"], trained["fc.bias"])
+            else:
+                replace_classifier(module.model, head)
+            tasks = {k: v for k, v in state["state_dict"].items() if k.startswith("task.")}
+            state["state_dict"] = {
+                **{f"model.{k}": v for k, v in module.model.state_dict().items()},
+                **tasks,
+            }
+            state["class_names"] = list(module.class_names)
+            state["head"] = head_record(self.classifier, head)
+            torch.save(state, path)
+        log.info("Checkpoints in %s hold the backbone with its %s head", folder, self.classifier)
 
     def _fit_sklearn(self, features: dict, seed: int, balanced: bool, task):
         """One classifier per C on train; with several, the one with the best validation accuracy
@@ -370,7 +399,8 @@ class FeatureExtract(Strategy):
     def test(self, trainer, module, datamodule) -> dict:
         assert self.head_module is not None, "fit() first"
         self.features.features.update(self._features(trainer, module, datamodule, ("test",))[0])
-        return super().test(trainer, self.head_module, self.features)
+        # The head already holds its best epoch; the checkpoints now hold the whole model.
+        return trainer.test(self.head_module, datamodule=self.features)[0]
 
     def _features(self, trainer, module, datamodule, splits: tuple[str, ...]) -> tuple[dict, dict]:
         """Cached features of `splits` (test only when testing), cache statistics logged."""
@@ -381,3 +411,8 @@ class FeatureExtract(Strategy):
                 {f"{key}/{'_'.join(splits)}": value for key, value in stats.items()}, step=0
             )
         return features, stats
+
+
+def _whole_model(checkpoint: str) -> bool:
+    """Whether FeatureExtract._ship wrote this checkpoint (backbone + head, its `head` record)."""
+    return "head" in torch.load(checkpoint, map_location="cpu", weights_only=True)

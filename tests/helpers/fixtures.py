@@ -48,14 +48,23 @@ def tracking_server(postgres, tmp_path_factory):
         yield url, artifacts
 
 
+# What the person running the tests set (usually nothing), read before any test could change it.
+SESSION_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _restore_tracking_uri() -> None:
+    if SESSION_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = SESSION_TRACKING_URI
+
+
 @pytest.fixture(autouse=True)
 def _tracking_uri_stays_per_test():
     """mlflow.set_tracking_uri (Lightning's MLFlowLogger calls it) also exports
     MLFLOW_TRACKING_URI to this process; left set, a later test's config (paths.tracking_uri reads
-    it) and its subprocesses would write into an earlier test's store."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    it) and its subprocesses would write into an earlier test's store. Reset before and after each
+    test: a module-scoped fixture that trains (test_use's) runs before this one and set it too."""
+    _restore_tracking_uri()
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    _restore_tracking_uri()

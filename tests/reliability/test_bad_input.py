@@ -30,6 +30,7 @@ REFUSED_BY_TRAIN = [
     (["regularisation.label_smoothing=1.5"], "regularisation.label_smoothing"),
     (["regularisation.mixup_alpha=-1"], "regularisation.mixup_alpha"),
     (["dataset=imagefolder", "dataset.source.root=/no/such/folder"], "/no/such/folder"),
+    (["dataset=imagefolder"], "dataset.source.root is required"),  # a ??? a partial would drop
     (["backbone.weights=/no/such/weights.pth"], "/no/such/weights.pth"),
     (["dataset.transforms_on_device=maybe"], "transforms_on_device"),
 ]
