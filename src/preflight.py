@@ -53,6 +53,9 @@ def check_trainer(trainer: DictConfig, testing: bool) -> None:
         raise ValueError(f"trainer.max_epochs={epochs}: an integer >= 1.")
     if not _is_int(steps) or not (steps == -1 or steps >= 1):
         raise ValueError(f"trainer.max_steps={steps}: -1 (no limit) or an integer >= 1.")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if not _is_int(accumulate) or accumulate < 1:
+        raise ValueError(f"trainer.accumulate_grad_batches={accumulate}: an integer >= 1.")
     clip = trainer.get("gradient_clip_val")
     if clip is not None and not (isinstance(clip, int | float) and 0 <= clip < float("inf")):
         # a negative norm would flip every gradient instead of clipping it

@@ -49,4 +49,13 @@ def per_class_metrics(num_classes: int) -> MetricCollection:
 
 def metric_key(name: str) -> str:
     """A class name as an MLflow-safe metric-name part."""
-    return "".join(c if c.isalnum() or c in "_-." else "_" for c in name)
+    # MLflow keeps ASCII letters and digits only: any other letter is spelled by its code point
+    # (猫 -> u732b), so class names stay distinct.
+    return "".join(
+        c
+        if c.isascii() and (c.isalnum() or c in "_-.")
+        else f"u{ord(c):04x}"
+        if c.isalnum()
+        else "_"
+        for c in name
+    )

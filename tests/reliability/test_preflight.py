@@ -41,6 +41,7 @@ BY_CONFIG = [
     (["backbone.crop_pct=0"], "backbone.crop_pct=0"),
     (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1"),  # flips gradients
     (["experiment_name=''"], "experiment_name=''"),
+    (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0"),
 ]
 
 # Refused once the data and the model are built (each builds the small default backbone).
@@ -243,3 +244,10 @@ def test_command_line_refusals_exit_2_with_one_line(tmp_path, case):
     assert len(errors) == 1 and fragment in errors[0], output[-2000:]
     assert "Traceback" not in output
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlartifacts").exists()
+
+
+def test_class_names_beyond_ascii_get_distinct_metric_keys():
+    from src.models.metrics import metric_key
+
+    keys = [metric_key(n) for n in ("猫", "犬", "café", "a b")]
+    assert keys == ["u732b", "u72ac", "cafu00e9", "a_b"] and all(k.isascii() for k in keys)
