@@ -59,7 +59,7 @@ class Job:
         rank 0 writes (config, MLflow run, checkpoints); the other ranks' MLflow loggers are
         no-ops (rank_zero_experiment). A resumed job writes on in its old folder and run."""
         from src.tracking.claim import RunLock
-        from src.tracking.loggers import record_failure
+        from src.tracking.loggers import finish_at_the_end, record_failure
         from src.tracking.resume import shared_with_ranks
         from src.tracking.secrets import redact
 
@@ -70,6 +70,7 @@ class Job:
             with open_dict(cfg):
                 cfg.paths.output_dir = str(point.output_dir)
         loggers, trainer = build_trainer(cfg, point, self.fingerprint)
+        finish = finish_at_the_end(loggers)
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         if self.lock is None and trainer.is_global_zero:  # a fresh run: this process owns it
@@ -94,6 +95,8 @@ class Job:
             if cfg.get("test"):
                 metrics.update(self.strategy.test(trainer, self.module, self.datamodule))
                 sigterm.check()
+            if trainer.is_global_zero:
+                finish()
         except BaseException as error:
             record_failure(loggers, error)
             raise

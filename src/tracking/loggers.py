@@ -90,3 +90,23 @@ def record_failure(loggers: list[Logger], error: BaseException) -> None:
         if logger._initialized:
             logger.experiment.set_tag(logger.run_id, tag[0], tag[1][:5000])
             logger.experiment.set_terminated(logger.run_id, status)
+
+
+def finish_at_the_end(loggers: list[Logger]):
+    """Lightning ends an MLflow run FINISHED when fit ends, before the test: a job killed during
+    its test would leave a FINISHED run without test scores, which resume=auto never continues.
+    The run's "success" is held back until `finish()`, which the job calls once everything ran
+    (failures still go through at once). Returns finish."""
+    held = []
+    for logger in mlflow_loggers(loggers):
+        finalize = logger.finalize
+        held.append(finalize)
+        logger.finalize = lambda status="success", _f=finalize: (
+            None if status == "success" else _f(status)
+        )
+
+    def finish() -> None:
+        for finalize in held:
+            finalize("success")
+
+    return finish

@@ -36,8 +36,8 @@ class KillFromEnv(L.Callback):
 
             original = TransferDataModule.eval_batches
 
-            def eval_batches(datamodule, split, device):
-                for index, batch in enumerate(original(datamodule, split, device)):
+            def eval_batches(datamodule, *args, **kwargs):
+                for index, batch in enumerate(original(datamodule, *args, **kwargs)):
                     if index == 1:
                         _die()
                     yield batch

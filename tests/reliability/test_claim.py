@@ -133,3 +133,20 @@ def test_sigterm_outside_lightning_raises_terminated_and_exits_143():
         time.sleep(5)
     assert stopped.value.code == 143 and is_sigterm(stopped.value)
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_a_run_is_not_finished_before_its_test_has_run(tmp_path):
+    """Lightning ends the MLflow run FINISHED after fit; killed during the test, it would stay
+    FINISHED without test scores. The job finishes it itself, at the end."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from src.tracking.loggers import finish_at_the_end
+
+    logger = MLFlowLogger("x", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    logger.log_metrics({"val/acc": 0.5}, step=1)
+    finish = finish_at_the_end([logger])
+    logger.finalize("success")  # what Lightning does when fit ends
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(logger.run_id).info.status == "RUNNING"
+    finish()
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
