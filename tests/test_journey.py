@@ -135,7 +135,8 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
 
     # 4. A report table over the runs.
     out, seconds = run(
-        "src.report", "experiments=[advise]", "rows=[backbone]", "columns=[strategy]",
+        "src.report", "experiments=[advise]", "kind=advise_data", "rows=[backbone]",
+        "columns=[strategy]",
         f"tracking_uri={store}", f"output_dir={tmp_path}/report", *where,
         f"hydra.run.dir={tmp_path}/report-hydra",
     )  # fmt: skip

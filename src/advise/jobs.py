@@ -136,6 +136,7 @@ INTERNAL = (
     "experiment_name",
     "study",
     "hydra.",
+    "kind",
 )
 
 

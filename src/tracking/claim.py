@@ -86,7 +86,7 @@ def _loads(path: Path) -> bool:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # truncated zip, bad pickle, empty file: all mean "not this one"
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # truncated zip, a pickle with code, empty file: all mean "not this one"
         return False
     return isinstance(state, dict) and "state_dict" in state and "loops" in state
