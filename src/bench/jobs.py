@@ -124,7 +124,8 @@ def extraction_row(job_overrides: list[str]) -> dict:
     """Images/s of a cold feature extraction (the job's data, loader and batch transform included)
     against the same backbone's raw batched inference on ready tensors, side by side."""
     from src.config import build_data
-    from src.strategies.features import cached_features, inference_setup
+    from src.strategies.cache import inference_setup
+    from src.strategies.features import cached_features
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg, _ = compose(job_overrides, Path(tmp))
@@ -147,7 +148,8 @@ def extraction_row(job_overrides: list[str]) -> dict:
 
 def raw_inference(model, datamodule, device: torch.device, seconds: float = 10.0) -> float:
     """Images/s of pooled features from one ready batch, repeated: the backbone alone."""
-    from src.strategies.features import inference_setup, pooled_features
+    from src.strategies.cache import inference_setup
+    from src.strategies.features import pooled_features
 
     batch, channels_last = inference_setup(datamodule, device)
     images, _ = next(iter(datamodule.eval_batches("train", device)))

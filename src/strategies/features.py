@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,15 +19,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from src.progress import progress
 from src.strategies.base import Strategy
+from src.strategies.cache import cache_key, inference_setup, save_cache
 from src.strategies.groups import HEAD
+from src.strategies.heads import classifier_prefixes
 
 log = logging.getLogger(__name__)
-
-
-def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """State-dict key prefixes of timm's classifier (get_classifier), e.g. ("classifier.",)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    return tuple(f"{name}." for name, module in model.named_modules() if name and module is head)
 
 
 def weights_fingerprint(model: nn.Module, head: bool = False) -> str:
@@ -43,24 +37,6 @@ def weights_fingerprint(model: nn.Module, head: bool = False) -> str:
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def cache_key(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
-        :24
-    ]
-
-
-# Inference batches on a GPU: large enough to fill it, small enough for any backbone at 224 px.
-GPU_INFERENCE_BATCH = 256
-
-
-def inference_setup(datamodule, device: torch.device) -> tuple[int, bool]:
-    """(batch size, channels_last) for running a frozen backbone over a split: on a GPU larger
-    batches than training's and NHWC (tensor cores); on a CPU the data set's batch, NCHW."""
-    if device.type == "cuda":
-        return max(datamodule.batch_size, GPU_INFERENCE_BATCH), True
-    return datamodule.batch_size, False
 
 
 def pooled_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -124,9 +100,9 @@ def cached_features(
             result[split], elapsed = _load_or_extract(model, datamodule, split, device, paths)
             if elapsed is not None:  # the logits first: features present means both are
                 if logits:
-                    _save(paths[1], {"logits": result[split][2]}, dict(identity, head=head))
+                    save_cache(paths[1], {"logits": result[split][2]}, dict(identity, head=head))
                 features, labels = result[split][:2]
-                _save(paths[0], {"features": features, "labels": labels}, identity)
+                save_cache(paths[0], {"features": features, "labels": labels}, identity)
         hits += elapsed is None
         seconds += elapsed or 0.0
         if elapsed is not None:
@@ -155,12 +131,6 @@ def _load_or_extract(model, datamodule, split: str, device, paths: list[Path]):
     )  # fmt: skip
     tensors = extract(model, batches, device, len(paths) > 1, channels_last)
     return tensors, time.perf_counter() - start
-
-
-def _save(path: Path, tensors: dict, identity: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({**tensors, "identity": json.dumps(identity)}, tmp)
-    os.replace(tmp, path)  # atomic: a parallel run never reads half a file
 
 
 class FeatureDataModule(L.LightningDataModule):

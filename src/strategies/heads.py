@@ -14,6 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes of timm's classifier (get_classifier), e.g. ("classifier.",)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return tuple(f"{name}." for name, module in model.named_modules() if name and module is head)
+
+
 # Log-odds standing in for a label that was constant in training (0 or 1 with probability 1).
 CONSTANT_LOGIT = float(np.log(1e6))
 
@@ -57,8 +64,6 @@ def install_linear(model: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -
 
 def replace_classifier(model: nn.Module, head: nn.Module) -> None:
     """Put `head` where timm's classifier is (classifier, fc, head, head.fc ...)."""
-    from src.strategies.features import classifier_prefixes
-
     (prefix,) = classifier_prefixes(model)
     *parents, name = prefix.rstrip(".").split(".")
     parent = model.get_submodule(".".join(parents)) if parents else model

@@ -303,7 +303,7 @@ def cached_activations(
     current: Plan, model: nn.Module, datamodule, trainer: L.Trainer, cache_dir: str | Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """({split: activations in the split's index order}, stats) for train and val."""
-    from src.strategies.features import _save, cache_key
+    from src.strategies.cache import cache_key, save_cache
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -331,7 +331,7 @@ def cached_activations(
             start = time.perf_counter()
             result[split] = _extract(current.modules, datamodule, split, device, trainer)
             elapsed = time.perf_counter() - start
-            _save(path, {"inputs": result[split]}, identity)
+            save_cache(path, {"inputs": result[split]}, identity)
         seconds += elapsed
         shape = tuple(result[split].shape)
         log.info("Prefix cache %s: %s computed in %.1fs -> %s", split, shape, elapsed, path)
@@ -341,7 +341,7 @@ def cached_activations(
 @torch.inference_mode()
 def _extract(modules, datamodule, split: str, device, trainer: L.Trainer) -> torch.Tensor:
     """The prefix's output for every image of a split, in order, at the run's precision."""
-    from src.strategies.features import inference_setup
+    from src.strategies.cache import inference_setup
 
     training = {m: m.training for module in modules for m in module.modules()}
     for module in modules:

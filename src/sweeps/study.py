@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from src.tracking.resume import pid_alive
+from src.tracking.claim import pid_alive
 
 log = logging.getLogger(__name__)
 

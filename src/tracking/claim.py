@@ -9,6 +9,7 @@ can never continue one run, and nobody resumes a run that is still training.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -44,14 +45,21 @@ class RunLock:
 def alive_by_pid(tags: dict[str, str]) -> bool:
     """For a run without a lock file (older code): its process may be alive if it ran elsewhere,
     or runs here under its recorded pid."""
-    import os
-
-    from src.tracking.resume import pid_alive
-
     if tags.get("host") != socket.gethostname():
         return True
     pid = tags.get("pid", "")
     return pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is running (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def mark_killed(client, run_id: str, reason: str) -> None:

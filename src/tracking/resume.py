@@ -313,14 +313,3 @@ def _new_points_only(log_metrics, recorded: dict[str, set[int]]):
             log_metrics(fresh, step)
 
     return log_new
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host is running (signal 0 checks without signalling)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -1,0 +1,35 @@
+"""The on-disk cache that feature_extract's features and the prefix cache's activations share:
+one file per identity (weights, input size, data, split), written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def cache_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
+        :24
+    ]
+
+
+# Inference batches on a GPU: large enough to fill it, small enough for any backbone at 224 px.
+GPU_INFERENCE_BATCH = 256
+
+
+def inference_setup(datamodule, device: torch.device) -> tuple[int, bool]:
+    """(batch size, channels_last) for running a frozen backbone over a split: on a GPU larger
+    batches than training's and NHWC (tensor cores); on a CPU the data set's batch, NCHW."""
+    if device.type == "cuda":
+        return max(datamodule.batch_size, GPU_INFERENCE_BATCH), True
+    return datamodule.batch_size, False
+
+
+def save_cache(path: Path, tensors: dict, identity: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({**tensors, "identity": json.dumps(identity)}, tmp)
+    os.replace(tmp, path)  # atomic: a parallel run never reads half a file
