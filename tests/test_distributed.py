@@ -165,6 +165,7 @@ def test_ranks_take_rank_zeros_resume_decision(tmp_path, monkeypatch):
     assert resume.RESUME_ENV not in os.environ
 
 
+@pytest.mark.slow  # ~10 s: builds two timm models
 def test_sync_batchnorm_keeps_timm_norm_activation_layers():
     """torch's converter drops the activation inside timm's BatchNormAct2d; ours keeps it."""
     import timm

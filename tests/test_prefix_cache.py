@@ -71,8 +71,11 @@ def plan_of(tmp_path, strategy, overrides: list[str] = (), max_epochs: int = 3):
     [
         (LinearProbe(), "conv_stem", "global_pool"),  # the pooled features
         (Partial(freeze_stages=2), "conv_stem", "blocks.0"),  # stem, stage1
-        (Surgical(block=3), "conv_stem", "blocks.1"),  # below block 3: stem, stage1, stage2
-        (GradualUnfreeze(milestones=[1, 2]), "conv_stem", "blocks.4"),  # never unfrozen
+        # ~10 s each on 2 cores: the fast suite keeps the first two.
+        pytest.param(Surgical(block=3), "conv_stem", "blocks.1", marks=pytest.mark.slow),
+        pytest.param(
+            GradualUnfreeze(milestones=[1, 2]), "conv_stem", "blocks.4", marks=pytest.mark.slow
+        ),  # surgical: below block 3 (stem, stage1, stage2); gradual: the stages never unfrozen
     ],
 )
 def test_the_prefix_is_what_stays_frozen_for_the_whole_run(tmp_path, strategy, first, last):

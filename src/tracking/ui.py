@@ -25,7 +25,18 @@ def runs_urls(tracking_uri: str, base: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> None:
-    tracking_uri, host, port = argv
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m src.tracking.ui",
+        description="Tag every experiment of a store as model training and print its runs page "
+        "(what `make ui` prints before it starts the MLflow UI).",
+    )
+    parser.add_argument("tracking_uri", help="the store, e.g. sqlite:///mlflow.db")
+    parser.add_argument("host", help="where the UI listens, e.g. 127.0.0.1")
+    parser.add_argument("port", help="its port, e.g. 5000")
+    args = parser.parse_args(argv)
+    tracking_uri, host, port = args.tracking_uri, args.host, args.port
     urls = runs_urls(tracking_uri, f"http://{host}:{port}")
     if not urls:
         print(f"No experiment in {tracking_uri} yet: train something first (make train).")
