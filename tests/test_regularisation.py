@@ -125,8 +125,9 @@ def test_bss_penalises_the_smallest_singular_values():
     assert batch_spectral_shrinkage(features, k=2).item() == pytest.approx(4.25)
 
 
-PRESETS = sorted(p.stem for p in (CONF_DIR / "regularisation").glob("*.yaml"))
-STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
+# Files starting with "_" are shared bases (conf/strategy/_strategy.yaml), not options.
+PRESETS = sorted(p.stem for p in (CONF_DIR / "regularisation").glob("[!_]*.yaml"))
+STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("[!_]*.yaml"))
 REFUSED = {
     ("l2sp", "scratch"): "pulls weights towards the pretrained",
     ("strong", "feature_extract"): "cannot act there",
