@@ -27,17 +27,19 @@ GROUPS = [
     "experiment",
     "hparams_search",
 ]
-OPTIONS = [
-    (g, p.stem)
-    for g in GROUPS
-    for p in sorted((CONF_DIR / g).glob("*.yaml"))
-    if not p.stem.startswith("_")
-]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
 def test_every_group_file_is_covered():
     on_disk = {p.parent.name for p in CONF_DIR.glob("*/*.yaml")}
     assert on_disk - {"hydra"} <= set(GROUPS), on_disk
+
+
+def test_shared_bases_live_outside_the_groups():
+    """Every file in a group is a choice `--help` lists: a base that several options include
+    (conf/_strategy.yaml, conf/_datamodule.yaml) sits at the top, not among the options."""
+    bases = sorted(str(p.relative_to(CONF_DIR)) for p in CONF_DIR.glob("*/_*.yaml"))
+    assert not bases, f"move {bases} to conf/ (include it as /<name>@_here_)"
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -125,7 +125,7 @@ def test_bss_penalises_the_smallest_singular_values():
     assert batch_spectral_shrinkage(features, k=2).item() == pytest.approx(4.25)
 
 
-# Files starting with "_" are shared bases (conf/strategy/_strategy.yaml), not options.
+# Files starting with "_" are shared bases (conf/_strategy.yaml), not options.
 PRESETS = sorted(p.stem for p in (CONF_DIR / "regularisation").glob("[!_]*.yaml"))
 STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("[!_]*.yaml"))
 REFUSED = {
