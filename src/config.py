@@ -8,6 +8,7 @@ config-group choices (`hydra.runtime.choices`) as an argument.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,29 @@ from omegaconf import DictConfig, open_dict
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 log = logging.getLogger(__name__)
+
+
+# Words Hydra's override grammar reads as something other than a string (any case).
+_NOT_STRINGS = ("true", "false", "null", "inf", "nan")
+
+
+def override_value(value) -> str:
+    """A value in Hydra's override grammar, read back as the same value: lists and dicts as
+    [..] / {..}, strings quoted unless plainly a word or a path (strategy=finetune, not
+    strategy='finetune'), so a printed command stays readable."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    text = str(value)
+    word = re.fullmatch(r"[A-Za-z_/][\w./\-]*", text) and text.lower() not in _NOT_STRINGS
+    return text if word else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def load(config_name: str, overrides=(), hydra: bool = False) -> DictConfig:

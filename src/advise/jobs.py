@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, open_dict
 
-from src.config import hydra_config_kept
+from src.config import hydra_config_kept, override_value
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -97,23 +97,6 @@ def node_overrides(prefix: str, given, default) -> list[str]:
                 overrides += node_overrides(f"{prefix}.{key}", given[key], default[key])
         return overrides + [f"~{prefix}.{key}" for key in default if key not in given]
     return [f"{prefix}={override_value(given)}"]
-
-
-def override_value(value) -> str:
-    """A value in Hydra's override grammar: strings quoted unless plainly a word or a path."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    plain = re.fullmatch(r"[A-Za-z_/][\w./\-]*", text) and text not in ("true", "false", "null")
-    return text if plain else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def dataset_overrides(name: str, given: dict) -> list[str]:

@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from src.config import override_value
+
 KINDS = ("float", "int", "categorical")
 
 
@@ -91,24 +93,9 @@ class SearchSpace:
 
 def to_overrides(params: Mapping[str, Any]) -> list[str]:
     """Hydra command-line overrides for a trial's parameters (strings quoted, floats exact)."""
-    return [f"{name}={_literal(value)}" for name, value in params.items()]
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{_literal(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_literal(v) for v in value) + "]"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return repr(value)
-    escaped = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
+    return [f"{name}={override_value(value)}" for name, value in params.items()]
 
 
 def to_dict_override(key: str, values: Mapping[str, Any]) -> str:
     """`++key={a:1,b:'x'}`: adds (or replaces) a whole node in the job's config."""
-    return f"++{key}={_literal(values)}"
+    return f"++{key}={override_value(values)}"
