@@ -67,6 +67,17 @@ def test_only_entry_points_read_the_hydra_singleton():
     assert not offenders, offenders
 
 
+def test_only_the_tracking_context_sets_the_process_tracking_uri():
+    """mlflow.set_tracking_uri is process-wide: library code borrows a store through
+    src.tracking.store.tracking, which puts the caller's URI back."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in python_files(SRC)
+        if "mlflow.set_tracking_uri(" in path.read_text() and path != SRC / "tracking" / "store.py"
+    ]
+    assert not offenders, offenders
+
+
 def test_no_two_packages_of_src_import_each_other():
     """The package-level import graph (src.x.* collapsed to src.x) has no cycle."""
     graph: dict[str, set[str]] = {}

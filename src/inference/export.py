@@ -192,8 +192,9 @@ def log_mlflow_model(
 
     inputs = example.numpy().astype(np.float32)
     signature = infer_signature(inputs, reference_logits(model, example).numpy())
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    from src.tracking.store import tracking
+
+    with tracking(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
             name="model",

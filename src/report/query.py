@@ -14,14 +14,13 @@ the tags they do carry (`optuna.trial.number`, `advise_stage`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from src.errors import InvalidInput
 from src.tracking.kinds import TRAIN, run_kind
+from src.tracking.store import tracking
 
 PREFIXES = ("tags.", "params.", "metrics.")
 
@@ -71,26 +70,6 @@ def prefixed(key: str) -> str:
 
 def quote(value) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
-
-
-@contextmanager
-def tracking(uri: str) -> Iterator[None]:
-    """mlflow's fluent API on `uri` for a moment; the caller's tracking URI (and the environment
-    variable mlflow.set_tracking_uri exports) come back afterwards."""
-    import os
-
-    import mlflow
-
-    before, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-        if variable is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def experiment_ids(names: tuple[str, ...]) -> list[str]:

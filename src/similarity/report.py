@@ -110,12 +110,14 @@ def write(tracking_uri: str, experiments: list[str] | None, out: Path | None) ->
     written to `out` when given."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_names=experiments,
-        search_all_experiments=experiments is None,
-        filter_string="attributes.status = 'FINISHED'",
-    )
+    from src.tracking.store import tracking
+
+    with tracking(tracking_uri):  # the caller's tracking URI comes back afterwards
+        runs = mlflow.search_runs(
+            experiment_names=experiments,
+            search_all_experiments=experiments is None,
+            filter_string="attributes.status = 'FINISHED'",
+        )
     if runs.empty or "tags.dataset_key" not in runs:
         raise InvalidInput(
             f"No finished training runs with attached similarity scores in {tracking_uri}."

@@ -10,6 +10,8 @@ instead (see README, Scale-out).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
@@ -149,3 +151,23 @@ def done_line(run_id: str | None, outputs, tracking_uri: str | None = None) -> s
     where = f" in {tracking_uri}" if tracking_uri else ""
     run = f"MLflow run {run_id}{where}" if run_id else "no MLflow run"
     return f"Done: {run}; outputs in {outputs}"
+
+
+@contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """mlflow's fluent API on `uri` for a moment; the caller's tracking URI (and the environment
+    variable mlflow.set_tracking_uri exports) come back afterwards."""
+    import os
+
+    import mlflow
+
+    before, variable = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
