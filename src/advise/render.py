@@ -116,8 +116,10 @@ def results_markdown(advice: Advice, taus: list[dict]) -> str:
         table(advice.ranking) if advice.ranking else "(no candidate scored)",
         "",
         "Agreement of each score's order with the best val accuracy each backbone reached in the "
-        "search (Kendall τ; with 2 backbones it is +1 or -1: the order agreed or not; nan where "
-        "fewer than 2 backbones were trained or all reached the same accuracy):",
+        "search (Kendall τ over the `backbones` the search trained: with k of them one swapped "
+        "pair moves τ by 4/(k(k-1)), so with 2 it is +1 or -1 and with 4 it moves by 0.33; nan "
+        "where fewer than 2 were trained or all reached the same accuracy; `top_k=` trains more "
+        "candidates):",
         "",
         table(taus) if taus else "(fewer than 2 trained backbones)",
         "",
