@@ -192,3 +192,13 @@ def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
     assert states[:2] == ["COMPLETE", "FAIL"]  # trial 1 died with its worker
     assert states[2:] == ["COMPLETE"]  # the study went on from trial 2, up to its 2 trials
     assert (tmp_path / "outputs/advise/digits/RESULTS.md").is_file()
+
+
+def test_data_stage_fractions_scale_the_users_own_fraction():
+    from src.advise.data import fraction_override, train_images
+
+    mine = ["dataset=digits", "dataset.fraction=0.5"]
+    assert fraction_override(mine, 0.5) == "dataset.fraction=0.25"
+    assert fraction_override(["dataset=digits"], 0.5) == "dataset.fraction=0.5"
+    # n on the learning curve is what the run trains on: half of the user's half.
+    assert train_images(mine, 0.5) < train_images(mine, 1.0) < train_images(["dataset=digits"], 1.0)

@@ -41,11 +41,18 @@ def cost_factor(fraction: float) -> float:
     return 0.3 + 0.7 * fraction
 
 
+def fraction_override(overrides: list[str], fraction: float) -> str:
+    """The stage's fractions are of the data the user gave: a user's dataset.fraction=0.5 and the
+    stage's 0.25 train on 0.125 of the pool, not on 0.25."""
+    given = compose("train", overrides).dataset.fraction
+    return f"dataset.fraction={given * fraction!r}"
+
+
 def train_images(overrides: list[str], fraction: float) -> int:
     """How many images the training split holds at this fraction (the curve's n)."""
     from src.config import build
 
-    cfg = compose("train", [*overrides, f"dataset.fraction={fraction}"])
+    cfg = compose("train", [*overrides, fraction_override(overrides, fraction)])
     return len(build(cfg.dataset).splits.train)
 
 
@@ -71,7 +78,8 @@ def run_one(job: DataJob, fraction: float, seed: int, limit: list[str]) -> dict:
         log.info("Data: reused fraction %s seed %s (run %s)", fraction, seed, run.info.run_id)
     else:
         n = train_images(job.overrides, fraction)
-        overrides = [*job.overrides, f"dataset.fraction={fraction}", f"seed={seed}", *limit]
+        overrides = [*job.overrides, fraction_override(job.overrides, fraction), f"seed={seed}"]
+        overrides += limit
         overrides += [f"++kind={KIND}", f"logger.mlflow.run_name=data-f{fraction}-s{seed}"]
         out = job.output_dir / "data" / f"f{fraction}-s{seed}"
         run_tags = {**tags, "train_images": str(n), PARENT: job.parent}
