@@ -50,8 +50,9 @@ def test_cache_suites_compare_whole_runs_side_by_side(tmp_path):
         main(["prefix_cache", "probe_cache", *(f"--job={o}" for o in job), "--json", str(out)]) == 0
     )
     rows = json.loads(out.read_text())["rows"]
-    assert [r["suite"] for r in rows] == ["prefix_cache"] * 2 + ["probe_cache"] * 3
-    assert "partial -2 uncached / cached" in rows[0]["measure"] and rows[0]["goal"] == 5.0
-    assert "linear_probe uncached / cached" in rows[1]["measure"]
-    assert rows[2]["goal"] == 9.0 and rows[4]["goal"] == 0.9 and rows[4]["unit"] == "img/s"
+    assert [r["suite"] for r in rows] == ["prefix_cache"] * 4 + ["probe_cache"] * 3
+    assert "partial -2 uncached / cached (cold)" in rows[0]["measure"] and rows[0]["goal"] == 5.0
+    assert "partial -2 uncached / cached (warm" in rows[1]["measure"] and rows[1]["goal"] is None
+    assert "linear_probe uncached / cached (cold)" in rows[2]["measure"]
+    assert rows[4]["goal"] == 9.0 and rows[6]["goal"] == 0.9 and rows[6]["unit"] == "img/s"
     assert all(r["a"] > 0 and r["b"] > 0 for r in rows)
