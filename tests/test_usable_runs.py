@@ -170,16 +170,30 @@ def write_digit_images(folder: Path, count: int) -> None:
 def test_feature_extract_exports_match_its_checkpoint(runs, kind, tmp_path):
     import json
 
+    import mlflow
     import onnx
 
+    from src.tracking.store import tracking
+
     run = runs[kind]
-    overrides = [f"run_id={run['run_id']}", "formats=[torchscript,onnx]", f"output_dir={tmp_path}"]
+    overrides = [
+        f"run_id={run['run_id']}",
+        "formats=[torchscript,onnx]",
+        "mlflow_model=true",
+        f"output_dir={tmp_path}",
+    ]
     made = export_run(compose_entry("export", run["root"], overrides))  # checked to atol 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "model.onnx",
         "model.pt",
         "provenance.json",
     ]
+    # The MLflow pyfunc (the RBF SVM's kernel head included) scores like the TorchScript file.
+    images = torch.rand(3, 3, 32, 32)
+    expected = torch.jit.load(made["torchscript"])(images).detach().numpy()
+    with tracking(f"sqlite:///{run['root']}/mlflow.db"):
+        pyfunc = mlflow.pyfunc.load_model(made["mlflow"])
+    np.testing.assert_allclose(pyfunc.predict(images.numpy()), expected, atol=1e-4, rtol=0)
     metadata = {p.key: p.value for p in onnx.load(made["onnx"]).metadata_props}
     assert json.loads(metadata["class_names"]) == [str(i) for i in range(10)]
     assert json.loads(metadata["input_size"]) == [3, 32, 32]
