@@ -481,3 +481,27 @@ def test_a_moved_callback_class_does_not_split_a_cell_but_its_settings_do():
     assert select(frame, layout).split_by == []
     frame["params.callbacks/early_stopping/patience"] = ["3", "5"]
     assert select(frame, layout).split_by == ["callbacks/early_stopping/patience"]
+
+
+@pytest.mark.parametrize("seed_column", ["tags.seed", None])
+def test_runs_without_a_seed_count_once_each_not_as_one(seed_column):
+    """A run with no seed (no such tag, or no value) is a seed of its own: three such runs make
+    n=3, not one run that 'replaces' the others as a rerun would."""
+    import pandas as pd
+
+    from src.report.table import Layout, aggregate, select
+
+    frame = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "start_time": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"]),
+            "tags.backbone": ["x", "x", "x"],
+            "metrics.test/acc": [0.5, 0.6, 0.7],
+        }
+    )
+    if seed_column:
+        frame[seed_column] = [None, None, None]
+    layout = Layout(rows=("backbone",), columns=("backbone",))
+    selection = select(frame, layout)
+    (cell,) = aggregate(selection.frame, selection.layout).cells.values()
+    assert cell.n == 3 and cell.mean == pytest.approx(0.6)

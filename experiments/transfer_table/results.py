@@ -183,7 +183,7 @@ def main() -> None:
     has_runs = not uri.startswith("sqlite:///") or store.is_file()
     grid, runs, source = from_runs(uri) if has_runs else from_csv(HERE / "table.csv")
     full, full_runs, full_source = None, 0, ""
-    if has_runs and len(search(Query(uri, (FULL_EXPERIMENT,), {}, "FINISHED"))):
+    if has_runs and MlflowClient(uri).get_experiment_by_name(FULL_EXPERIMENT) is not None:
         full, full_runs, full_source = from_runs(uri, FULL_EXPERIMENT)
     elif not has_runs and (HERE / "table_full.csv").is_file():
         full, full_runs, full_source = from_csv(HERE / "table_full.csv")

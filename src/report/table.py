@@ -116,10 +116,22 @@ def sort_key(text: str):
     return (float(text), "") if is_number(text) else (0.0, text)
 
 
+def seed_of(frame: pd.DataFrame, seed: str) -> pd.Series:
+    """Each run's seed; a run without one (no such column, or no value) counts as a seed of its
+    own: its run id."""
+    name = column(frame, seed)
+    if name not in frame:
+        return frame["run_id"]
+    return frame[name].astype(str).where(frame[name].notna(), frame["run_id"])
+
+
 def newest_per_seed(frame: pd.DataFrame, keys: tuple[str, ...], seed: str) -> pd.DataFrame:
     """Of runs alike in `keys` and seed (reruns, resumes), only the newest."""
-    subset = [c for c in (column(frame, k) for k in (*keys, seed)) if c in frame]
-    return frame.sort_values("start_time").drop_duplicates(subset, keep="last") if subset else frame
+    if frame.empty:
+        return frame
+    subset = [c for c in (column(frame, k) for k in keys) if c in frame]
+    marked = frame.assign(_seed=seed_of(frame, seed)).sort_values("start_time")
+    return marked.drop_duplicates([*subset, "_seed"], keep="last").drop(columns="_seed")
 
 
 def per_seed(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
@@ -127,11 +139,10 @@ def per_seed(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     metric = f"metrics.{layout.metric}"
     if metric not in frame:
         return pd.DataFrame(columns=["row", "col", "seed", "value"])
-    seed = column(frame, layout.seed)
     values = pd.DataFrame({
         "row": label(frame, layout.rows),
         "col": label(frame, layout.columns),
-        "seed": frame[seed].astype(str) if seed in frame else frame["run_id"],
+        "seed": seed_of(frame, layout.seed),
         "value": frame[metric],
         "start_time": frame["start_time"],
     }).dropna(subset=["value"])  # fmt: skip
