@@ -92,6 +92,7 @@ class Job:
                 self.strategy.fit(trainer, self.module, self.datamodule, ckpt_path=checkpoint)
             sigterm.check()
             metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+            metrics.update(best_monitored(trainer, cfg.monitor.metric))
             if cfg.get("test"):
                 metrics.update(self.strategy.test(trainer, self.module, self.datamodule))
                 sigterm.check()
@@ -103,6 +104,15 @@ class Job:
         if trainer.is_global_zero:
             report_outcome(metrics, loggers, output_dir)
         return metrics
+
+
+def best_monitored(trainer, metric: str) -> dict[str, float]:
+    """The monitored metric of the checkpoint the run keeps (tested, exported), not of the last
+    epoch: what a sweep's objective and the advisor's ranking must describe."""
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.monitor != metric or callback.best_model_score is None:
+        return {}
+    return {metric: float(callback.best_model_score)}
 
 
 def prepare(cfg: DictConfig, choices) -> Job:

@@ -108,3 +108,19 @@ def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
         "logger=none",
     ]
     assert "test/acc" in train(compose_train(tmp_path, overrides))
+
+
+def test_the_returned_objective_is_the_kept_checkpoints_not_the_last_epochs(tmp_path):
+    """A sweep ranks trials by what train() returns: the monitored value of the checkpoint that is
+    tested and exported. A learning rate far too high makes val/loss best early, worst last."""
+    from tests.helpers.jobs import tiny
+
+    overrides = tiny("trainer.max_epochs=3", "monitor.metric=val/loss", "monitor.mode=min",
+                     "optimizer.lr=5.0", "scheduler=step")  # fmt: skip
+    cfg = compose_train(tmp_path, [*overrides, "test=false", "logger.mlflow.log_model=false"])
+    returned = train(cfg)["val/loss"]
+    client = MlflowClient(cfg.logger.mlflow.tracking_uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(history) == 3 and history[-1] != min(history)
+    assert returned == pytest.approx(min(history))
