@@ -35,7 +35,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         datamodule = build(cfg.dataset)
         datamodule.prepare_data()
         datamodule.setup()
-        check_classes(model, datamodule, cfg.dataset_name)
+        check_classes(model, datamodule, cfg.dataset_name, trained)
     # 2. The training's evaluation transform, from the backbone it rebuilt (never retyped).
     config = data_config(model)
     per_image, per_batch = eval_transform(config), batch_eval_transform(config)

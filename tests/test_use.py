@@ -72,6 +72,8 @@ def test_eval_by_checkpoint_path_finds_its_run(run):
         (["run_id=0123abc", "dataset=digits"], "no such MLflow run"),
         (["ckpt_path=/nowhere/x.ckpt", "dataset=digits"], "no such checkpoint"),
         (["dataset=textures"], "has 3 classes but the model was trained on 10"),
+        # 10 classes too, but clothes, not digits: refused, not filed as a digits model's score.
+        (["dataset=fashion_mnist"], r"has the classes \['T-shirt/top'.*trained on \['0', '1'"),
     ],
 )
 def test_eval_refuses_bad_input(run, overrides, message):

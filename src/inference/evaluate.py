@@ -15,17 +15,30 @@ from src.models.metrics import scalar_metrics
 log = logging.getLogger(__name__)
 
 
-def check_classes(model: nn.Module, datamodule: TransferDataModule, dataset: str) -> None:
-    """A head of n classes scores only a data set of the same n classes, single-label."""
-    if datamodule.multilabel:
+def check_classes(
+    model: nn.Module, datamodule: TransferDataModule, dataset: str, trained: Trained | None = None
+) -> None:
+    """A head scores only a single-label data set of the same classes, named alike and in the
+    same order (a digits model on Fashion-MNIST has 10 classes too, but not the same ones)."""
+    if datamodule.multilabel or (trained is not None and trained.thresholds is not None):
         raise InvalidInput(
-            f"dataset={dataset} is multi-label: src.eval scores single-label models. The training "
-            "run holds the multi-label test metrics (test/auroc, test/ap, test/f1_macro, per label)."
+            f"dataset={dataset} or the model is multi-label: src.eval scores single-label models "
+            "on single-label data. The training run holds the multi-label test metrics "
+            "(test/auroc, test/ap, test/f1_macro, per label)."
         )
     if model.num_classes != datamodule.num_classes:
         raise InvalidInput(
             f"dataset={dataset} has {datamodule.num_classes} classes but the model was trained "
             f"on {model.num_classes}: evaluate on a data set with the same classes."
+        )
+    names, trained_names = [str(c) for c in datamodule.classes], trained and trained.class_names
+    if trained_names and names != [str(c) for c in trained_names]:
+        order = sorted(names) == sorted(str(c) for c in trained_names)
+        raise InvalidInput(
+            f"dataset={dataset} has the classes {names[:10]}"
+            + (" in another order" if order else "")
+            + f", but the model was trained on {list(trained_names)[:10]}: its scores would be "
+            "filed against the wrong labels. Evaluate on data with the training's classes."
         )
 
 
