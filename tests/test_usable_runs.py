@@ -331,3 +331,17 @@ def test_the_reproduce_command_keeps_only_what_differs_from_the_defaults():
         "python -m src.train backbone=mobilenetv2 dataset=imagefolder backbone.input_size=[3,48,48] "
         "dataset.source.root=/data/crops trainer.max_epochs=3 strategy=feature_extract strategy.C=0.5"
     )
+
+
+def test_a_pyfunc_with_this_projects_code_inside_pins_what_that_code_imports():
+    """A KernelSVM head pickles as src.strategies.heads: loading it imports src's packages, so
+    lightning, torchmetrics, omegaconf and filelock must be installed where it is served."""
+    from src.inference.export import requirements
+
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    assert [r.split("==")[0] for r in requirements(plain)] == ["torch", "timm"]
+    head = KernelSVM.__new__(KernelSVM)
+    torch.nn.Module.__init__(head)
+    with_head = torch.nn.Sequential(torch.nn.Linear(4, 3), head)
+    names = {r.split("==")[0] for r in requirements(with_head)}
+    assert {"torch", "timm", "lightning", "torchmetrics", "omegaconf", "filelock"} <= names

@@ -161,11 +161,23 @@ def write_provenance(
     return path
 
 
-def requirements() -> list[str]:
-    """What serving the pickled timm model needs."""
+def requirements(model: nn.Module) -> list[str]:
+    """What serving the pickled model needs, pinned to the versions here: torch and timm; with a
+    module of this project inside (own_code), every runtime dependency of the project too, since
+    importing any of src's modules imports its package (lightning, torchmetrics, omegaconf ...)."""
+    import re
+    from importlib import metadata
+
     import timm
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+    pins = {"torch": torch.__version__.split("+")[0], "timm": timm.__version__}
+    if own_code(model):
+        for requirement in metadata.requires("transferlab") or []:
+            if "extra ==" in requirement:
+                continue
+            name = re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0)
+            pins.setdefault(name, metadata.version(name).split("+")[0])
+    return [f"{name}=={version}" for name, version in pins.items()]
 
 
 def own_code(model: nn.Module) -> list[str] | None:
@@ -204,7 +216,7 @@ def log_mlflow_model(
             tags=provenance,
             metadata=usage_record,  # class names, input size, mean, std: in the MLmodel file
             # Given, not inferred: inference re-loads the model in a subprocess (~10 s).
-            pip_requirements=requirements(),
+            pip_requirements=requirements(model),
             code_paths=own_code(model),
         )
     log.info("MLflow model %s (registered as %s)", info.model_uri, registered_name)
