@@ -345,3 +345,21 @@ def test_a_pyfunc_with_this_projects_code_inside_pins_what_that_code_imports():
     with_head = torch.nn.Sequential(torch.nn.Linear(4, 3), head)
     names = {r.split("==")[0] for r in requirements(with_head)}
     assert {"torch", "timm", "lightning", "torchmetrics", "omegaconf", "filelock"} <= names
+
+
+def test_best_is_the_checkpoint_modelcheckpoint_recorded_not_the_last_name(tmp_path):
+    """save_top_k=3 leaves epoch09 (best) beside epoch10 and epoch100: eval, predict and export
+    take the one last.ckpt records, and refuse to guess when there is no record."""
+    from src.inference.trained import find_checkpoint
+
+    for name in ("epoch09.ckpt", "epoch10.ckpt", "epoch100.ckpt"):
+        torch.save({"state_dict": {}}, tmp_path / name)
+    callbacks = {"ModelCheckpoint{'monitor': 'val/acc'}": {"best_model_path": "/old/epoch09.ckpt"}}
+    torch.save({"state_dict": {}, "callbacks": callbacks}, tmp_path / "last.ckpt")
+    assert find_checkpoint(tmp_path, "best") == tmp_path / "epoch09.ckpt"
+    assert find_checkpoint(tmp_path, "last") == tmp_path / "last.ckpt"
+    (tmp_path / "last.ckpt").unlink()
+    with pytest.raises(InvalidInput, match="3 checkpoints .* no record of which is best"):
+        find_checkpoint(tmp_path, "best")
+    (tmp_path / "epoch10.ckpt").unlink(), (tmp_path / "epoch100.ckpt").unlink()
+    assert find_checkpoint(tmp_path, "best") == tmp_path / "epoch09.ckpt"

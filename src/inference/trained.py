@@ -79,15 +79,44 @@ def _run_output_dir(run_id: str, tracking_uri: str) -> tuple[Path, dict[str, str
 
 
 def find_checkpoint(folder: Path, which: str) -> Path:
-    """best: ModelCheckpoint's top-1 file (any name but last.ckpt); last: last.ckpt."""
+    """best: the file ModelCheckpoint recorded as best (in last.ckpt's callback state), else the
+    one file besides last.ckpt; last: last.ckpt. Several candidates and no record: refused."""
     if which not in ("best", "last"):
         raise InvalidInput(f"checkpoint={which}: must be best or last.")
     last = folder / "last.ckpt"
-    best = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
-    found = (best[-1:] if which == "best" else []) or ([last] if last.is_file() else [])
-    if not found:
+    if which == "last" or not folder.is_dir():
+        if last.is_file():
+            return last
         raise InvalidInput(f"No {which} checkpoint in {folder}.")
-    return found[0]
+    candidates = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+    recorded = _recorded_best(last) if last.is_file() else None
+    if recorded is not None and recorded in candidates:
+        return recorded
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        if last.is_file():  # save_top_k=0: the last is all there is
+            return last
+        raise InvalidInput(f"No best checkpoint in {folder}.")
+    raise InvalidInput(
+        f"{len(candidates)} checkpoints in {folder} ({', '.join(p.name for p in candidates[:5])}) "
+        "and no record of which is best: give ckpt_path=<one of them>."
+    )
+
+
+def _recorded_best(last: Path) -> Path | None:
+    """ModelCheckpoint's best_model_path as last.ckpt records it (memory-mapped: only the callback
+    state is read), when it lies in the same folder."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable last.ckpt says nothing about the best
+        return None
+    for key, value in (state.get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and isinstance(value, dict):
+            path = value.get("best_model_path")
+            if path:
+                return last.parent / Path(path).name
+    return None
 
 
 def load_checkpoint(path: Path) -> dict:
