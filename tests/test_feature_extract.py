@@ -94,3 +94,18 @@ def test_a_list_of_C_is_chosen_on_validation():
 def test_a_bad_C_is_refused(tmp_path, C):
     with pytest.raises(ValueError, match="strategy.C"):
         feature_run(tmp_path, tmp_path / "cache", f"strategy.C={C}")
+
+
+def test_cache_keys_see_settings_without_weights():
+    """global_pool=max and avg share every weight but not their features: different cache keys.
+    A classifier's size or idle dropout / drop-path (eval mode) do not change the features."""
+    import timm
+
+    from src.strategies.cache import structure_fingerprint
+
+    def key(**kwargs):
+        model = timm.create_model("resnet10t", **{"num_classes": 3, **kwargs})
+        return structure_fingerprint(model, leave_out=model.get_classifier())
+
+    assert key(global_pool="max") != key()
+    assert key(num_classes=7) == key() == key(drop_rate=0.5, drop_path_rate=0.1)

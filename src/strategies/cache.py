@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +16,20 @@ def cache_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[
         :24
     ]
+
+
+def structure_fingerprint(
+    *modules: torch.nn.Module, leave_out: torch.nn.Module | None = None
+) -> str:
+    """What changes outputs without changing weights (pooling type, activations, layer settings):
+    the modules' repr, less `leave_out` (a classifier the features do not pass through) and the
+    settings of stochastic layers, which are idle in eval mode."""
+    text = "\n".join(repr(m) for m in modules)
+    if leave_out is not None:
+        text = text.replace(repr(leave_out), "")
+    stochastic = re.compile(r"^\s*\((drop\w*)\): |: (Dropout\w*|DropPath|DropBlock\w*)\(", re.I)
+    text = "\n".join(line for line in text.splitlines() if not stochastic.search(line))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 # Inference batches on a GPU: large enough to fill it, small enough for any backbone at 224 px.

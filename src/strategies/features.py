@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from src.progress import progress
 from src.strategies.base import Strategy
-from src.strategies.cache import cache_key, inference_setup, save_cache
+from src.strategies.cache import cache_key, inference_setup, save_cache, structure_fingerprint
 from src.strategies.groups import HEAD
 from src.strategies.heads import classifier_prefixes
 
@@ -82,11 +82,13 @@ def cached_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     body = weights_fingerprint(model)
     head = weights_fingerprint(model, head=True) if logits else None
+    structure = structure_fingerprint(model, leave_out=model.get_classifier())
     result, hits, seconds = {}, 0, 0.0
     for split in splits:
         identity = {
             "architecture": model.pretrained_cfg.get("architecture"),
             "weights": body,
+            "structure": structure,
             "data": datamodule.identity(split),
             "split": split,
             "transform": datamodule.eval_transform_repr,

@@ -303,7 +303,7 @@ def cached_activations(
     current: Plan, model: nn.Module, datamodule, trainer: L.Trainer, cache_dir: str | Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """({split: activations in the split's index order}, stats) for train and val."""
-    from src.strategies.cache import cache_key, save_cache
+    from src.strategies.cache import cache_key, save_cache, structure_fingerprint
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -315,6 +315,7 @@ def cached_activations(
             "architecture": getattr(model, "pretrained_cfg", {}).get("architecture"),
             "prefix": current.names,
             "weights": weights,
+            "structure": structure_fingerprint(*current.modules),
             "input_size": getattr(model, "pretrained_cfg", {}).get("input_size"),
             "transform": datamodule.eval_transform_repr,
             "precision": str(trainer.precision),
