@@ -124,3 +124,13 @@ def test_cache_prefix_true_refuses_a_run_it_cannot_make_exact(tmp_path):
 def test_cache_prefix_takes_auto_true_or_false():
     with pytest.raises(ValueError, match="strategy.cache_prefix='yes': choose auto, true or false"):
         LinearProbe(cache_prefix="yes")
+
+
+@pytest.mark.parametrize("value", [0, 1, "yes", None, 2.0])
+def test_cache_prefix_takes_only_auto_true_or_false(value):
+    from src.strategies.prefix import check_mode
+
+    with pytest.raises(ValueError, match="choose auto, true or false"):
+        check_mode(value)
+    for valid in ("auto", True, False):
+        check_mode(valid)

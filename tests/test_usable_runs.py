@@ -363,3 +363,16 @@ def test_best_is_the_checkpoint_modelcheckpoint_recorded_not_the_last_name(tmp_p
         find_checkpoint(tmp_path, "best")
     (tmp_path / "epoch10.ckpt").unlink(), (tmp_path / "epoch100.ckpt").unlink()
     assert find_checkpoint(tmp_path, "best") == tmp_path / "epoch09.ckpt"
+
+
+def test_a_file_that_is_not_a_training_checkpoint_is_refused_in_one_line(tmp_path):
+    from src.inference.trained import load_checkpoint
+
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(InvalidInput, match="not a readable checkpoint"):
+        load_checkpoint(text)
+    bare = tmp_path / "weights.pth"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), bare)
+    with pytest.raises(InvalidInput, match="not a checkpoint of src.train .*backbone.weights="):
+        load_checkpoint(bare)

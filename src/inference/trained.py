@@ -125,17 +125,26 @@ def load_checkpoint(path: Path) -> dict:
     import pickle
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line for line in str(error).splitlines() if "Unsupported global" in line]
-        reason = (lines or [type(error).__name__])[0].strip()
+        if not lines:  # not a pickle at all ("Unsupported operand"): text, another format
+            raise InvalidInput(f"{path}: not a readable checkpoint (not a torch file).") from None
+        reason = lines[0].strip()
         raise InvalidInput(
             f"{path}: refused, it holds more than plain data (tensors, numbers, strings), which "
             f"could run code when loaded ({reason[:160]}). Only checkpoints written by "
             "src.train load here."
         ) from None
-    except (EOFError, RuntimeError) as error:
-        raise InvalidInput(f"{path}: not a readable checkpoint ({error}).") from None
+    except Exception as error:  # truncated, a text file, another format: never a traceback
+        reason = f"{type(error).__name__}: {error}"[:160]
+        raise InvalidInput(f"{path}: not a readable checkpoint ({reason}).") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise InvalidInput(
+            f"{path}: not a checkpoint of src.train (no state_dict; a bare weights file loads "
+            "as backbone.weights=<file> instead)."
+        )
+    return state
 
 
 def load_model(trained: Trained) -> nn.Module:

@@ -44,7 +44,7 @@ MEMORY_SHARE = 0.25
 
 
 def check_mode(value) -> None:
-    if value not in MODES:
+    if not (value == "auto" or isinstance(value, bool)):  # 0 and 1 equal False and True
         raise ValueError(f"strategy.cache_prefix={value!r}: choose auto, true or false.")
 
 
