@@ -398,7 +398,8 @@ def test_plots_take_the_title_and_skip_single_point_panels(store, tmp_path, monk
 @pytest.mark.parametrize(
     "override, message",
     [("experiments=[nope]", "No MLflow experiment named"), ("formats=[docx]", "unknown"),
-     ("mode=best", "mode="), ("++filters.study=absent", "No run matched")],
+     ("mode=best", "mode="), ("++filters.study=absent", "No run matched"),
+     ("rows=[stratgy]", r"rows/columns \['stratgy'\]: no run has such a tag")],
 )  # fmt: skip
 def test_bad_input_is_refused_before_a_report_run(store, tmp_path, override, message):
     uri, _ = store

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # a study's cells (the callback's own settings still count).
 PER_RUN = re.compile(
     r"(^|/)seed$|^run_name$|^logger/[^/]+/(run_name|tags/.*)$|^callbacks/optuna_trial/|^resume$"
-    r"|^callbacks/[^/]+/_target_$"
+    r"|^callbacks/[^/]+/_target_$|^trainer/max_time$"  # the advisor's per-run time limit
 )
 
 MISSING = "—"
@@ -185,6 +185,13 @@ def select(frame: pd.DataFrame, layout: Layout) -> Selection:
     docstring); every plot of the report draws from the same selection."""
     metric = f"metrics.{layout.metric}"
     frame = frame.dropna(subset=[metric]) if metric in frame else frame.iloc[0:0]
+    unknown = [k for k in (*layout.rows, *layout.columns) if column(frame, k) not in frame]
+    if len(frame) and unknown:
+        known = sorted(c.split(".", 1)[1] for c in frame.columns if c.startswith("tags."))
+        raise InvalidInput(
+            f"rows/columns {unknown}: no run has such a tag or param. Tags: {', '.join(known[:25])}"
+            " (or any params.<key>)."
+        )
     params = config_params(frame, layout)
     cells = label(frame, (*layout.rows, *layout.columns)) if len(frame) else pd.Series(dtype=str)
     split_by = varying_within(frame, cells, params)
