@@ -120,6 +120,8 @@ def test_budget_refuses_nonsense(text):
         ("budget=abc", "budget='abc'"),
         ("budget=0", "budget=0"),
         ("candidates=[nope_net]", "nope_net"),
+        ("metric=val/accc", r"metric='val/accc': choose one of \['val/acc'"),
+        ("metric=val/loss", "metric='val/loss'"),  # ranked by a loss maximised: the worst trial
     ],
 )
 def test_bad_input_is_refused_before_any_run(tmp_path, override, message):

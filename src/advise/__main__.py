@@ -25,6 +25,8 @@ STARTED = time.monotonic()
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
 log = logging.getLogger(__name__)
+# What trials can be ranked by (maximised): every run's validation scores that rise when it improves.
+SEARCH_METRICS = ("val/acc", "val/balanced_acc", "val/f1_macro", "val/auroc")
 
 
 def check(cfg: DictConfig) -> None:
@@ -40,6 +42,10 @@ def check(cfg: DictConfig) -> None:
         raise ValueError(f"dataset={cfg.dataset_name!r}: unknown; choose one of {known}.")
     if not cfg.candidates or cfg.top_k < 1:
         raise ValueError("candidates must name at least one backbone and top_k must be >= 1.")
+    if cfg.metric not in SEARCH_METRICS:
+        raise ValueError(
+            f"metric={cfg.metric!r}: choose one of {list(SEARCH_METRICS)} (maximised)."
+        )
     if cfg.rank.score not in COLUMNS:
         raise ValueError(f"rank.score={cfg.rank.score!r}: choose one of {list(COLUMNS)}.")
     fractions = list(cfg.data.fractions)

@@ -73,6 +73,7 @@ class Stages:
             *cfg.train_overrides,
             *self.data_overrides,  # after train_overrides: the user's own keys win
             f"trainer.max_epochs={cfg.search.max_epochs}",
+            f"monitor.metric={cfg.metric}",  # the checkpoint kept is the one trials are ranked by
             f"test={str(test).lower()}",
             f"seed={cfg.seed}",
         ]
