@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editabl
 
 from src.report.build import Report, write_report  # noqa: E402
 from src.report.query import Query, search  # noqa: E402
-from src.report.table import Layout  # noqa: E402
+from src.report.table import Layout, newest_per_seed  # noqa: E402
 
 EXPERIMENT, SCORES_EXPERIMENT = "backbone_choice", "backbone_choice_scores"
 TOP1_FILE = ROOT / "conf" / "imagenet_top1.yaml"
@@ -66,7 +66,11 @@ def accuracies(uri: str) -> pd.DataFrame:
         "tags.backbone": "backbone", "tags.dataset": "dataset", "tags.strategy": "strategy",
         "tags.seed": "seed", "metrics.test/acc": "acc",
     }  # fmt: skip
-    frame = frame.rename(columns=keep)[list(keep.values())].dropna(subset=["acc"])
+    frame = frame.dropna(subset=["metrics.test/acc"])
+    # A rerun of run.sh into the same store: only the newest run of each seed counts, as in the
+    # table (otherwise r and τ would weigh a rerun cell twice).
+    frame = newest_per_seed(frame, ("backbone", "dataset", "strategy"), "seed")
+    frame = frame.rename(columns=keep)[list(keep.values())]
     return frame[frame["backbone"].isin(BACKBONES)]
 
 
