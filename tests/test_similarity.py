@@ -229,3 +229,21 @@ def test_the_feature_cache_key_ignores_the_classifier():
     assert imagenet.num_classes == 1000 and ten.num_classes == 10
     assert weights_fingerprint(imagenet) == weights_fingerprint(ten)
     assert weights_fingerprint(imagenet, head=True) != weights_fingerprint(ten, head=True)
+
+
+def test_a_gain_is_over_scratch_on_the_same_share_of_the_data():
+    """At 10% the fine-tune's gain is over the 10% scratch run, at 100% over the 100% one; the two
+    sizes stay two points of the correlation, not one averaged row."""
+    runs = pd.DataFrame(
+        {
+            "tags.backbone": "m",
+            "tags.dataset": "t1",
+            "tags.dataset_key": "k1",
+            "tags.fraction": ["0.1", "0.1", "1.0", "1.0"],
+            "tags.strategy": ["finetune", "scratch"] * 2,
+            "metrics.test/acc": [0.6, 0.2, 0.9, 0.7],
+        }
+    )
+    frame = training_frame(runs).sort_values("data")
+    assert frame["data"].tolist() == ["fraction 0.1", "fraction 1.0"]
+    assert frame["gain"].round(6).tolist() == [0.4, 0.2]

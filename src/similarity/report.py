@@ -30,7 +30,7 @@ SCORES = (
     "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc",
     "domain_similarity", "emd", "frechet", "mmd",
 )  # fmt: skip
-GROUP = ["backbone", "weights", "target", "strategy"]
+GROUP = ["backbone", "weights", "target", "data", "strategy"]
 
 
 def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
@@ -57,6 +57,14 @@ def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
     return rows
 
 
+def size_label(runs: pd.DataFrame) -> pd.Series:
+    """'fraction 0.1, 300 per class': the share of the data a run trained on."""
+    fraction = runs.get("tags.fraction", pd.Series("1.0", index=runs.index)).fillna("1.0")
+    per_class = runs.get("tags.samples_per_class", pd.Series("None", index=runs.index))
+    per_class = per_class.fillna("None").map(lambda v: "" if v == "None" else f", {v} per class")
+    return "fraction " + fraction.astype(str) + per_class
+
+
 def training_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """mlflow.search_runs output -> one row per run group: scores, acc, gain over scratch."""
     from src.tracking.kinds import TRAIN, run_kind
@@ -71,17 +79,20 @@ def training_frame(runs: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "backbone": runs["tags.backbone"],
-            "weights": runs.get("tags.weights", "None").fillna("None"),
+            "weights": runs.get("tags.weights", pd.Series("None", index=runs.index)).fillna("None"),
             "target": target,
             "dataset_key": runs["tags.dataset_key"],
+            # How much of it: a 10% run's gain is over a 10% scratch run, not an all-size mean.
+            "data": size_label(runs),
             "strategy": runs["tags.strategy"],
             "acc": runs["metrics.test/acc"],
         }
     )
     for score in SCORES:
         frame[score] = runs.get(f"metrics.{PREFIX}{score}", np.nan)
-    scratch = frame[frame.strategy == "scratch"].groupby("dataset_key")["acc"].mean()
-    frame["scratch_acc"] = frame["dataset_key"].map(scratch)
+    same_data = ["dataset_key", "data"]
+    scratch = frame[frame.strategy == "scratch"].groupby(same_data, as_index=False)["acc"].mean()
+    frame = frame.merge(scratch.rename(columns={"acc": "scratch_acc"}), on=same_data, how="left")
     frame["gain"] = frame["acc"] - frame["scratch_acc"]
     grouped = frame[frame.strategy != "scratch"].groupby(GROUP, dropna=False)
     return grouped.agg({**{c: "mean" for c in ["acc", "scratch_acc", "gain", *SCORES]},
