@@ -25,9 +25,20 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
 
     # 1. Source, formats and exporters are checked before anything is written.
     with refuse_bad_input():
-        trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
-        formats = list(cfg.formats)
+        formats = [cfg.formats] if isinstance(cfg.formats, str) else list(cfg.formats or [])
         E.check_formats(formats)
+        if not formats and not cfg.mlflow_model:
+            raise InvalidInput(
+                "Nothing to export: give formats=[torchscript,onnx] or mlflow_model=true."
+            )
+        if cfg.registered_name and not cfg.mlflow_model:
+            raise InvalidInput(
+                "registered_name= registers the MLflow model: add mlflow_model=true."
+            )
+        atol = cfg.atol
+        if isinstance(atol, bool) or not isinstance(atol, int | float) or not 0 < atol < 1:
+            raise InvalidInput(f"atol={atol}: the largest logit difference allowed, in (0, 1).")
+        trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
         if cfg.mlflow_model and not trained.run_id:
             raise InvalidInput("mlflow_model=true logs into the training run: give run_id.")
         model = load_model(trained)

@@ -20,13 +20,16 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     Printed, and written to cfg.csv when set."""
     from src.config import build
     from src.data.preprocessing import eval_transform
-    from src.errors import refuse_bad_input
+    from src.errors import InvalidInput, refuse_bad_input
     from src.inference import predict as P
     from src.inference.trained import Trained, data_config, load_model, locate
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
         P.check_top_k(cfg.top_k)
+        size = cfg.batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidInput(f"batch_size={size}: an integer >= 1.")
         paths = list(cfg.images) if isinstance(cfg.images, ListConfig) else [cfg.images]
         files = P.image_files(map(str, paths))
         images = P.read_images(files)

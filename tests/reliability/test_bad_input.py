@@ -80,3 +80,35 @@ def test_command_line_exits_2_without_a_traceback(tmp_path):
     assert not (tmp_path / "mlflow.db").exists() or not mlflow.MlflowClient(
         f"sqlite:///{tmp_path}/mlflow.db"
     ).search_runs(["0"])
+
+
+@pytest.mark.parametrize(
+    "entry, overrides, fragment",
+    [
+        ("eval", ["run_id=abc", "split=tset"], "split=tset: must be train, val or test"),
+        ("predict", ["images=IMAGE", "batch_size=0"], "batch_size=0: an integer >= 1"),
+        ("export", ["run_id=abc", "formats=[]"], "Nothing to export"),
+        ("export", ["run_id=abc", "formats=docx"], "formats: unknown ['docx']"),
+        ("export", ["run_id=abc", "registered_name=m"], "add mlflow_model=true"),
+        ("export", ["run_id=abc", "atol=0"], "atol=0"),
+        ("export", ["run_id=abc"], "no MLflow store at"),  # and none is created
+    ],
+)
+def test_entry_points_refuse_bad_values_before_any_model_or_store(
+    tmp_path, entry, overrides, fragment
+):
+    from PIL import Image
+
+    from src.eval import evaluate_run
+    from src.export import export_run
+    from src.predict import predict_images
+    from tests.helpers.compose import compose_entry
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    overrides = [o.replace("IMAGE", str(image)) for o in overrides]
+    run = {"eval": evaluate_run, "predict": predict_images, "export": export_run}[entry]
+    with pytest.raises(InvalidInput) as refused:
+        run(compose_entry(entry, tmp_path, overrides))
+    assert fragment in str(refused.value)
+    assert not list(tmp_path.glob("*.db"))  # no MLflow store opened, hence none created
