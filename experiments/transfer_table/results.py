@@ -108,13 +108,13 @@ def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
         experiment="reports", run_name=f"report-{experiment}",
         artifact_location=str(ROOT / "mlartifacts"),
     )  # fmt: skip
-    write_report(report)
     selection = select(search(query), layout)
     if selection.split_by:  # the headline reads cells by strategy: a split row has another name
         raise SystemExit(
             f"{experiment}: runs of one cell differ in {selection.split_by} (a rerun after a "
             "config change?). Move the old runs to another store, or re-run run.sh into a new one."
         )
+    write_report(report)
     grid = aggregate(selection.frame, selection.layout)
     if pool:
         plots.learning_curves(
