@@ -247,3 +247,14 @@ def test_a_gain_is_over_scratch_on_the_same_share_of_the_data():
     frame = training_frame(runs).sort_values("data")
     assert frame["data"].tolist() == ["fraction 0.1", "fraction 1.0"]
     assert frame["gain"].round(6).tolist() == [0.4, 0.2]
+
+
+def test_weighted_tau_of_a_distance_weighs_its_closest_targets():
+    """A distance that orders the best targets right and the worst wrong agrees at the top: its
+    τ (sign as r: negative = closer is better) is stronger than the mirror case's."""
+    gains = np.array([0.5, 0.4, 0.3, 0.2, 0.1])
+    right_at_top = pd.DataFrame({"emd": [1.0, 2.0, 3.0, 5.0, 4.0], "gain": gains})
+    wrong_at_top = pd.DataFrame({"emd": [2.0, 1.0, 3.0, 4.0, 5.0], "gain": gains})
+    (top,) = correlations(right_at_top, "gain")
+    (bottom,) = correlations(wrong_at_top, "gain")
+    assert top["weighted_tau"] < bottom["weighted_tau"] < 0

@@ -31,6 +31,9 @@ SCORES = (
     "domain_similarity", "emd", "frechet", "mmd",
 )  # fmt: skip
 GROUP = ["backbone", "weights", "target", "data", "strategy"]
+# Smaller is closer: weighted τ must weigh their small end (the likely winners), so it ranks the
+# negated distance, then flips the sign back to read like Pearson's r (negative: closer is better).
+DISTANCES = ("emd", "frechet", "mmd")
 
 
 def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
@@ -43,7 +46,8 @@ def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
         if len(pair) < 3 or pair[score].nunique() < 2 or pair[outcome].nunique() < 2:
             continue
         r, p = pearsonr(pair[score], pair[outcome])
-        tau = weightedtau(pair[score].to_numpy(), pair[outcome].to_numpy())[0]
+        sign = -1.0 if score in DISTANCES else 1.0
+        tau = sign * weightedtau(sign * pair[score].to_numpy(), pair[outcome].to_numpy())[0]
         rows.append(
             {
                 "score": score,
