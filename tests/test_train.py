@@ -110,6 +110,7 @@ def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
     assert "test/acc" in train(compose_train(tmp_path, overrides))
 
 
+@pytest.mark.slow
 def test_the_returned_objective_is_the_kept_checkpoints_not_the_last_epochs(tmp_path):
     """A sweep ranks trials by what train() returns: the monitored value of the checkpoint that is
     tested and exported. A learning rate far too high makes val/loss best early, worst last."""
