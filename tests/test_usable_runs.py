@@ -376,3 +376,17 @@ def test_a_file_that_is_not_a_training_checkpoint_is_refused_in_one_line(tmp_pat
     torch.save(torch.nn.Linear(2, 2).state_dict(), bare)
     with pytest.raises(InvalidInput, match="not a checkpoint of src.train .*backbone.weights="):
         load_checkpoint(bare)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["logistic", "linear", "svm"])
+def test_the_checkpoint_in_mlflow_is_the_whole_model_as_on_disk(runs, kind, tmp_path):
+    """logger.mlflow.log_model uploads the run's checkpoint: for every head, the file that holds
+    backbone + head (written after the head was fitted), byte for byte the one eval loads."""
+    run = runs[kind]
+    client = MlflowClient(f"sqlite:///{run['root']}/mlflow.db")
+    output_dir = Path(client.get_run(run["run_id"]).data.tags["output_dir"])
+    local = output_dir / "checkpoints" / "last.ckpt"
+    uploaded = Path(client.download_artifacts(run["run_id"], "last/last.ckpt", str(tmp_path)))
+    assert uploaded.read_bytes() == local.read_bytes()
+    assert "head" in torch.load(uploaded, map_location="cpu", weights_only=True)

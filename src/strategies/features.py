@@ -351,6 +351,10 @@ class FeatureExtract(Strategy):
             state["class_names"] = list(module.class_names)
             state["head"] = head_record(self.classifier, head)
             torch.save(state, path)
+        if not saved:  # Lightning saved nothing for a fitted head: the loggers upload this file
+            callback.last_model_path = str(folder / "last.ckpt")
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(callback)
         log.info("Checkpoints in %s hold the backbone with its %s head", folder, self.classifier)
 
     def _fit_sklearn(self, features: dict, seed: int, balanced: bool, task):
