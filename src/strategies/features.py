@@ -82,7 +82,8 @@ def cached_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     body = weights_fingerprint(model)
     head = weights_fingerprint(model, head=True) if logits else None
-    structure = structure_fingerprint(model, leave_out=model.get_classifier())
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None  # timm's
+    structure = structure_fingerprint(model, leave_out=classifier)
     result, hits, seconds = {}, 0, 0.0
     for split in splits:
         identity = {
