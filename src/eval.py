@@ -18,14 +18,19 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     """Refuse bad input, rebuild the model from its run, score the split, log into the run."""
     from src.config import build
     from src.data.preprocessing import batch_eval_transform, eval_transform
-    from src.errors import InvalidInput, refuse_bad_input
-    from src.inference.evaluate import check_classes, eval_prefix, evaluate, log_eval
+    from src.errors import refuse_bad_input
+    from src.inference.evaluate import (
+        check_classes,
+        check_split,
+        eval_prefix,
+        evaluate,
+        log_eval,
+    )
     from src.inference.trained import data_config, load_model, locate
 
     # 1. Everything that can be wrong is checked before any data is scored.
     with refuse_bad_input():
-        if cfg.split not in ("train", "val", "test"):  # before any model or data is loaded
-            raise InvalidInput(f"split={cfg.split}: must be train, val or test.")
+        check_split(cfg.split)  # before any model or data is loaded
         trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
         with open_dict(cfg):  # the run's seed: its train/val splits, not new ones
             cfg.seed = cfg.seed if cfg.seed is not None else trained.config["seed"]

@@ -203,4 +203,9 @@ def test_data_stage_fractions_scale_the_users_own_fraction():
     assert fraction_override(mine, 0.5) == "dataset.fraction=0.25"
     assert fraction_override(["dataset=digits"], 0.5) == "dataset.fraction=0.5"
     # n on the learning curve is what the run trains on: half of the user's half.
-    assert train_images(mine, 0.5) < train_images(mine, 1.0) < train_images(["dataset=digits"], 1.0)
+    half, whole = fraction_override(mine, 0.5), fraction_override(mine, 1.0)
+    assert (
+        train_images(mine, half)
+        < train_images(mine, whole)
+        < train_images(["dataset=digits"], "dataset.fraction=1.0")
+    )

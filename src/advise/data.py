@@ -48,11 +48,12 @@ def fraction_override(overrides: list[str], fraction: float) -> str:
     return f"dataset.fraction={given * fraction!r}"
 
 
-def train_images(overrides: list[str], fraction: float) -> int:
-    """How many images the training split holds at this fraction (the curve's n)."""
+def train_images(overrides: list[str], fraction_of_users: str) -> int:
+    """How many images the training split holds with this dataset.fraction override (the
+    curve's n)."""
     from src.config import build
 
-    cfg = compose("train", [*overrides, fraction_override(overrides, fraction)])
+    cfg = compose("train", [*overrides, fraction_of_users])
     return len(build(cfg.dataset).splits.train)
 
 
@@ -77,9 +78,9 @@ def run_one(job: DataJob, fraction: float, seed: int, limit: list[str]) -> dict:
         run = found[0]
         log.info("Data: reused fraction %s seed %s (run %s)", fraction, seed, run.info.run_id)
     else:
-        n = train_images(job.overrides, fraction)
-        overrides = [*job.overrides, fraction_override(job.overrides, fraction), f"seed={seed}"]
-        overrides += limit
+        scaled = fraction_override(job.overrides, fraction)  # composed once per run
+        n = train_images(job.overrides, scaled)
+        overrides = [*job.overrides, scaled, f"seed={seed}", *limit]
         overrides += [f"++kind={KIND}", f"logger.mlflow.run_name=data-f{fraction}-s{seed}"]
         out = job.output_dir / "data" / f"f{fraction}-s{seed}"
         run_tags = {**tags, "train_images": str(n), PARENT: job.parent}

@@ -42,14 +42,18 @@ def check_classes(
         )
 
 
+def check_split(split: str) -> None:
+    if split not in ("train", "val", "test"):
+        raise InvalidInput(f"split={split}: must be train, val or test.")
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, datamodule: TransferDataModule, split: str, calibration: bool = True
 ) -> dict[str, float]:
     """The training's scalar metrics (acc, f1_macro, ece, acc_top5), over the whole split;
     calibration=False (an SVM's margins): no ECE."""
-    if split not in ("train", "val", "test"):
-        raise InvalidInput(f"split={split}: must be train, val or test.")
+    check_split(split)
     device = next(model.parameters()).device
     metrics = scalar_metrics(model.num_classes, prefix="", calibration=calibration).to(device)
     for images, labels in datamodule.eval_batches(split, device):

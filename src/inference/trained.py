@@ -68,10 +68,10 @@ def _run_output_dir(run_id: str, tracking_uri: str) -> tuple[Path, dict[str, str
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from src.tracking.store import SQLITE
+    from src.tracking.store import missing_sqlite_store
 
-    database = tracking_uri[len(SQLITE) :] if tracking_uri.startswith(SQLITE) else None
-    if database is not None and not Path(database).is_file():  # opening it would create a store
+    database = missing_sqlite_store(tracking_uri)
+    if database is not None:
         raise InvalidInput(f"run_id={run_id}: no MLflow store at {database} (paths.tracking_uri).")
     try:
         run = MlflowClient(tracking_uri).get_run(run_id)

@@ -308,14 +308,14 @@ def cached_activations(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     device = trainer.strategy.root_device
-    weights = _fingerprint(current.modules)
+    weights, structure = _fingerprint(current.modules), structure_fingerprint(*current.modules)
     result, hits, seconds = {}, 0, 0.0
     for split in ("train", "val"):
         identity = {
             "architecture": getattr(model, "pretrained_cfg", {}).get("architecture"),
             "prefix": current.names,
             "weights": weights,
-            "structure": structure_fingerprint(*current.modules),
+            "structure": structure,
             "input_size": getattr(model, "pretrained_cfg", {}).get("input_size"),
             "transform": datamodule.eval_transform_repr,
             "precision": str(trainer.precision),

@@ -70,10 +70,9 @@ def find_resume_point(
     afresh). Dead runs passed over end KILLED with the reason."""
     from mlflow.tracking import MlflowClient
 
-    from src.tracking.store import SQLITE
+    from src.tracking.store import missing_sqlite_store
 
-    database = Path(tracking_uri[len(SQLITE) :]) if tracking_uri.startswith(SQLITE) else None
-    if database is not None and not database.is_file():  # opening it would create a store
+    if missing_sqlite_store(tracking_uri) is not None:
         if resume == "auto":
             return None
         raise ValueError(f"resume={resume}: no such MLflow run; {tracking_uri} holds no runs yet.")

@@ -171,3 +171,12 @@ def tracking(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = variable
+
+
+def missing_sqlite_store(tracking_uri: str) -> Path | None:
+    """The database file a sqlite:/// URI names, when it does not exist (opening it with MLflow
+    would create an empty store); None for an existing file or another kind of store."""
+    if not tracking_uri.startswith(SQLITE):
+        return None
+    database = Path(tracking_uri[len(SQLITE) :])
+    return None if database.is_file() else database
