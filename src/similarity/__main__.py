@@ -49,6 +49,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     with refuse_bad_input():
         if cfg.knn_k < 1:
             raise ValueError(f"knn_k={cfg.knn_k}: must be >= 1.")
+        estimators = m.check_estimators(cfg.estimators)
         target = build(cfg.dataset)
         source = build(cfg.source) if cfg.get("source") else None
         model = build(cfg.backbone, num_classes=None)  # keeps its source head: LEEP, NCE read it
@@ -72,7 +73,9 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         {**tags, **git_state(PROJECT_ROOT)},
         params,
     ) as (client, run_id):
-        scores = m.transferability(model, target, cfg.cache_dir, cfg.knn_k, cfg.seed)
+        scores = m.transferability(
+            model, target, cfg.cache_dir, cfg.knn_k, cfg.seed, estimators
+        )
         if source is not None:
             scores.update(m.domain(model, target, source, cfg.cache_dir, cfg.seed))
         log_scores(client, run_id, scores)
@@ -101,7 +104,7 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    return scores["logme"]
+    return scores.get("logme", next(iter(scores.values())))
 
 
 if __name__ == "__main__":
