@@ -95,3 +95,15 @@ def test_bad_input_is_refused():
         difference_interval(np.ones((2, 10), bool), np.ones((2, 11), bool))
     with pytest.raises(ValueError, match="statistic='spearman'"):
         correlation_interval([1, 2, 3], nested([0.1, 0.2, 0.3], 50), "spearman")
+
+
+def test_the_mean_over_data_sets_of_perfect_rankings_is_1_and_logit_keeps_the_order():
+    from src.report.intervals import mean_correlation_interval
+
+    qualities = [0.5, 0.6, 0.7, 0.8]
+    parts = [(qualities, nested(qualities, 500, seed=s), None) for s in (3, 4)]
+    mean = mean_correlation_interval(parts, "weighted_tau", resamples=100)
+    assert mean.estimate == pytest.approx(1.0) and mean.low == pytest.approx(1.0)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    r = correlation_interval(qualities, nested(qualities), resamples=200, transform=logit)
+    assert r.estimate > 0.99 and r.low > 0.98  # logit(q) vs logit(q): still linear

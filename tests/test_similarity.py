@@ -174,7 +174,11 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
     from tests.helpers.compose import choices, compose_train, train
 
     overrides = ["dataset=digits", "max_per_class=20", "backbone.input_size=[3,32,32]"]
-    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]), choices())
+    similarity = compose_similarity(tmp_path, [*overrides, "+source=digits", "score_resamples=2"])
+    scores = measure(similarity, choices())
+    # The estimators again on 2 bootstrap resamples of the training images, one row each.
+    resampled = pd.read_csv(tmp_path / "similarity" / "score_resamples.csv")
+    assert list(resampled["resample"]) == [0, 1] and {"nleep", "parc", "sfda"} <= set(resampled)
     assert scores["emd"] == pytest.approx(0.0, abs=1e-6)  # the same images on both sides
     assert scores["domain_similarity"] == pytest.approx(1.0)
     assert 0.0 < scores["linear_acc"] <= 1.0 and scores["nce"] <= 0.0
@@ -184,6 +188,7 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
         [e.experiment_id for e in client.search_experiments()], "tags.kind = 'similarity'"
     )
     assert run.info.status == "FINISHED" and run.data.tags["backbone"] == "tf_efficientnet_lite0"
+    assert len(run.data.tags["config_fingerprint"]) == 16  # a study driver reuses the run by it
     assert run.data.metrics["similarity/logme"] == pytest.approx(scores["logme"])
 
     train(compose_train(tmp_path, [*tiny_overrides, "logger.mlflow.log_model=false"]))

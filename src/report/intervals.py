@@ -116,6 +116,33 @@ STATISTICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def correlation_draws(
+    predictor: Sequence[float],
+    correct: Sequence[np.ndarray],
+    statistic: str = "pearson",
+    rescore: Callable[[np.random.Generator], Sequence[float]] | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[float, np.ndarray]:
+    """(the statistic on the data, its value on every bootstrap resample): see
+    correlation_interval."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r}: choose one of {list(STATISTICS)}.")
+    if len(predictor) != len(correct) or len(correct) < 3:
+        raise ValueError(f"{len(predictor)} predictor values for {len(correct)} cells (need >= 3)")
+    function, transform = STATISTICS[statistic], transform or (lambda a: a)
+    cells = _as_cells(correct)
+    accuracy = transform(np.array([c.mean() for c in cells]))
+    drawn = transform(resampled_accuracies(cells, resamples, seed))
+    rng = np.random.default_rng(seed + 1)
+    x = np.asarray(predictor, dtype=float)
+    values = np.array(
+        [function(np.asarray(rescore(rng), dtype=float) if rescore else x, row) for row in drawn]
+    )
+    return function(x, accuracy), values
+
+
 def correlation_interval(
     predictor: Sequence[float],
     correct: Sequence[np.ndarray],
@@ -124,29 +151,41 @@ def correlation_interval(
     resamples: int = RESAMPLES,
     level: float = LEVEL,
     seed: int = 0,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Interval:
     """Correlation across a fixed set of backbones between `predictor` (ImageNet top-1, or a
     transferability score; one value per backbone) and accuracy (`correct`: one cell per backbone,
-    bool [seeds, images], the same test images for all).
+    bool [seeds, images], the same test images for all); `transform` maps accuracies first (e.g.
+    to log-odds, as Kornblith et al.).
 
     rescore(rng): the predictor recomputed on a resample of the scored training images, drawn with
-    rng (costly: give fewer resamples); without it the predictor is held fixed."""
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic={statistic!r}: choose one of {list(STATISTICS)}.")
-    if len(predictor) != len(correct) or len(correct) < 3:
-        raise ValueError(f"{len(predictor)} predictor values for {len(correct)} cells (need >= 3)")
-    function = STATISTICS[statistic]
-    cells = _as_cells(correct)
-    accuracy = np.array([c.mean() for c in cells])
-    drawn = resampled_accuracies(cells, resamples, seed)
-    rng = np.random.default_rng(seed + 1)
-    values = np.array(
-        [
-            function(np.asarray(rescore(rng) if rescore else predictor, dtype=float), row)
-            for row in drawn
-        ]
+    rng (e.g. one of the score_resamples of src.similarity); without it the predictor is fixed."""
+    estimate, values = correlation_draws(
+        predictor, correct, statistic, rescore, resamples, seed, transform
     )
-    return _percentiles(function(np.asarray(predictor, dtype=float), accuracy), values, level)
+    return _percentiles(estimate, values, level)
+
+
+def mean_correlation_interval(
+    parts: Sequence[tuple[Sequence[float], Sequence[np.ndarray], Callable | None]],
+    statistic: str = "weighted_tau",
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> Interval:
+    """The mean over data sets of a per-data-set correlation (as the SFDA paper averages its
+    weighted tau over data sets); parts: (predictor, correct, rescore) per data set, each
+    resampled independently (their test images differ)."""
+    estimates, draws = zip(
+        *(
+            correlation_draws(x, cells, statistic, rescore, resamples, seed + 7 * i)
+            for i, (x, cells, rescore) in enumerate(parts)
+        ),
+        strict=True,
+    )
+    with np.errstate(all="ignore"):
+        values = np.nanmean(np.vstack(draws), axis=0)
+    return _percentiles(float(np.nanmean(estimates)), values, level)
 
 
 VERDICTS = ("agree", "contradict", "inconclusive")

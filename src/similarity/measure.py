@@ -107,6 +107,32 @@ def transferability(
     return scores
 
 
+def score_resamples(
+    model, datamodule, cache_dir, knn_k: int, seed: int, estimators, resamples: int
+) -> list[dict[str, float]]:
+    """The estimators again on `resamples` bootstrap resamples of the scored training images (the
+    validation images of kNN / linear accuracy stay): for intervals on a score's rank correlation
+    (src/report/intervals.py). Resample b draws the same image positions for every backbone
+    (seeded by `seed` and b), so the backbones stay paired on one data set."""
+    from src.strategies.features import cached_features
+
+    splits, _ = cached_features(model, datamodule, cache_dir, device(), ("train", "val"), True)
+    (features, labels, logits), (val_features, val_labels, _) = splits["train"], splits["val"]
+    f, y = features.numpy(), labels.numpy()
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    val = (val_features.numpy(), val_labels.numpy())
+    rows = []
+    for b in range(resamples):
+        drawn = np.random.default_rng([seed, b]).integers(0, len(y), len(y))
+        fb, yb, pb = f[drawn], y[drawn], probs[drawn]
+        row = {"resample": float(b)}
+        for name in check_estimators(estimators):
+            row[name] = float(ESTIMATORS[name](fb, yb, pb, val, knn_k, seed))
+        rows.append(row)
+    log.info("Scores on %d bootstrap resamples of %d training images", resamples, len(y))
+    return rows
+
+
 def domain(model, target, source, cache_dir: str | Path, seed: int) -> dict[str, float]:
     """Cui et al.'s EMD similarity, Frechet distance and MMD between the two train splits."""
     from src.strategies.features import cached_features
