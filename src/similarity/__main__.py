@@ -41,8 +41,8 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     from src.similarity import measure as m
     from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
-    from src.tracking.runs import mlflow_run
     from src.tracking.resume import config_fingerprint
+    from src.tracking.runs import mlflow_run
     from src.tracking.store import done_line
     from src.tracking.tables import write_table
 
