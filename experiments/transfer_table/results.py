@@ -28,6 +28,9 @@ from src.report.labels import key_label, metric_label  # noqa: E402
 from src.report.query import Query, search  # noqa: E402
 from src.report.table import Cell, Grid, Layout, aggregate, best_cells, select  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+import verdicts  # noqa: E402
+
 EXPERIMENT = "transfer_table"
 STRATEGIES = ("scratch", "linear_probe", "feature_extract", "finetune", "lp_ft", "partial")
 PRETRAINED = STRATEGIES[1:]
@@ -36,8 +39,8 @@ TITLE = "Transfer from ImageNet: EfficientNet-Lite0 by strategy on 1%, 10% and 1
 # All 60,000 Fashion-MNIST training images: the strategies the feature and prefix caches make
 # affordable on a CPU (the rest would train the whole backbone on 54,000 images per epoch).
 FULL_EXPERIMENT = "transfer_table_full"
-FULL_STRATEGIES = ("linear_probe", "feature_extract")
-FULL_TITLE = "EfficientNet-Lite0 on all 60,000 Fashion-MNIST training images (frozen backbone)"
+FULL_STRATEGIES = ("linear_probe", "feature_extract", "finetune")
+FULL_TITLE = "EfficientNet-Lite0 on all 60,000 Fashion-MNIST training images"
 FULL_LAYOUT = Layout(rows=("strategy",), columns=("dataset",), metric="test/acc",
                      row_order=FULL_STRATEGIES)  # fmt: skip
 LAYOUT = Layout(
@@ -225,6 +228,7 @@ def main() -> None:
         "**Does LP-FT match or beat plain fine-tuning?**",
         *lpft_vs_finetune(grid, datasets),
         "",
+        *(verdicts.section(uri, store.parent / "cache" / "report") if has_runs else []),
         "## Table",
         "",
         "Columns: data set / fraction of the 300-per-class pool; bold: the best strategy there.",
@@ -240,7 +244,7 @@ def main() -> None:
         *curves,
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
-    print("\n".join(lines[:24]))
+    print("\n".join(lines[:40]))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,28 @@ def mean_correlation_interval(
     return _percentiles(float(np.nanmean(estimates)), values, level)
 
 
+def pooled_correlation_interval(
+    predictor: Sequence[float],
+    parts: Sequence[Sequence[np.ndarray]],
+    statistic: str = "pearson",
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = 0,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Interval:
+    """Correlation of `predictor` with each backbone's (transformed) accuracy averaged over data
+    sets first (Kornblith et al.'s Figure 1: log-odds averaged over data sets); parts: per data
+    set, one cell per backbone. Each data set's test images are resampled independently."""
+    transform = transform or (lambda a: a)
+    function, x = STATISTICS[statistic], np.asarray(predictor, dtype=float)
+    mean = np.mean([transform(np.array([c.mean() for c in _as_cells(p)])) for p in parts], 0)
+    drawn = np.mean(
+        [transform(resampled_accuracies(p, resamples, seed + 7 * i)) for i, p in enumerate(parts)],
+        axis=0,
+    )
+    return _percentiles(function(x, mean), np.array([function(x, row) for row in drawn]), level)
+
+
 VERDICTS = ("agree", "contradict", "inconclusive")
 
 
