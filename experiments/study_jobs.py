@@ -3,7 +3,8 @@ worker: a job whose config fingerprint already has a FINISHED run in the store i
 unfinished one continues from its last checkpoint (`resume=auto`), the rest start afresh.
 
 One process runs many jobs (no per-job start-up: minutes on a loaded 2-core machine); two workers
-(`--worker 0 --workers 2` and `--worker 1 --workers 2`) split the job list between two cores.
+(`--worker 0`, `--worker 1`), one per core, share the job list: each takes the next job nobody has
+claimed (a claim file in out_dir/claims), so a long job runs beside many short ones.
 Used by experiments/backbone_choice/plan.py and experiments/transfer_table/plan.py.
 """
 
@@ -13,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,6 @@ class StudyJob:
     name: str
     overrides: tuple[str, ...]
     config: str = "train"
-    extra: dict = field(default_factory=dict, compare=False)
 
 
 def compose_job(job: StudyJob, out_dir: Path):
@@ -89,43 +89,55 @@ def run_one(job: StudyJob, out_dir: Path) -> str:
     return "done"
 
 
-def run_jobs(jobs: list[StudyJob], out_dir: Path, worker: int, workers: int) -> int:
-    """This worker's share of `jobs` (every workers-th, from `worker`), in order; exit status."""
+def claim(out_dir: Path, name: str) -> bool:
+    """Whether this worker takes the job: the first to create its claim file does (run.sh clears
+    the claims before starting the workers, so a rerun claims everything again)."""
+    folder = out_dir / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / name, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_jobs(jobs: list[StudyJob], out_dir: Path, worker: int) -> int:
+    """Every job not yet claimed by another worker, in order (so a long job early in the list
+    runs beside the short ones); the exit status."""
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
     )
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    mine = jobs[worker::workers]
-    start, failed = time.time(), []
-    for index, job in enumerate(mine, 1):
-        began = time.time()
+    start, failed, ran = time.time(), [], 0
+    for index, job in enumerate(jobs, 1):
+        if not claim(out_dir, job.name):
+            continue
+        began, ran = time.time(), ran + 1
         status = run_one(job, out_dir)
         log.info(
-            "[worker %d] %d/%d %s: %s in %.0f s", worker, index, len(mine), job.name, status,
+            "[worker %d] job %d/%d %s: %s in %.0f s", worker, index, len(jobs), job.name, status,
             time.time() - began,
         )  # fmt: skip
         if status.startswith("failed"):
             failed.append(f"{job.name} ({status})")
-    log.info("[worker %d] %d jobs in %.1f min", worker, len(mine), (time.time() - start) / 60)
+    log.info("[worker %d] %d jobs in %.1f min", worker, ran, (time.time() - start) / 60)
     for line in failed:
         log.error("Failed: %s", line)
     return 1 if failed else 0
 
 
 def main(jobs: list[StudyJob], out_dir: Path) -> None:
-    """`plan.py [--worker i --workers n] [--list]`."""
+    """`plan.py [--worker i] [--list]`: start one per core (run.sh does, after clearing
+    out_dir/claims); they share the job list."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--worker", type=int, default=0, help="this worker's number, for the log")
     parser.add_argument("--list", action="store_true", help="print the jobs and exit")
     args = parser.parse_args()
-    if not 0 <= args.worker < args.workers:
-        parser.error(f"--worker {args.worker}: must be in 0..{args.workers - 1}")
     if args.list:
         for job in jobs:
             print(job.config, job.name, " ".join(job.overrides))
         print(f"{len(jobs)} jobs")
         return
-    sys.exit(run_jobs(jobs, out_dir, args.worker, args.workers))
+    sys.exit(run_jobs(jobs, out_dir, args.worker))

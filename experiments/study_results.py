@@ -4,6 +4,7 @@ scores on bootstrap resamples of the training images, and the wall time."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editabl
 from src.report.query import Query, search  # noqa: E402
 from src.report.table import newest_per_seed  # noqa: E402
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run: noise
 FLAT_POINTS = 1.0  # "flat": the last fifth's mean val/acc within 1 point of the fifth before it
 
 

@@ -1,5 +1,5 @@
 """The backbone-choice study's jobs, run resumably by experiments/study_jobs.py:
-`plan.py --worker 0 --workers 2` (run.sh starts both workers), `plan.py --list` prints them.
+`plan.py --worker 0` and `--worker 1` (run.sh starts both), `plan.py --list` prints them.
 
 Environment (all optional): TARGETS, BACKBONES, SEEDS (comma lists), EPOCHS (fine-tuning),
 RESAMPLES (bootstrap resamples of the scored training images), EXTRA (overrides added to every

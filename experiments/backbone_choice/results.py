@@ -15,9 +15,11 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
+REPORT = Path(os.environ.get("REPORT_DIR", HERE))  # elsewhere, e.g. for a smoke-sized run
 sys.path.insert(0, str(HERE.parent))
 import study_results as sr  # noqa: E402
 
+from src.report.build import Report, write_report  # noqa: E402
 from src.report.intervals import (  # noqa: E402
     accuracy_interval,
     correlation_interval,
@@ -25,6 +27,8 @@ from src.report.intervals import (  # noqa: E402
     mean_correlation_interval,
     pooled_correlation_interval,
 )
+from src.report.query import Query, search  # noqa: E402
+from src.report.table import Layout  # noqa: E402
 
 EXPERIMENT, SCORES_EXPERIMENT = "backbone_choice", "backbone_choice_scores"
 BACKBONES = (  # worst to best on ImageNet
@@ -70,23 +74,26 @@ def accuracy_table(grid: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def per_target(grid: dict, strategy: str) -> dict[str, list[np.ndarray]]:
-    """dataset -> the four backbones' cells, for targets where all four have one."""
+def per_target(grid: dict, strategy: str) -> tuple[list[str], dict[str, list[np.ndarray]]]:
+    """(the backbones measured, dataset -> their cells) for the targets where every one of them
+    has a cell (all four in the full study; at least three make a correlation)."""
+    backbones = [b for b in BACKBONES if any(k[0] == strategy and k[2] == b for k in grid)]
     datasets = sorted({d for s, d, _ in grid if s == strategy})
-    return {
-        d: [grid[(strategy, d, b)] for b in BACKBONES]
+    targets = {
+        d: [grid[(strategy, d, b)] for b in backbones]
         for d in datasets
-        if all((strategy, d, b) in grid for b in BACKBONES)
+        if all((strategy, d, b) in grid for b in backbones)
     }
+    return backbones, (targets if len(backbones) >= 3 else {})
 
 
 def kornblith(grid: dict, top1: dict[str, float]) -> tuple[pd.DataFrame, list[str]]:
     """Pearson r of logit(top-1) and logit(accuracy) per target, and on the log-odds averaged
     over targets (the paper's Figure 1), with intervals and verdicts."""
-    x = logit([top1[b] / 100 for b in BACKBONES])
     table, lines = {}, []
     for strategy, name in PROTOCOLS.items():
-        targets = per_target(grid, strategy)
+        backbones, targets = per_target(grid, strategy)
+        x = logit([top1[b] / 100 for b in backbones])
         for dataset, parts in targets.items():
             interval = correlation_interval(x, parts, "pearson", None, RESAMPLES, transform=logit)
             table.setdefault(dataset, {})[name] = interval.format(1, 2)
@@ -105,15 +112,15 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
     """Each score's weighted tau against the fine-tuned accuracies, per target and averaged,
     resampling test images, seeds and the scored training images. The estimate uses the scores
     on all the training images (fixed_scores), the resamples the scores on resampled ones."""
-    targets = per_target(grid, "finetune")
+    backbones, targets = per_target(grid, "finetune")
     frame, lines = {}, []
     for score in SCORES:
         parts = []
         for dataset, cell_list in targets.items():
-            tabs = [tables.get((dataset, b)) for b in BACKBONES]
+            tabs = [tables.get((dataset, b)) for b in backbones]
             if any(t is None for t in tabs):
                 continue
-            x = [fixed_scores.get((dataset, b), {}).get(score, np.nan) for b in BACKBONES]
+            x = [fixed_scores.get((dataset, b), {}).get(score, np.nan) for b in backbones]
             if not np.all(np.isfinite(x)):
                 continue
             rescore = sr.rescorer(tabs, score)
@@ -135,8 +142,6 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
 
 def full_scores(uri: str) -> dict[tuple[str, str], dict[str, float]]:
     """The scores on all the training images (not resampled), as logged on the similarity runs."""
-    from src.report.query import Query, search
-
     frame = search(Query(uri, (SCORES_EXPERIMENT,), {}, "FINISHED", kind="similarity"))
     return {
         (run["tags.dataset"], run["tags.backbone"]): {
@@ -206,7 +211,27 @@ def main() -> None:
         sr.markdown(flat, "target"),
         "",
     ]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    REPORT.mkdir(parents=True, exist_ok=True)
+    write_report(
+        Report(
+            Query(uri, (EXPERIMENT,), {}, "FINISHED"),
+            Layout(rows=("backbone",), columns=("dataset", "strategy"), metric="test/acc",
+                   row_order=BACKBONES),
+            output_dir=REPORT, stem="table",
+            title="Test accuracy (%) per backbone: fixed features and fully fine-tuned",
+            plots={"imagenet_vs_transfer": {"line": "strategy", "panel": "dataset", "top1": top1}},
+            experiment="reports", run_name=f"report-{EXPERIMENT}",
+            artifact_location=str(out / "mlartifacts"),
+            labels={"feature_extract": "fixed features", "finetune": "fine-tuned", **SHORT},
+        )
+    )  # fmt: skip
+    lines += [
+        "Mean ± std table: [table.md](table.md) ([LaTeX](table.tex), [CSV](table.csv)).",
+        "",
+        "![ImageNet top-1 against transfer accuracy](imagenet_vs_transfer.png)",
+        "",
+    ]
+    (REPORT / "RESULTS.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -1,5 +1,5 @@
 """The transfer table's jobs, run resumably by experiments/study_jobs.py:
-`plan.py --worker 0 --workers 2` (run.sh starts both workers), `plan.py --list` prints them.
+`plan.py --worker 0` and `--worker 1` (run.sh starts both), `plan.py --list` prints them.
 
 Environment (all optional): DATASETS, STRATEGIES, SEEDS (comma lists), FRACTIONS (fraction:epochs
 pairs), FULL (1: the full-data Fashion-MNIST runs too), FULL_EPOCHS (full fine-tuning),
@@ -43,8 +43,8 @@ def strategy_overrides(strategy: str, epochs: int) -> tuple[str, ...]:
 
 
 def jobs() -> list[StudyJob]:
-    """Seed by seed (an interrupted study has every cell at a lower seed count), then the
-    full-data runs."""
+    """The full-data fine-tuning first, then seed by seed (an interrupted study has every cell at a
+    lower seed count), then the other full-data runs."""
     plan = []
     for seed in SEEDS.split(","):
         for dataset in DATASETS.split(","):
@@ -83,12 +83,14 @@ def jobs() -> list[StudyJob]:
                         ),
                     )  # fmt: skip
                 )
-        # One fully fine-tuned model on all of it (the costliest job: about an hour on one core).
-        plan.append(
+        # One fully fine-tuned model on all of it: the costliest job (about 1.5 h on one core),
+        # so it goes first and runs beside the short ones on the other core.
+        plan.insert(
+            0,
             StudyJob(
                 "full-s0-finetune",
                 (*full, "seed=0", f"trainer.max_epochs={FULL_EPOCHS}", "strategy=finetune"),
-            )
+            ),
         )
     return plan
 

@@ -15,9 +15,10 @@ export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$OUT/mlflow.db}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per worker, one worker per core
 WORKERS=${WORKERS:-2}
 start=$SECONDS
+rm -rf "$OUT/claims"  # the workers share the job list through claim files (study_jobs.py)
 pids=()
 for ((w = 0; w < WORKERS; w++)); do
-  $PY experiments/transfer_table/plan.py --worker $w --workers "$WORKERS" > "$OUT/logs/worker$w.log" 2>&1 &
+  $PY experiments/transfer_table/plan.py --worker $w > "$OUT/logs/worker$w.log" 2>&1 &
   pids+=($!)
 done
 status=0
