@@ -135,7 +135,12 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
         frame.setdefault("published (SFDA paper, Table 1)", {})[score] = (
             f"{published:.3f}" if published is not None else "—"
         )
-        if published is not None:
+        if published is not None and not np.isfinite(mean.estimate):
+            lines.append(
+                f"- {score}: mean weighted τ undefined (the score ties across the backbones on "
+                f"every target; published {published:.3f}): **inconclusive**."
+            )
+        elif published is not None:
             lines.append("- " + headline(f"{score}: mean weighted τ", mean, published, 0.0, MARGIN))
     return pd.DataFrame(frame).T.reindex(columns=list(SCORES)), lines
 

