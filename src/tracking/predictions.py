@@ -35,13 +35,14 @@ class KeepTestPredictions(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if isinstance(outputs, dict) and outputs["labels"].ndim == 1:
-            self.batches.append((outputs["labels"].cpu(), outputs["logits"].argmax(1).cpu()))
+            # Kept on the device: one copy to the host at the end, not a sync per batch.
+            self.batches.append((outputs["labels"], outputs["logits"].argmax(1)))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.world_size > 1 or not self.batches:
             log.info("Per-image test predictions not kept (multi-label or several processes)")
             return
-        y_true, y_pred = (torch.cat(part).numpy() for part in zip(*self.batches, strict=True))
+        y_true, y_pred = (torch.cat(part).cpu().numpy() for part in zip(*self.batches, strict=True))
         write_predictions(self.path, y_true, y_pred)
         for logger in mlflow_loggers(trainer.loggers):
             logger.experiment.log_artifact(logger.run_id, str(self.path), ARTIFACT_DIR)
