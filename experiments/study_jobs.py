@@ -108,6 +108,7 @@ def run_jobs(jobs: list[StudyJob], out_dir: Path, worker: int) -> int:
         level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
     )
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    out_dir.mkdir(parents=True, exist_ok=True)
     start, failed, ran = time.time(), [], 0
     for index, job in enumerate(jobs, 1):
         if not claim(out_dir, job.name):

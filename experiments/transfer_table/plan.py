@@ -95,5 +95,4 @@ def jobs() -> list[StudyJob]:
 
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{OUT}/mlflow.db")
-    OUT.mkdir(parents=True, exist_ok=True)
     main(jobs(), OUT)

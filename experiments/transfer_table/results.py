@@ -99,6 +99,13 @@ def lpft_vs_finetune(grid: Grid, datasets: list[str]) -> list[str]:
     return [head, *lines]
 
 
+def artifacts_beside(uri: str) -> Path:
+    """The report run's artifacts beside a sqlite store (the study's folder), else the project's."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.split("sqlite:///", 1)[-1]).parent / "mlartifacts"
+    return ROOT / "mlartifacts"
+
+
 def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
     """The report from the MLflow runs: tables, data efficiency and learning curves (the pool);
     tables only (the full training set)."""
@@ -111,7 +118,7 @@ def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
         query, layout, output_dir=REPORT, stem=stem, title=title,
         plots={"data_efficiency": {"x": "fraction", "line": "strategy", "panel": "dataset"}} if pool else {},
         experiment="reports", run_name=f"report-{experiment}",
-        artifact_location=str(ROOT / "mlartifacts"),
+        artifact_location=str(artifacts_beside(uri)),
     )  # fmt: skip
     selection = select(search(query), layout)
     if selection.split_by:  # the headline reads cells by strategy: a split row has another name
