@@ -13,7 +13,19 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from scipy.optimize import linprog
 
-from src.similarity import cui_similarity, emd, frechet_distance, hscore, leep, logme, mmd_rbf, nce
+from src.similarity import (
+    cui_similarity,
+    emd,
+    frechet_distance,
+    hscore,
+    leep,
+    logme,
+    mmd_rbf,
+    nce,
+    nleep,
+    parc,
+    sfda,
+)
 from src.similarity.domain import class_means
 from src.similarity.ranking import ranking
 from src.similarity.report import correlations, training_frame
@@ -105,6 +117,47 @@ def test_nce_equals_the_hand_computed_value():
     assert nce(labels, labels) == 0.0  # the source labels determine the target's
 
 
+# Reference values: the authors' code (TencentARC/SFDA metrics.py, commit of 2022: NLEEP,
+# PARC_Score, SFDA_Score), run on `reference_arrays(seed, n, d, classes)` with np.random.seed(seed)
+# before NLEEP. NLEEP's mixture is seeded the same way here (seed=seed), so it matches exactly;
+# SFDA's shrinkage uses the exact largest eigenvalue where their code runs 3 power iterations,
+# hence up to 3e-5 apart: all are asserted to 1e-4.
+REFERENCE = [  # seed, n, d, classes, nleep (their: no log), parc, sfda
+    (0, 300, 48, 5, 0.5515890104047999, 17.76241192318735, 0.6508503970051275),
+    (1, 200, 40, 4, 0.4668975547399461, 12.32697984163046, 0.5573120752872373),
+    (2, 500, 64, 10, 0.42505893653187765, 18.57243925051293, 0.5830946218847994),
+]
+
+
+def reference_arrays(seed, n, d, classes):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    rng.shuffle(labels)
+    centres = rng.normal(size=(classes, d))
+    return centres[labels] * 0.35 + rng.normal(size=(n, d)), labels
+
+
+@pytest.mark.parametrize("case", REFERENCE, ids=lambda c: f"seed{c[0]}")
+def test_nleep_parc_sfda_match_the_authors_code(case):
+    seed, n, d, classes, expected_nleep, expected_parc, expected_sfda = case
+    features, labels = reference_arrays(seed, n, d, classes)
+    assert nleep(features, labels, seed=seed, log=False) == pytest.approx(expected_nleep, abs=1e-4)
+    assert parc(features, labels) == pytest.approx(expected_parc, abs=1e-4)
+    assert sfda(features, labels) == pytest.approx(expected_sfda, abs=1e-4)
+    # The paper's NLEEP is a mean log-likelihood: below the log of their mean (Jensen), and < 0.
+    assert nleep(features, labels, seed=seed) < math.log(expected_nleep) < 0
+
+
+def test_nleep_parc_sfda_rank_informative_features_above_noise():
+    rng = np.random.default_rng(6)
+    labels = np.arange(300) % 5
+    noise = rng.normal(size=(300, 40))
+    informative = noise + 1.5 * np.eye(40)[labels]  # 5 of 40 dimensions carry the label
+    for score in (nleep, parc, sfda):
+        assert score(informative, labels) > score(noise, labels), score.__name__
+    assert abs(parc(noise, labels)) < 2 < parc(informative, labels)  # noise: no correlation
+
+
 # ---- CLI, MLflow, training runs, reports -------------------------------------------------------
 
 
@@ -121,7 +174,11 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
     from tests.helpers.compose import choices, compose_train, train
 
     overrides = ["dataset=digits", "max_per_class=20", "backbone.input_size=[3,32,32]"]
-    scores = measure(compose_similarity(tmp_path, [*overrides, "+source=digits"]), choices())
+    similarity = compose_similarity(tmp_path, [*overrides, "+source=digits", "score_resamples=2"])
+    scores = measure(similarity, choices())
+    # The estimators again on 2 bootstrap resamples of the training images, one row each.
+    resampled = pd.read_csv(tmp_path / "similarity" / "score_resamples.csv")
+    assert list(resampled["resample"]) == [0, 1] and {"nleep", "parc", "sfda"} <= set(resampled)
     assert scores["emd"] == pytest.approx(0.0, abs=1e-6)  # the same images on both sides
     assert scores["domain_similarity"] == pytest.approx(1.0)
     assert 0.0 < scores["linear_acc"] <= 1.0 and scores["nce"] <= 0.0
@@ -131,6 +188,7 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
         [e.experiment_id for e in client.search_experiments()], "tags.kind = 'similarity'"
     )
     assert run.info.status == "FINISHED" and run.data.tags["backbone"] == "tf_efficientnet_lite0"
+    assert len(run.data.tags["config_fingerprint"]) == 16  # a study driver reuses the run by it
     assert run.data.metrics["similarity/logme"] == pytest.approx(scores["logme"])
 
     train(compose_train(tmp_path, [*tiny_overrides, "logger.mlflow.log_model=false"]))
@@ -146,6 +204,16 @@ def test_bad_input_is_refused_before_any_run(tmp_path):
 
     with pytest.raises(ValueError, match="max_per_class=1"):
         measure(compose_similarity(tmp_path, ["dataset=digits", "max_per_class=1"]))
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_estimator_is_refused_with_the_valid_names(tmp_path):
+    from src.errors import InvalidInput
+    from src.similarity.__main__ import measure
+
+    cfg = compose_similarity(tmp_path, ["dataset=digits", "estimators=[logme,leep2]"])
+    with pytest.raises(InvalidInput, match=r"unknown \['leep2'\].*nleep.*parc.*sfda"):
+        measure(cfg)
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from src.tracking.predictions import run_correctness
 from tests.helpers.compose import artifact_paths, compose_train, train
 
 
@@ -61,6 +62,12 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     artifacts = artifact_paths(client, run.info.run_id)
     assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_test.png"} <= artifacts
     assert any(a.endswith(".ckpt") for a in artifacts), artifacts
+    # Per-image test predictions: every tested image once (limit_test_batches=2 batches of 64 of
+    # the split's images), and their accuracy is test/acc.
+    assert "predictions/test_predictions.csv" in artifacts
+    correct = run_correctness(client, run.info.run_id, tmp_path / "downloads")
+    assert len(correct) == min(2 * 64, profile["test_images"])
+    assert correct.mean() == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+# Where the page, tables and plots go (REPORT_DIR: elsewhere, e.g. for a smoke-sized run).
+REPORT = Path(os.environ.get("REPORT_DIR", HERE))
 sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editable install
 
 import csv  # noqa: E402
@@ -28,6 +30,9 @@ from src.report.labels import key_label, metric_label  # noqa: E402
 from src.report.query import Query, search  # noqa: E402
 from src.report.table import Cell, Grid, Layout, aggregate, best_cells, select  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+import verdicts  # noqa: E402
+
 EXPERIMENT = "transfer_table"
 STRATEGIES = ("scratch", "linear_probe", "feature_extract", "finetune", "lp_ft", "partial")
 PRETRAINED = STRATEGIES[1:]
@@ -36,8 +41,8 @@ TITLE = "Transfer from ImageNet: EfficientNet-Lite0 by strategy on 1%, 10% and 1
 # All 60,000 Fashion-MNIST training images: the strategies the feature and prefix caches make
 # affordable on a CPU (the rest would train the whole backbone on 54,000 images per epoch).
 FULL_EXPERIMENT = "transfer_table_full"
-FULL_STRATEGIES = ("linear_probe", "feature_extract")
-FULL_TITLE = "EfficientNet-Lite0 on all 60,000 Fashion-MNIST training images (frozen backbone)"
+FULL_STRATEGIES = ("linear_probe", "feature_extract", "finetune")
+FULL_TITLE = "EfficientNet-Lite0 on all 60,000 Fashion-MNIST training images"
 FULL_LAYOUT = Layout(rows=("strategy",), columns=("dataset",), metric="test/acc",
                      row_order=FULL_STRATEGIES)  # fmt: skip
 LAYOUT = Layout(
@@ -94,6 +99,13 @@ def lpft_vs_finetune(grid: Grid, datasets: list[str]) -> list[str]:
     return [head, *lines]
 
 
+def artifacts_beside(uri: str) -> Path:
+    """The report run's artifacts beside a sqlite store (the study's folder), else the project's."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.split("sqlite:///", 1)[-1]).parent / "mlartifacts"
+    return ROOT / "mlartifacts"
+
+
 def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
     """The report from the MLflow runs: tables, data efficiency and learning curves (the pool);
     tables only (the full training set)."""
@@ -103,10 +115,10 @@ def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
     )
     query = Query(uri, (experiment,), {}, "FINISHED")
     report = Report(
-        query, layout, output_dir=HERE, stem=stem, title=title,
+        query, layout, output_dir=REPORT, stem=stem, title=title,
         plots={"data_efficiency": {"x": "fraction", "line": "strategy", "panel": "dataset"}} if pool else {},
         experiment="reports", run_name=f"report-{experiment}",
-        artifact_location=str(ROOT / "mlartifacts"),
+        artifact_location=str(artifacts_beside(uri)),
     )  # fmt: skip
     selection = select(search(query), layout)
     if selection.split_by:  # the headline reads cells by strategy: a split row has another name
@@ -118,7 +130,7 @@ def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
     grid = aggregate(selection.frame, selection.layout)
     if pool:
         plots.learning_curves(
-            selection.frame, HERE / "learning_curves.png", "val/acc", MlflowClient(uri),
+            selection.frame, REPORT / "learning_curves.png", "val/acc", MlflowClient(uri),
             line="strategy", panel="dataset", keys=("fraction",), title=TITLE,
         )  # fmt: skip
     where = uri.split("///")[-1].replace(str(ROOT) + "/", "")
@@ -144,8 +156,8 @@ def from_csv(path: Path) -> tuple[Grid, int, str]:
     texts = {"md": render.markdown(grid, title, notes), "tex": render.latex(grid, title, notes=notes),
              "csv": render.csv_text(grid)}  # fmt: skip
     for fmt, text in texts.items():
-        (HERE / f"{path.stem}.{fmt}").write_text(text)
-    (HERE / f"{path.stem}_document.tex").write_text(render.latex_document(texts["tex"]))
+        (REPORT / f"{path.stem}.{fmt}").write_text(text)
+    (REPORT / f"{path.stem}_document.tex").write_text(render.latex_document(texts["tex"]))
     runs = sum(cell.n for cell in cells.values())
     source = f"`{path.name}` (the MLflow store of these runs is not in the repository)"
     if not pool:
@@ -156,9 +168,9 @@ def from_csv(path: Path) -> tuple[Grid, int, str]:
         for (row, col), cell in cells.items()
     ])  # fmt: skip
     axes = (key_label("fraction"), metric_label(LAYOUT.metric, LAYOUT.scale), "dataset")
-    plots.stats_panels(stats, HERE / "data_efficiency.png", axes, LAYOUT.scale, "log",
+    plots.stats_panels(stats, REPORT / "data_efficiency.png", axes, LAYOUT.scale, "log",
                        plots.bounds(LAYOUT.metric, LAYOUT.scale), TITLE, percent_x=True)  # fmt: skip
-    (HERE / "learning_curves.png").unlink(missing_ok=True)  # needs the runs' histories
+    (REPORT / "learning_curves.png").unlink(missing_ok=True)  # needs the runs' histories
     return grid, runs, source
 
 
@@ -186,17 +198,17 @@ def main() -> None:
     )
     store = Path(uri.split("sqlite:///", 1)[-1])
     has_runs = not uri.startswith("sqlite:///") or store.is_file()
-    grid, runs, source = from_runs(uri) if has_runs else from_csv(HERE / "table.csv")
+    grid, runs, source = from_runs(uri) if has_runs else from_csv(REPORT / "table.csv")
     full, full_runs, full_source = None, 0, ""
     if has_runs and MlflowClient(uri).get_experiment_by_name(FULL_EXPERIMENT) is not None:
         full, full_runs, full_source = from_runs(uri, FULL_EXPERIMENT)
-    elif not has_runs and (HERE / "table_full.csv").is_file():
-        full, full_runs, full_source = from_csv(HERE / "table_full.csv")
+    elif not has_runs and (REPORT / "table_full.csv").is_file():
+        full, full_runs, full_source = from_csv(REPORT / "table_full.csv")
     datasets = sorted({col.split(" / ")[0] for col in grid.column_labels})
     curves = (
         ["Validation accuracy by epoch, per strategy, data set and fraction (mean ± std over seeds):",
          "", "![learning curves](learning_curves.png)", ""]
-        if (HERE / "learning_curves.png").is_file()
+        if (REPORT / "learning_curves.png").is_file()
         else ["Learning curves need the runs' metric histories: `bash experiments/transfer_table/run.sh`"
               " makes them (`learning_curves.png`).", ""]
     )  # fmt: skip
@@ -204,7 +216,7 @@ def main() -> None:
         ["## All 60,000 training images", "",
          f"{full_runs} finished runs, read from {full_source}. Same test images as above; "
          "54,000 training + 6,000 validation images, 6 epochs. Also as [LaTeX](table_full.tex) "
-         "and [CSV](table_full.csv).", "", (HERE / "table_full.md").read_text().strip(), ""]
+         "and [CSV](table_full.csv).", "", (REPORT / "table_full.md").read_text().strip(), ""]
         if full is not None else []
     )  # fmt: skip
     lines = [
@@ -225,12 +237,13 @@ def main() -> None:
         "**Does LP-FT match or beat plain fine-tuning?**",
         *lpft_vs_finetune(grid, datasets),
         "",
+        *(verdicts.section(uri, store.parent / "cache" / "report") if has_runs else []),
         "## Table",
         "",
         "Columns: data set / fraction of the 300-per-class pool; bold: the best strategy there.",
         "Also as [LaTeX](table.tex) ([compilable](table_document.tex)) and [CSV](table.csv).",
         "",
-        (HERE / "table.md").read_text().strip(),
+        (REPORT / "table.md").read_text().strip(),
         "",
         *full_table,
         "## Plots",
@@ -239,8 +252,8 @@ def main() -> None:
         "",
         *curves,
     ]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
-    print("\n".join(lines[:24]))
+    (REPORT / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(lines[:40]))
 
 
 if __name__ == "__main__":

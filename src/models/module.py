@@ -121,7 +121,7 @@ class TransferModule(L.LightningModule):
         self.log_dict(self.task.train_step(logits, labels), on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch, stage: str) -> None:
+    def _evaluate(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, labels = batch
         logits = self(images)
         if self.task.probabilistic:  # an SVM's margins have no loss worth logging
@@ -130,6 +130,7 @@ class TransferModule(L.LightningModule):
         self.log_dict(
             self.task.eval_step(stage, logits, labels), on_epoch=True, prog_bar=stage == "val"
         )
+        return {"labels": labels.detach(), "logits": logits.detach()}
 
     def _epoch_end(self, stage: str) -> None:
         """Values that need the whole epoch: per class (and, multi-label, every score). Computed
@@ -143,8 +144,8 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluate(batch, "test")  # KeepTestPredictions keeps them per image
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")

@@ -41,6 +41,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     from src.similarity import measure as m
     from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
+    from src.tracking.resume import config_fingerprint
     from src.tracking.runs import mlflow_run
     from src.tracking.store import done_line
     from src.tracking.tables import write_table
@@ -49,6 +50,9 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     with refuse_bad_input():
         if cfg.knn_k < 1:
             raise ValueError(f"knn_k={cfg.knn_k}: must be >= 1.")
+        if cfg.score_resamples < 0:
+            raise ValueError(f"score_resamples={cfg.score_resamples}: must be >= 0.")
+        estimators = m.check_estimators(cfg.estimators)
         target = build(cfg.dataset)
         source = build(cfg.source) if cfg.get("source") else None
         model = build(cfg.backbone, num_classes=None)  # keeps its source head: LEEP, NCE read it
@@ -57,7 +61,10 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
             m.prepare(datamodule, transform, cfg.max_per_class)
     choices = choices or {}
     key = similarity_key(cfg, choices)
+    # The same fingerprint as a training run's: a study driver reuses a finished run by it.
+    fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
     tags = {"kind": KIND, **key, "source": choices.get("source") or "pretrain"}
+    tags["config_fingerprint"] = fingerprint
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -72,10 +79,18 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         {**tags, **git_state(PROJECT_ROOT)},
         params,
     ) as (client, run_id):
-        scores = m.transferability(model, target, cfg.cache_dir, cfg.knn_k, cfg.seed)
+        scores = m.transferability(
+            model, target, cfg.cache_dir, cfg.knn_k, cfg.seed, estimators
+        )
         if source is not None:
             scores.update(m.domain(model, target, source, cfg.cache_dir, cfg.seed))
         log_scores(client, run_id, scores)
+        if cfg.score_resamples:  # for intervals: the scores on resampled training images
+            rows = m.score_resamples(
+                model, target, cfg.cache_dir, cfg.knn_k, cfg.seed, estimators, cfg.score_resamples
+            )
+            for path in write_table(rows, output_dir, "score_resamples"):
+                client.log_artifact(run_id, str(path))
         row = {**{k: tags[k] for k in ("backbone", "dataset", "dataset_key", "source")}, **scores}
         (output_dir / "scores.json").write_text(json.dumps(row, indent=1))
         files = [output_dir / "scores.json", output_dir / "config.yaml"]
@@ -101,7 +116,7 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
-    return scores["logme"]
+    return scores.get("logme", next(iter(scores.values())))
 
 
 if __name__ == "__main__":

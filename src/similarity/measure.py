@@ -11,9 +11,42 @@ import numpy as np
 import torch
 
 from src.similarity.domain import domain_scores
-from src.similarity.transferability import hscore, leep, logme, nce, probe_accuracy
+from src.similarity.feature_estimators import nleep, parc, sfda
+from src.similarity.transferability import (
+    hscore,
+    knn_accuracy,
+    leep,
+    linear_accuracy,
+    logme,
+    nce,
+)
 
 log = logging.getLogger(__name__)
+
+# Each estimator from (train features, labels, source posteriors, (val features, labels), k, seed).
+ESTIMATORS = {
+    "logme": lambda f, y, probs, val, k, seed: logme(f, y),
+    "leep": lambda f, y, probs, val, k, seed: leep(probs, y),
+    "nce": lambda f, y, probs, val, k, seed: nce(probs.argmax(1), y, num_source=probs.shape[1]),
+    "hscore": lambda f, y, probs, val, k, seed: hscore(f, y),
+    "knn_acc": lambda f, y, probs, val, k, seed: knn_accuracy((f, y), val, k),
+    "linear_acc": lambda f, y, probs, val, k, seed: linear_accuracy((f, y), val, seed),
+    "nleep": lambda f, y, probs, val, k, seed: nleep(f, y, seed=seed),
+    "parc": lambda f, y, probs, val, k, seed: parc(f, y),
+    "sfda": lambda f, y, probs, val, k, seed: sfda(f, y),
+}
+
+
+def check_estimators(names) -> list[str]:
+    """The selected estimators, refused before any work when one is unknown or none is given."""
+    names = list(names)
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown or not names:
+        raise ValueError(
+            f"estimators={names}: {'unknown ' + str(unknown) if unknown else 'empty'}; "
+            f"choose from {list(ESTIMATORS)}."
+        )
+    return names
 
 
 def cap_per_class(datamodule, max_per_class: int | None) -> None:
@@ -52,10 +85,10 @@ def device() -> torch.device:
 
 
 def transferability(
-    model, datamodule, cache_dir: str | Path, knn_k: int, seed: int
+    model, datamodule, cache_dir: str | Path, knn_k: int, seed: int, estimators=tuple(ESTIMATORS)
 ) -> dict[str, float]:
-    """LogME, H-score, LEEP and NCE on the train split; kNN and logistic-regression accuracy
-    trained there and scored on the val split."""
+    """The selected estimators on the train split (kNN and logistic-regression accuracy: trained
+    there and scored on the val split), each with its own time in seconds."""
     from src.strategies.features import cached_features
 
     start = time.perf_counter()
@@ -63,17 +96,41 @@ def transferability(
     (features, labels, logits), (val_features, val_labels, _) = splits["train"], splits["val"]
     f, y = features.numpy(), labels.numpy()
     probs = torch.softmax(logits.double(), dim=1).numpy()
-    scores = {
-        "logme": logme(f, y),
-        "hscore": hscore(f, y),
-        "leep": leep(probs, y),
-        "nce": nce(probs.argmax(axis=1), y, num_source=probs.shape[1]),
-        **probe_accuracy((f, y), (val_features.numpy(), val_labels.numpy()), knn_k, seed),
-        "num_images": float(len(y)),
-        "seconds": time.perf_counter() - start,
-    }
+    val = (val_features.numpy(), val_labels.numpy())
+    scores = {}
+    for name in check_estimators(estimators):
+        began = time.perf_counter()
+        scores[name] = float(ESTIMATORS[name](f, y, probs, val, knn_k, seed))
+        scores[f"seconds_{name}"] = time.perf_counter() - began
+    scores.update(num_images=float(len(y)), seconds=time.perf_counter() - start)
     log.info("Transferability: %s", {k: round(v, 4) for k, v in scores.items()})
     return scores
+
+
+def score_resamples(
+    model, datamodule, cache_dir, knn_k: int, seed: int, estimators, resamples: int
+) -> list[dict[str, float]]:
+    """The estimators again on `resamples` bootstrap resamples of the scored training images (the
+    validation images of kNN / linear accuracy stay): for intervals on a score's rank correlation
+    (src/report/intervals.py). Resample b draws the same image positions for every backbone
+    (seeded by `seed` and b), so the backbones stay paired on one data set."""
+    from src.strategies.features import cached_features
+
+    splits, _ = cached_features(model, datamodule, cache_dir, device(), ("train", "val"), True)
+    (features, labels, logits), (val_features, val_labels, _) = splits["train"], splits["val"]
+    f, y = features.numpy(), labels.numpy()
+    probs = torch.softmax(logits.double(), dim=1).numpy()
+    val = (val_features.numpy(), val_labels.numpy())
+    rows = []
+    for b in range(resamples):
+        drawn = np.random.default_rng([seed, b]).integers(0, len(y), len(y))
+        fb, yb, pb = f[drawn], y[drawn], probs[drawn]
+        row = {"resample": float(b)}
+        for name in check_estimators(estimators):
+            row[name] = float(ESTIMATORS[name](fb, yb, pb, val, knn_k, seed))
+        rows.append(row)
+    log.info("Scores on %d bootstrap resamples of %d training images", resamples, len(y))
+    return rows
 
 
 def domain(model, target, source, cache_dir: str | Path, seed: int) -> dict[str, float]:

@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("logme", "leep", "nce", "hscore", "knn_acc", "linear_acc")
+COLUMNS = ("logme", "leep", "nce", "hscore", "knn_acc", "linear_acc", "nleep", "parc", "sfda")
 DOMAIN = ("domain_similarity", "emd", "frechet", "mmd")
 
 

@@ -27,7 +27,7 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 log = logging.getLogger(__name__)
 
 SCORES = (
-    "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc",
+    "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc", "nleep", "parc", "sfda",
     "domain_similarity", "emd", "frechet", "mmd",
 )  # fmt: skip
 GROUP = ["backbone", "weights", "target", "data", "strategy"]

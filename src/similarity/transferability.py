@@ -57,14 +57,19 @@ def _joint(source: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarr
     return joint / len(labels)
 
 
-def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
-    """LEEP (Nguyen et al., ICML 2020): mean log-likelihood of the target labels under the
-    "expected empirical predictor" sum_z P(y|z) theta(x)_z, with theta the source head's softmax."""
+def _expected_empirical_prediction(source_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image, the probability of its own label under sum_z P(y|z) theta(x)_z [n]."""
     probs = np.asarray(source_probs, dtype=np.float64)
     joint = _joint(probs, labels, int(labels.max()) + 1)
     conditional = joint / np.clip(joint.sum(axis=0, keepdims=True), 1e-300, None)  # P(y | z)
     predicted = probs @ conditional.T  # [n, C]
-    return float(np.mean(np.log(predicted[np.arange(len(labels)), labels])))
+    return predicted[np.arange(len(labels)), labels]
+
+
+def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP (Nguyen et al., ICML 2020): mean log-likelihood of the target labels under the
+    "expected empirical predictor" sum_z P(y|z) theta(x)_z, with theta the source head's softmax."""
+    return float(np.mean(np.log(_expected_empirical_prediction(source_probs, labels))))
 
 
 def nce(source_labels: np.ndarray, labels: np.ndarray, num_source: int | None = None) -> float:
@@ -97,15 +102,29 @@ def hscore(features: np.ndarray, labels: np.ndarray, shrinkage: bool = True) -> 
     return float(np.trace(np.linalg.pinv(f.T @ f / len(f), hermitian=True) @ cov_g))
 
 
+def knn_accuracy(
+    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], k: int
+) -> float:
+    """kNN (cosine) accuracy on held-out labelled images, from the same frozen features."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train[1])), metric="cosine").fit(*train)
+    return float(knn.score(*val))
+
+
+def linear_accuracy(
+    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], seed: int
+) -> float:
+    """Logistic-regression accuracy on held-out labelled images, from the same frozen features."""
+    from src.strategies.features import sklearn_classifier
+
+    linear = sklearn_classifier("logistic", C=1.0, max_iter=1000, seed=seed).fit(*train)
+    return float(linear.score(*val))
+
+
 def probe_accuracy(
     train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], k: int, seed: int
 ) -> dict[str, float]:
     """The baseline the scores are meant to predict cheaply: kNN (cosine) and logistic-regression
     accuracy on held-out labelled images, from the same frozen features."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    from src.strategies.features import sklearn_classifier
-
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train[1])), metric="cosine").fit(*train)
-    linear = sklearn_classifier("logistic", C=1.0, max_iter=1000, seed=seed).fit(*train)
-    return {"knn_acc": float(knn.score(*val)), "linear_acc": float(linear.score(*val))}
+    return {"knn_acc": knn_accuracy(train, val, k), "linear_acc": linear_accuracy(train, val, seed)}

@@ -1,0 +1,129 @@
+"""The transfer table's intervals and verdicts (src/report/intervals.py) from the runs' per-image
+test predictions: every cell's accuracy with its 95 % bootstrap interval (test images and seeds),
+LP-FT minus fine-tuning at each data size against Kumar et al.'s +1 point, the full-data cells, and
+the convergence of the fine-tuning runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import study_results as sr  # noqa: E402
+
+from src.report.intervals import accuracy_interval, difference_interval, headline  # noqa: E402
+
+KEYS = ("dataset", "fraction", "strategy")
+# Kumar et al. (ICLR 2022): LP-FT beats fine-tuning in distribution by about 1 point.
+PUBLISHED_LPFT_GAIN = 0.01
+MARGIN = 0.005  # half a point either side of it does not contradict "about 1 point"
+RESAMPLES = 1000
+
+
+def grid(uri: str, experiment: str, cache: Path) -> tuple[pd.DataFrame, dict]:
+    runs = sr.training_runs(uri, (experiment,), KEYS)
+    correct = sr.correctness(uri, runs["run_id"], cache)
+    cells = {}
+    for key, group in runs.groupby(list(KEYS)):
+        matrix = sr.cell(group, correct)
+        if matrix is not None:
+            cells[key] = matrix
+    return runs, cells
+
+
+def cell_table(cells: dict) -> pd.DataFrame:
+    rows: dict[str, dict[str, str]] = {}
+    for (dataset, fraction, strategy), matrix in sorted(cells.items()):
+        interval = accuracy_interval(matrix, RESAMPLES)
+        rows.setdefault(strategy, {})[f"{dataset} / {fraction}"] = (
+            f"{interval.format(100, 1)} (n={len(matrix)})"
+        )
+    return pd.DataFrame(rows).T
+
+
+def lpft_lines(cells: dict) -> list[str]:
+    """Per data set and size: LP-FT - fine-tuning on the same test images, with a verdict against
+    +1 point (null: no difference)."""
+    lines = []
+    for dataset, fraction, strategy in sorted(cells):
+        if strategy != "lp_ft" or (dataset, fraction, "finetune") not in cells:
+            continue
+        gap = difference_interval(
+            cells[(dataset, fraction, "lp_ft")], cells[(dataset, fraction, "finetune")], RESAMPLES
+        )
+        what = f"{dataset} at fraction {fraction}: LP-FT − FT (points)"
+        lines.append("- " + headline(what, gap, PUBLISHED_LPFT_GAIN, 0.0, MARGIN, scale=100))
+    return lines
+
+
+GOAL = 0.92  # issue #29: a fine-tuned Fashion-MNIST model on all 60,000 images, at 64 px
+
+
+def full_lines(cells: dict) -> list[str]:
+    lines = []
+    for (dataset, _, strategy), matrix in sorted(cells.items()):
+        interval = accuracy_interval(matrix, RESAMPLES)
+        line = (
+            f"- {strategy} on all training images ({dataset}): {interval.format(100, 2)} % on "
+            f"{matrix.shape[1]:,} test images, {len(matrix)} seed(s)."
+        )
+        if strategy == "finetune":
+            reached = "reached" if interval.estimate >= GOAL else "**not reached**"
+            line += f" Goal ≥ {100 * GOAL:.0f} %: {reached}."
+        lines.append(line)
+    return lines
+
+
+def convergence(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Largest |change| over seeds of val/acc between the last two fifths of the epochs."""
+    tuned = runs[runs["strategy"].isin(("finetune", "lp_ft"))]
+    if tuned.empty:
+        return pd.DataFrame()
+    changes = tuned.assign(change=[sr.val_change(uri, r) for r in tuned["run_id"]])
+    table = changes.groupby(["strategy", "dataset", "fraction"])["change"].agg(
+        lambda c: np.nanmax(np.abs(c))
+    )
+    return table.unstack(["dataset", "fraction"]).round(2)
+
+
+def section(uri: str, cache: Path) -> list[str]:
+    """The page's interval section (empty when no run has per-image predictions)."""
+    runs, cells = grid(uri, "transfer_table", cache)
+    if not cells:
+        return []
+    full_runs, full_cells = grid(uri, "transfer_table_full", cache)
+    sizes = {d: m.shape[1] for (d, _, _), m in cells.items()}
+    flat = convergence(uri, pd.concat([runs, full_runs]))
+    hours = sr.wall_hours(uri, ("transfer_table", "transfer_table_full"))
+    return [
+        "## Intervals and verdicts (per-image test predictions)",
+        "",
+        f"Wall time: {hours:.2f} h from the first run's start to the last run's end "
+        "(both experiments; a resumed study counts its pause).",
+        "",
+        "95 % bootstrap intervals over test images and seeds (`src/report/intervals.py`, "
+        f"{RESAMPLES} resamples). Test images: "
+        + ", ".join(f"{d} {n:,}" for d, n in sorted(sizes.items()))
+        + ".",
+        "",
+        "**LP-FT vs fine-tuning (Kumar et al. 2022: LP-FT ≥ FT in distribution by about 1 "
+        f"point; verdict margin ±{100 * MARGIN:.1f} point, null 0):**",
+        *lpft_lines(cells),
+        "",
+        "**All training images:**",
+        *(full_lines(full_cells) or ["- not run yet"]),
+        "",
+        "Test accuracy (%) per cell, 95 % interval, n = seeds:",
+        "",
+        sr.markdown(cell_table(cells), "strategy"),
+        "",
+        "Convergence: largest |change| over seeds of the mean val/acc (points) from the "
+        f"second-to-last fifth of the epochs to the last fifth (flat: ≤ {sr.FLAT_POINTS}):",
+        "",
+        sr.markdown(flat, "strategy") if not flat.empty else "- no fine-tuning runs yet",
+        "",
+    ]
