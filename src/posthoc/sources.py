@@ -44,6 +44,7 @@ class Outcome:
     metrics: dict[str, float]
     artifacts: list[Path] = field(default_factory=list)
     parent: Source | None = None  # the run the new one is a child of (default: the first source)
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value)
 
 
 def run_ids_of(run_ids, parent_run_id: str | None, tracking_uri: str) -> list[str]:
@@ -160,6 +161,9 @@ def save_run(outcome: Outcome, sources: list[Source], kind: str, output_dir: Pat
     with mlflow_run(uri, experiment, None, name, tags, params) as (client, run_id):
         for key, value in outcome.metrics.items():
             client.log_metric(run_id, key, value)
+        for key, points in outcome.series.items():
+            for step, value in points:
+                client.log_metric(run_id, key, value, step=step)
         client.log_artifact(run_id, str(output_dir / "config.yaml"))
         client.log_artifact(run_id, str(checkpoint), "last")
         for path in outcome.artifacts:
