@@ -38,6 +38,7 @@ def posthoc_run(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     # 2. The method, then its model as a run of its own.
     output_dir = Path(cfg.paths.output_dir)
     outcome = method.apply(sources, datamodule, output_dir)
+    outcome.parent = outcome.parent or cfg.parent_run_id  # a soup of a sweep: the sweep's child
     run_id = save_run(outcome, sources, method.kind, output_dir)
     return run_id, outcome.metrics
 

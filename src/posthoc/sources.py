@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # Tags that describe one process or folder, not the model: never copied to a derived run.
 PROCESS_TAGS = {"config_fingerprint", "output_dir", "host", "pid", "error"}
+# The kinds of the runs src.posthoc makes (each method's `kind`).
+POSTHOC_KINDS = {"calibrated", "wise_ft", "soup"}
 # Training state that means nothing for a derived model.
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
@@ -43,7 +45,8 @@ class Outcome:
     params: dict[str, Any]
     metrics: dict[str, float]
     artifacts: list[Path] = field(default_factory=list)
-    parent: Source | None = None  # the run the new one is a child of (default: the first source)
+    parent: str | None = None  # the run id the new run is a child of (default: base's)
+    base: Source | None = None  # the run whose config and checkpoint it extends (default: first)
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value)
 
 
@@ -65,7 +68,12 @@ def run_ids_of(run_ids, parent_run_id: str | None, tracking_uri: str) -> list[st
         [parent.info.experiment_id],
         f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
     )
-    return [run.info.run_id for run in children if run.data.tags.get("output_dir")]
+    # Trained runs only: an earlier soup of this sweep is its child too.
+    return [
+        run.info.run_id
+        for run in children
+        if run.data.tags.get("output_dir") and run.data.tags.get("kind") not in POSTHOC_KINDS
+    ]
 
 
 def load_sources(run_ids: list[str], tracking_uri: str, which: str) -> list[Source]:
@@ -139,7 +147,8 @@ def save_run(outcome: Outcome, sources: list[Source], kind: str, output_dir: Pat
 
     from src.tracking.runs import mlflow_run
 
-    base, parent = sources[0], outcome.parent or sources[0]
+    base = outcome.base or sources[0]
+    parent = outcome.parent or base.run_id
     uri = base.trained.tracking_uri
     client = MlflowClient(uri)
     source_run = client.get_run(base.run_id)
@@ -153,7 +162,7 @@ def save_run(outcome: Outcome, sources: list[Source], kind: str, output_dir: Pat
     tags |= {
         "kind": kind,
         "output_dir": str(output_dir.resolve()),
-        "mlflow.parentRunId": parent.run_id,
+        "mlflow.parentRunId": parent,
         "source_run_ids": ",".join(s.run_id for s in sources),
     }
     name = f"{kind}-{source_run.data.tags.get('mlflow.runName', base.run_id)}"
@@ -168,7 +177,7 @@ def save_run(outcome: Outcome, sources: list[Source], kind: str, output_dir: Pat
         client.log_artifact(run_id, str(checkpoint), "last")
         for path in outcome.artifacts:
             client.log_artifact(run_id, str(path), kind)
-    log.info("New %s run %s (child of %s), model in %s", kind, run_id, parent.run_id, checkpoint)
+    log.info("New %s run %s (child of %s), model in %s", kind, run_id, parent, checkpoint)
     return run_id
 
 

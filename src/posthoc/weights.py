@@ -10,12 +10,12 @@ from torch import nn
 
 def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """sum_i w_i * state_i for floating-point tensors; integer buffers (BatchNorm's batch count)
-    from the state of largest weight. A single weight of 1 returns that state's tensors unchanged,
+    from the state of largest weight (ties: the last one). A single weight of 1 returns that state's tensors unchanged,
     bit for bit (no 1.0 * x + 0.0 * y rounding or sign of zero to differ)."""
     assert len(states) == len(weights) and states, "one weight per state"
     keys = list(states[0])
     assert all(list(state) == keys for state in states), "the states' keys differ"
-    heaviest = states[max(range(len(weights)), key=lambda i: weights[i])]
+    heaviest = states[max(range(len(weights)), key=lambda i: (weights[i], i))]  # ties: the last
     if sorted(weights)[-1] == 1.0 and sum(w != 0 for w in weights) == 1:
         return {key: value.clone() for key, value in heaviest.items()}
     mixed = {}
