@@ -96,6 +96,18 @@ def test_bad_method_input_is_refused_before_any_work():
         WiseFT().check([a])
 
 
+@pytest.mark.parametrize("name", ["calibrate", "wise_ft", "soup"])
+def test_every_method_config_instantiates(name):
+    from src.config import build
+    from tests.helpers.compose import CONF_DIR, compose_raw
+
+    assert sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")) == [
+        "calibrate", "soup", "wise_ft"
+    ]  # fmt: skip
+    method = build(compose_raw("posthoc", [f"method={name}"]).method)
+    assert method.kind == {"calibrate": "calibrated"}.get(name, name)
+
+
 def test_an_unknown_run_is_refused_in_one_line(tmp_path):
     from src.posthoc.__main__ import posthoc_run
 
@@ -144,7 +156,7 @@ def runs(tmp_path_factory) -> dict:
     ids = {}
     for name, lr in (("a", "1e-3"), ("b", "3e-3")):
         overrides = tiny("dataset.num_workers=0", f"optimizer.lr={lr}", "trainer.max_epochs=1",
-                         "test=false", "dataset.test_samples_per_class=10",
+                         "test=false", "dataset.test_samples_per_class=10", "dataset.fraction=0.3",
                          "logger.mlflow.log_model=false")  # fmt: skip
         train(compose_config("train", root, overrides, output_dir=root / name))
         client = MlflowClient(f"sqlite:///{root}/mlflow.db")
