@@ -199,6 +199,19 @@ def test_calibrated_run_lowers_nll_and_predict_applies_the_temperature(runs, tmp
     assert "calibrated/reliability_val.png" in {
         a.path for a in client.list_artifacts(run_id, "calibrated")
     }
+    # The report draws its reliability diagram from the logged bins.
+    import mlflow
+
+    from src.report.plots import reliability
+    from src.tracking.store import tracking
+
+    with tracking(f"sqlite:///{runs['root']}/mlflow.db"):
+        frame = mlflow.search_runs([logged.info.experiment_id], f"attributes.run_id = '{run_id}'")
+    (tmp_path / "report").mkdir()
+    assert reliability(frame, tmp_path / "report" / "r.png", client).stat().st_size > 0
+    assert (
+        reliability(frame.assign(run_id=runs["a"]), tmp_path / "report" / "n.png", client) is None
+    )
     # eval of the new run gives the calibrated test ECE, predict the calibrated probabilities.
     evaluated = evaluate_run(
         compose_entry("eval", runs["root"], [f"run_id={run_id}", "tta=[five_crop]"])
@@ -207,9 +220,11 @@ def test_calibrated_run_lowers_nll_and_predict_applies_the_temperature(runs, tmp
     assert {"eval/digits/acc_tta", "eval/digits/ece_tta"} <= set(evaluated)  # beside the plain
     with pytest.raises(InvalidInput, match="dataset=digits declares that a flip changes"):
         evaluate_run(compose_entry("eval", runs["root"], [f"run_id={run_id}", "tta=[hflip]"]))
+    images = tmp_path / "images"
+    images.mkdir()
     for i, image in enumerate(load_digits().images[:3]):
-        Image.fromarray((image * 15).astype(np.uint8)).resize((32, 32)).save(tmp_path / f"{i}.png")
-    overrides = ["top_k=10", f"images={tmp_path}"]
+        Image.fromarray((image * 15).astype(np.uint8)).resize((32, 32)).save(images / f"{i}.png")
+    overrides = ["top_k=10", f"images={images}"]
     calibrated = predict_images(
         compose_entry("predict", runs["root"], [f"run_id={run_id}", *overrides])
     )

@@ -92,7 +92,8 @@ class Calibrate:
         figure = output_dir / "reliability_val.png"
         plot_reliability(logits, labels, temperature, figure, self.bins)
         params = {"method": "temperature_scaling", "temperature": temperature, "fit_split": "val"}
-        return Outcome(model, params, metrics, [figure])
+        series = reliability_series(logits, labels, temperature, self.bins)
+        return Outcome(model, params, metrics, [figure], series=series)
 
 
 def calibration_metrics(
@@ -118,6 +119,20 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int):
     mean_conf = torch.bincount(index, confidence, minlength=bins) / count.clamp(min=1)
     acc = torch.bincount(index, correct, minlength=bins) / count.clamp(min=1)
     return mean_conf, acc, count
+
+
+def reliability_series(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, bins: int
+) -> dict[str, list[tuple[int, float]]]:
+    """The validation reliability diagram as metrics, step = bin (empty bins left out), before
+    (_uncalibrated) and after: what src.report's `reliability` plot draws."""
+    series = {}
+    for suffix, t in (("", temperature), ("_uncalibrated", 1.0)):
+        confidence, acc, count = reliability((logits / t).softmax(1), labels, bins)
+        filled = [b for b in range(bins) if count[b] > 0]
+        series[f"calibration/val_confidence{suffix}"] = [(b, float(confidence[b])) for b in filled]
+        series[f"calibration/val_accuracy{suffix}"] = [(b, float(acc[b])) for b in filled]
+    return series
 
 
 def plot_reliability(
