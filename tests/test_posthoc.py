@@ -155,7 +155,8 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("posthoc")
     ids = {}
     for name, lr in (("a", "1e-3"), ("b", "3e-3")):
-        overrides = tiny("dataset.num_workers=0", f"optimizer.lr={lr}", "trainer.max_epochs=1",
+        calibrate = f"callbacks.calibrate.enabled={name == 'a'}"  # run a: calibrated at its end
+        overrides = tiny(calibrate, "dataset.num_workers=0", f"optimizer.lr={lr}", "trainer.max_epochs=1",
                          "test=false", "dataset.test_samples_per_class=10", "dataset.fraction=0.3",
                          "logger.mlflow.log_model=false")  # fmt: skip
         train(compose_config("train", root, overrides, output_dir=root / name))
@@ -244,6 +245,21 @@ def test_calibrated_run_lowers_nll_and_predict_applies_the_temperature(runs, tmp
     for top_a, top_c in zip(augmented, calibrated, strict=True):
         assert sum(p for _, p in top_a) == pytest.approx(1.0, abs=1e-5)
         assert dict(top_a) != dict(top_c)
+
+
+@pytest.mark.slow
+def test_training_with_calibrate_enabled_leaves_a_calibrated_child_run(runs):
+    client = MlflowClient(f"sqlite:///{runs['root']}/mlflow.db")
+    children = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`mlflow.parentRunId` = '{runs['a']}' and tags.kind = 'calibrated'",
+    )
+    first = [r for r in children if r.data.tags["output_dir"].endswith("/a/calibrated")]
+    assert len(first) == 1 and first[0].info.status == "FINISHED"
+    metrics = first[0].data.metrics
+    assert metrics["val/nll"] <= metrics["val/nll_uncalibrated"]
+    assert (runs["root"] / "a" / "calibrated" / "checkpoints" / "last.ckpt").is_file()
+    assert not (runs["root"] / "b" / "calibrated").exists()  # off unless asked
 
 
 @pytest.mark.slow

@@ -16,31 +16,20 @@ log = logging.getLogger(__name__)
 
 
 def posthoc_run(cfg: DictConfig) -> tuple[str, dict[str, float]]:
-    """Refuse bad input, load the source runs and their data, apply the method, save the new
-    run; returns (its MLflow run id, its metrics)."""
+    """The method and the runs from the command line; returns (the new run's id, its metrics)."""
     from src.config import build
     from src.errors import InvalidInput, refuse_bad_input
-    from src.posthoc.sources import load_sources, run_ids_of, save_run, source_data
+    from src.posthoc.derive import derive
+    from src.posthoc.sources import run_ids_of
 
-    # 1. Method, runs, models and data are checked before anything is computed or written.
     with refuse_bad_input():
         method = build(cfg.method)
         uri = cfg.paths.tracking_uri
         if cfg.run_id and (cfg.run_ids or cfg.parent_run_id):
             raise InvalidInput("Give run_id=<id>, or run_ids=[...] / parent_run_id=<id>: one.")
         ids = [cfg.run_id] if cfg.run_id else run_ids_of(cfg.run_ids, cfg.parent_run_id, uri)
-        if not ids:
-            raise InvalidInput("No run given: run_id=<MLflow run id> (soup: run_ids=[a,b,...] "
-                               "or parent_run_id=<the sweep's parent run>).")  # fmt: skip
-        sources = load_sources(ids, uri, cfg.checkpoint)
-        method.check(sources)
-        datamodule = source_data(sources[0], cfg.seed)
-    # 2. The method, then its model as a run of its own.
-    output_dir = Path(cfg.paths.output_dir)
-    outcome = method.apply(sources, datamodule, output_dir)
-    outcome.parent = outcome.parent or cfg.parent_run_id  # a soup of a sweep: the sweep's child
-    run_id = save_run(outcome, sources, method.kind, output_dir)
-    return run_id, outcome.metrics
+    output_dir = cfg.paths.output_dir
+    return derive(method, ids, uri, cfg.checkpoint, cfg.seed, output_dir, cfg.parent_run_id)
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="posthoc")
