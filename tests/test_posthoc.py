@@ -296,15 +296,23 @@ def test_wise_ft_with_a_fitted_probe_chooses_alpha_on_validation(runs):
 
 @pytest.mark.slow
 def test_greedy_soup_is_never_below_its_best_ingredient_and_exports(runs, tmp_path):
+    """A sweep's soup: its finished children found by the parent run id, the soup its child."""
     from src.export import export_run
+    from src.posthoc.sources import run_ids_of
 
-    run_id, metrics = posthoc(runs, "soup", f"run_ids=[{runs['a']},{runs['b']}]", "method=soup")
+    uri = f"sqlite:///{runs['root']}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.get_run(runs["a"]).info.experiment_id
+    sweep = client.create_run(experiment, tags={"kind": "grid"}).info.run_id
+    for name in ("a", "b"):
+        client.set_tag(runs[name], "mlflow.parentRunId", sweep)
+    run_id, metrics = posthoc(runs, "soup", f"parent_run_id={sweep}", "method=soup")
     assert metrics["val/acc"] >= metrics["soup/best_ingredient_val_acc"]
-    params = MlflowClient(f"sqlite:///{runs['root']}/mlflow.db").get_run(run_id).data.params
-    assert set(params["candidates"].strip("[]").replace("'", "").split(", ")) == {
-        runs["a"],
-        runs["b"],
-    }
+    logged = client.get_run(run_id)
+    assert logged.data.tags["mlflow.parentRunId"] == sweep and logged.data.tags["kind"] == "soup"
+    candidates = logged.data.params["candidates"].strip("[]").replace("'", "").split(", ")
+    assert set(candidates) == {runs["a"], runs["b"]}
+    assert set(run_ids_of([], sweep, uri)) == {runs["a"], runs["b"]}  # the soup is no ingredient
     made = export_run(
         compose_entry("export", runs["root"], [f"run_id={run_id}", f"output_dir={tmp_path}"])
     )
