@@ -148,6 +148,23 @@ def test_tta_names_and_flip_sensitive_data_sets_are_checked():
                      "fashion_mnist": False}  # fmt: skip
 
 
+@pytest.mark.slow  # a Python process of its own: the imports take seconds
+def test_the_command_refuses_bad_input_with_exit_2_and_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers.jobs import ROOT, child_env
+
+    command = [sys.executable, "-m", "src.posthoc", "method=soup", "run_ids=[abc]",
+               f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "Invalid input" in line]
+    assert len(errors) == 1 and "run_id=abc: no MLflow store" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
 # --- slow: real runs -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
