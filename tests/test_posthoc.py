@@ -91,6 +91,8 @@ def test_bad_method_input_is_refused_before_any_work():
         Soup("best").check([a, a])
     with pytest.raises(InvalidInput, match=r"alphas=\[0.5, 1.5\]: .* in \[0, 1\]"):
         WiseFT(alphas=[0.5, 1.5]).check([a])
+    with pytest.raises(InvalidInput, match="method.C=0: the probe's inverse regularisation"):
+        WiseFT(C=0).check([a])
     a.trained.config["backbone"]["pretrained"] = False
     with pytest.raises(InvalidInput, match="no pretrained starting point"):
         WiseFT().check([a])

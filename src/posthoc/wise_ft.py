@@ -34,6 +34,7 @@ class WiseFT:
         self.alphas = [float(a) for a in alphas]
         self.start_run_id, self.C, self.max_iter = start_run_id, C, max_iter
         self.start: Source | None = None
+        self.pretrained: nn.Module | None = None  # the fitted probe's backbone
 
     def check(self, sources: list[Source]) -> None:
         """One fine-tuned run, alphas in [0, 1], and a starting point (checked, loaded)."""
@@ -44,6 +45,8 @@ class WiseFT:
             raise InvalidInput(
                 f"method.alphas={self.alphas}: a non-empty list of values in [0, 1]."
             )
+        if isinstance(self.C, bool) or not isinstance(self.C, int | float) or self.C <= 0:
+            raise InvalidInput(f"method.C={self.C}: the probe's inverse regularisation, > 0.")
         (source,) = sources
         if self.start_run_id:
             (self.start,) = load_sources([self.start_run_id], source.trained.tracking_uri, "best")
@@ -54,11 +57,16 @@ class WiseFT:
                 "false): it has no pretrained starting point. Give method.start_run_id=<a probe "
                 "run of the same architecture>."
             )
+        else:  # the pretrained weights, now: unavailable offline is refused before any work
+            self.pretrained = pretrained_backbone(source)
 
     def apply(self, sources: list[Source], datamodule, output_dir: Path) -> Outcome:
         (source,) = sources
-        start = self.start.model if self.start else fit_probe(source, datamodule, self.C,
-                                                               self.max_iter)  # fmt: skip
+        start = (
+            self.start.model
+            if self.start
+            else fit_probe(self.pretrained, source, datamodule, self.C, self.max_iter)
+        )
         theta_0, theta_ft = start.state_dict(), source.model.state_dict()
         curve, labels = {}, None
         for alpha in self.alphas:  # 2. every alpha on validation
@@ -86,17 +94,22 @@ def interpolate(theta_0: dict, theta_ft: dict, alpha: float) -> dict:
     return average([theta_0, theta_ft], [1.0 - alpha, alpha])
 
 
-def fit_probe(source: Source, datamodule, C: float, max_iter: int) -> nn.Module:
-    """The pretrained backbone of the run's config with a logistic-regression head fitted on its
-    pooled features of the training split (evaluation transform, no augmentation)."""
+def pretrained_backbone(source: Source) -> nn.Module:
+    """The run's backbone config built with its pretrained weights and a new head."""
     from omegaconf import OmegaConf
 
     from src.config import build
+
+    backbone = OmegaConf.create(source.trained.config["backbone"])
+    return build(backbone, num_classes=source.model.num_classes).eval()
+
+
+def fit_probe(model: nn.Module, source: Source, datamodule, C: float, max_iter: int) -> nn.Module:
+    """`model` (the pretrained backbone) with a logistic-regression head fitted on its pooled
+    features of the training split (evaluation transform, no augmentation)."""
     from src.strategies.features import sklearn_classifier
     from src.strategies.heads import affine
 
-    backbone = OmegaConf.create(source.trained.config["backbone"])
-    model = build(backbone, num_classes=source.model.num_classes).eval()
     features, labels = pooled_features(model, datamodule, "train")
     seed = int(source.trained.config.get("seed", 0))
     pipeline = sklearn_classifier("logistic", C, max_iter, seed).fit(features, labels)
