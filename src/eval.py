@@ -27,6 +27,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         log_eval,
     )
     from src.inference.trained import data_config, load_model, locate
+    from src.posthoc.tta import TestTimeAugmented, check_tta
 
     # 1. Everything that can be wrong is checked before any data is scored.
     with refuse_bad_input():
@@ -43,12 +44,17 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
         datamodule.setup()
         check_classes(model, datamodule, cfg.dataset_name, trained)
+        flip_changes_label = bool(cfg.dataset.get("flip_changes_label", False))
+        tta = check_tta(cfg.get("tta"), flip_changes_label, cfg.dataset_name, trained.probabilistic)
     # 2. The training's evaluation transform, from the backbone it rebuilt (never retyped).
     config = data_config(model)
     per_image, per_batch = eval_transform(config), batch_eval_transform(config)
     datamodule.set_transforms(per_image, per_image, per_batch, per_batch)
     # 3. Score and file.
     metrics = evaluate(model, datamodule, cfg.split, calibration=trained.probabilistic)
+    if tta:  # beside the plain metrics, under their own names: acc_tta, ece_tta, ...
+        augmented = evaluate(TestTimeAugmented(model, tta), datamodule, cfg.split)
+        metrics |= {f"{key}_tta": value for key, value in augmented.items()}
     prefix = eval_prefix(cfg.dataset_name, cfg.split)
     log_eval(trained, prefix, metrics)
     return {prefix + key: value for key, value in metrics.items()}

@@ -23,6 +23,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     from src.errors import InvalidInput, refuse_bad_input
     from src.inference import predict as P
     from src.inference.trained import Trained, data_config, load_model, locate
+    from src.posthoc.tta import TestTimeAugmented, run_views
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
@@ -39,8 +40,12 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
         else:  # num_classes=None keeps the ImageNet head the weights came with
             model, names = build(cfg.backbone, num_classes=None).eval(), P.imagenet_names()
             trained = Trained({}, Path())
+        tta = run_views(cfg.get("tta"), trained)
     # 2. The model's own evaluation preprocessing, then its labels.
-    scores = P.logits(model, images, eval_transform(data_config(model)), cfg.batch_size)
+    transform = eval_transform(data_config(model))
+    if tta:  # the mean softmax over the views, as log-probabilities: softmax gives it back
+        model = TestTimeAugmented(model, tta)
+    scores = P.logits(model, images, transform, cfg.batch_size)
     if trained.thresholds is not None:
         tops = P.multilabel(scores, names, trained.thresholds)
     else:

@@ -50,8 +50,10 @@ class TransferDataModule(L.LightningDataModule):
         transforms_on_device: bool | str = "auto",
         class_weights: str | None = None,
         sampler: str = "shuffle",
+        flip_changes_label: bool = False,
     ):
         super().__init__()
+        self.flip_changes_label = flip_changes_label  # read by test-time augmentation
         check_settings(
             batch_size=batch_size,
             num_workers=num_workers,

@@ -21,6 +21,7 @@ PLOT_FILES = {
     "learning_curves": "learning_curves",
     "transferability": "similarity_vs_gain",
     "imagenet_vs_transfer": "imagenet_vs_transfer",
+    "reliability": "reliability",  # kind=calibrated runs: +plots.reliability={}
 }
 
 

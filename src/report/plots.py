@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from src.report.labels import key_label, metric_label, value_label
 from src.report.query import column
+from src.report.reliability import reliability  # noqa: F401  (a plot build.py finds here)
 from src.report.table import is_number, natural_order
 from src.tracking.plots import _pyplot
 
@@ -253,3 +254,4 @@ def transferability(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save(plt, fig, path, title)
+

@@ -1,5 +1,6 @@
 """The `kind` of a run, what reports select by: `train` (a plain run, a -m grid point),
-`sweep_trial`, `advise_search`, `advise_data`; parents and other tools' runs have their own
+`sweep_trial`, `advise_search`, `advise_data`, src.posthoc's models (`calibrated`, `wise_ft`,
+`soup`); parents and other tools' runs have their own
 (`sweep`, `grid`, `advise`, `similarity`, `report`)."""
 
 from __future__ import annotations
