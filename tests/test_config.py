@@ -79,7 +79,8 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
         assert isinstance(instantiate(node), L.Trainer)
     elif group == "averaging":  # its package is callbacks.averaging
         built = instantiate(cfg.callbacks.averaging)
-        assert (built is None) == (option == "none") and (built is None or isinstance(built, L.Callback))
+        assert (built is None) == (option == "none")
+        assert built is None or isinstance(built, L.Callback)
     elif group in ("logger", "callbacks"):
         built = [instantiate(c) for c in (node or {}).values()]
         assert all(isinstance(b, L.Callback | L.loggers.Logger) for b in built if b is not None)
