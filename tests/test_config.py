@@ -77,7 +77,7 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
         if "DDP" in str(node.get("strategy")):
             node.accelerator, node.devices = "cpu", 2
         assert isinstance(instantiate(node), L.Trainer)
-    elif group == "averaging":  # its package is callbacks.averaging
+    elif group == "averaging":  # callbacks.averaging builds it
         built = instantiate(cfg.callbacks.averaging)
         assert (built is None) == (option == "none")
         assert built is None or isinstance(built, L.Callback)

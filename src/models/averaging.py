@@ -69,7 +69,8 @@ class _Averaged:
             self._average_model.to(pl_module.device)
         used = self.schedule(_total_steps(trainer))
         log.info("Weight averaging: %s", ", ".join(f"{k}={v}" for k, v in used.items()))
-        for logger in trainer.loggers:  # the same values again on resume: MLflow accepts them
+        # Next to the config's averaging/* params; the same values again on resume (MLflow accepts).
+        for logger in trainer.loggers:
             logger.log_hyperparams({f"averaging/{key}": value for key, value in used.items()})
 
     def schedule(self, total_steps: int) -> dict:
@@ -95,7 +96,7 @@ class EMA(_Averaged, EMAWeightAveraging):
     def schedule(self, total_steps: int) -> dict:
         decay = self.decay or ema_decay(total_steps, self.half_life_fraction)
         self._average_model.avg_fn = get_ema_avg_fn(decay)
-        return {"method": "ema", "decay": round(decay, 8), "total_steps": total_steps}
+        return {"decay_used": round(decay, 8), "total_steps": total_steps}
 
 
 class SWA(_Averaged, WeightAveraging):
@@ -117,7 +118,7 @@ class SWA(_Averaged, WeightAveraging):
 
     def schedule(self, total_steps: int) -> dict:
         self.start_step = int(self.start_fraction * total_steps)
-        return {"method": "swa", "start_step": self.start_step, "total_steps": total_steps}
+        return {"start_step": self.start_step, "total_steps": total_steps}
 
 
 def no_averaging() -> None:
