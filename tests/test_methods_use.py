@@ -61,6 +61,12 @@ def test_eval_scores_what_the_run_tested_and_exports_match(runs, kind, tmp_path)
         torch.testing.assert_close(torch.jit.load(made["torchscript"])(images), model(images),
                                    atol=1e-4, rtol=0)  # fmt: skip
     state = load_checkpoint(trained.checkpoint)
+    params = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data.params
+    own = {k: v for k, v in state.get(ADAPTER_STATE, state["state_dict"]).items()
+           if k.startswith("model.")}  # fmt: skip
+    trains = (lambda k: ".lora_" in k) if kind == "lora_ema" else (lambda k: k.endswith(".bias"))
+    expected = sum(v.numel() for k, v in own.items() if trains(k) or ".classifier." in k)
+    assert int(params["strategy/trained_parameters"]) == expected
     if kind == "lora_ema":  # shipped: the average (merged), not the raw weights next to it
         average, raw = state[ADAPTER_STATE], state["current_model_state"]
         assert any(not torch.equal(v, raw[k]) for k, v in average.items()

@@ -47,12 +47,10 @@ class ParamSubset(Strategy):
 
     def fit(self, trainer, module, datamodule, ckpt_path=None) -> None:
         """Logs how many parameters train (the point of these strategies), then fits."""
-        head = {id(p) for p in module.model.get_classifier().parameters()}
-        trained = total = 0
-        for name, param in module.model.named_parameters():
-            total += param.numel()
-            if self.trains(name, id(param) in head):
-                trained += param.numel()
+        self.apply(module.model, [], epoch=0)  # as the run starts (configure_model does it again)
+        params = list(module.model.parameters())
+        trained = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
         log.info("%s: %d of %d parameters train (%.2f%%)", type(self).__name__, trained, total,
                  100 * trained / total)  # fmt: skip
         counts = {"strategy/trained_parameters": trained, "strategy/total_parameters": total}
