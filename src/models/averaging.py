@@ -46,6 +46,15 @@ class _Averaged:
     def _averaged_yet(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        import warnings
+
+        with (
+            warnings.catch_warnings()
+        ):  # TransferModule's configure_model only freezes: no sharding
+            warnings.filterwarnings("ignore", message=".*overrides the configure_model")
+            super().setup(trainer, pl_module, stage)
+
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if self._averaged_yet():  # before its first update the average is the starting weights
             super().on_validation_epoch_start(trainer, pl_module)
