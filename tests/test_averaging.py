@@ -85,3 +85,13 @@ def test_resume_continues_the_average_to_the_bit(method, tmp_path):
         for key, value in uninterrupted[part].items():
             assert torch.equal(resumed[part][key], value), (part, key)
     assert int(resumed["averaging_state"]["n_averaged"]) == (9 if method == "ema" else 7)
+
+
+def test_a_bad_averaging_value_is_refused_before_the_run(tmp_path):
+    from src.errors import InvalidInput
+    from tests.helpers.compose import compose_train, train
+    from tests.helpers.jobs import tiny
+
+    with pytest.raises(InvalidInput, match=r"averaging.decay=1.5: valid range \(0, 1\)"):
+        train(compose_train(tmp_path, [*tiny(), "averaging=ema", "averaging.decay=1.5"]))
+    assert not (tmp_path / "mlflow.db").exists()
