@@ -95,3 +95,19 @@ def test_a_bad_averaging_value_is_refused_before_the_run(tmp_path):
     with pytest.raises(InvalidInput, match=r"averaging.decay=1.5: valid range \(0, 1\)"):
         train(compose_train(tmp_path, [*tiny(), "averaging=ema", "averaging.decay=1.5"]))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+class StopAfterFirstEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, module):
+        trainer.should_stop = True
+
+
+def test_a_run_stopped_before_averaging_began_keeps_its_own_weights(tmp_path):
+    module, datamodule = build_module(Finetune())
+    raw = RawWeights()
+    callbacks = [raw, SWA(start_fraction=0.75), StopAfterFirstEpoch()]  # stops at step 3 of 6
+    fit_with_checkpoints(module, datamodule, tmp_path, callbacks, epochs=2)
+    assert len(raw.steps) == 3
+    final = floats(module.state_dict())
+    assert all(torch.equal(final[k], v) for k, v in raw.steps[-1].items() if k in final)
+    assert "current_model_state" not in torch.load(tmp_path / "last.ckpt", weights_only=True)

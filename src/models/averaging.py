@@ -49,9 +49,8 @@ class _Averaged:
     def setup(self, trainer, pl_module, stage: str) -> None:
         import warnings
 
-        with (
-            warnings.catch_warnings()
-        ):  # TransferModule's configure_model only freezes: no sharding
+        # TransferModule's configure_model only freezes parameters: nothing is sharded.
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*overrides the configure_model")
             super().setup(trainer, pl_module, stage)
 
@@ -62,6 +61,11 @@ class _Averaged:
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._averaged_yet():
             super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Stopped before the first update (SWA, early stopping): the run's weights stay.
+        if self._averaged_yet():
+            super().on_train_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self._averaged_yet():
