@@ -74,7 +74,9 @@ class _Averaged:
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # Lightning calls this also when trainer.test loads the best checkpoint, and would then
         # replace the averaged weights just loaded by the raw ones: only a resumed fit restores.
-        if trainer.state.fn == TrainerFn.FITTING:
+        # A checkpoint from before the first update (or the LR finder's) holds no average: the
+        # average starts at its first update, as in a fresh run.
+        if trainer.state.fn == TrainerFn.FITTING and "current_model_state" in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     def on_train_start(self, trainer, pl_module) -> None:
