@@ -127,6 +127,12 @@ def build_data(cfg: DictConfig):
     return datamodule, regularisation, backbone
 
 
+def _averaging(cfg: DictConfig) -> str:
+    """none | ema | swa, from the averaging node's class when no group choice names it."""
+    target = str((cfg.get("averaging") or {}).get("_target_", ""))
+    return "none" if not target or target.endswith("no_averaging") else target.rsplit(".")[-1].lower()
+
+
 def run_tags(cfg: DictConfig, choices: Mapping[str, str] | None) -> dict[str, str]:
     """What a researcher filters runs by in the MLflow UI. `choices`: the job's config-group
     choices (an entry point's `hydra.runtime.choices`, or compose's); without them a
@@ -141,6 +147,7 @@ def run_tags(cfg: DictConfig, choices: Mapping[str, str] | None) -> dict[str, st
         "strategy": choices.get("strategy", cfg.strategy._target_.rsplit(".", 1)[-1]),
         "dataset": choices.get("dataset", cfg.dataset.source._target_.rsplit(".", 1)[-1]),
         "regularisation": choices.get("regularisation", "custom"),
+        "averaging": choices.get("averaging") or _averaging(cfg),
         "fraction": str(cfg.dataset.fraction),
         "samples_per_class": str(cfg.dataset.samples_per_class),
         "class_weights": str(cfg.dataset.get("class_weights")),

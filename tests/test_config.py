@@ -23,6 +23,7 @@ GROUPS = [
     "trainer",
     "logger",
     "callbacks",
+    "averaging",
     "paths",
     "experiment",
     "hparams_search",
@@ -77,6 +78,10 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
         if "DDP" in str(node.get("strategy")):
             node.accelerator, node.devices = "cpu", 2
         assert isinstance(instantiate(node), L.Trainer)
+    elif group == "averaging":  # callbacks.averaging builds it
+        built = instantiate(cfg.callbacks.averaging)
+        assert (built is None) == (option == "none")
+        assert built is None or isinstance(built, L.Callback)
     elif group in ("logger", "callbacks"):
         built = [instantiate(c) for c in (node or {}).values()]
         assert all(isinstance(b, L.Callback | L.loggers.Logger) for b in built if b is not None)

@@ -81,8 +81,10 @@ class TransferModule(L.LightningModule):
         # run only repeats an uninterrupted one if they continue from where the checkpoint was.
         checkpoint["rng_states"] = _rng_states()
         checkpoint["class_names"] = self.class_names  # so predict can name what it sees
+        self.strategy.on_save_checkpoint(checkpoint)  # after the callbacks' (an average's) changes
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.strategy.on_load_checkpoint(checkpoint)
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from src.strategies.adapters import BitFit, LoRA
 from src.strategies.base import BN_POLICIES, Strategy
 from src.strategies.features import FeatureExtract
 from src.strategies.groups import HEAD, layer_decay_groups
@@ -28,6 +29,8 @@ __all__ = [
     "LayerDecay",
     "Surgical",
     "FeatureExtract",
+    "LoRA",
+    "BitFit",
 ]
 
 

@@ -53,6 +53,12 @@ class Strategy:
     def check(self, max_epochs: int, regularisation=None) -> None:
         """Refuse a schedule that cannot happen within max_epochs, or a regulariser that cannot act."""
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Change what a checkpoint holds (LoRA: its adapters merged into the weights)."""
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Undo on_save_checkpoint's change before the module loads the checkpoint."""
+
     def check_model(self, model: nn.Module) -> None:
         """Refuse stage settings this backbone cannot have (its stages come from timm), before
         any run exists; subclasses check their own keys."""
