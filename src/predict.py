@@ -4,13 +4,12 @@ without a run or checkpoint, the ImageNet-pretrained backbone names ImageNet cla
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from src.cli import entry_point
+
 log = logging.getLogger(__name__)
 
 
@@ -57,20 +56,16 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     return tops
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
+@entry_point(
+    "predict", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None}
+)
 def main(cfg: DictConfig) -> None:
-    from src.errors import InvalidInput
     from src.tracking.store import done_line
 
-    try:
-        predict_images(cfg)
-    except InvalidInput as error:
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
+    predict_images(cfg)
     # No run of its own: the run it predicted with, and where the CSV went.
     log.info(done_line(cfg.run_id, cfg.csv or "stdout (csv= writes a file)"))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     main()

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from src.cli import entry_point
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
+
 log = logging.getLogger(__name__)
 
 
@@ -87,24 +88,13 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     return scores
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="similarity")
+@entry_point("similarity", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri})
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from src.errors import InvalidInput
-
-    try:
-        scores = measure(cfg, HydraConfig.get().runtime.choices)
-    except InvalidInput as error:  # one line naming the key, exit 2; a multirun goes on
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
-    return scores["logme"]
+    return measure(cfg, HydraConfig.get().runtime.choices)["logme"]  # a multirun goes on
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     register_sources()
     main()
