@@ -187,7 +187,7 @@ def hydra_error_line(error: BaseException, config_name: str | None = None) -> st
 
 
 def unknown_key_line(message: str, config_name: str | None) -> str | None:
-    """"Could not override 'trainer.max_epoch'" -> the key, the closest keys beside it."""
+    """An unknown key ("Could not override 'trainer.max_epoch'"): it and the keys beside it."""
     import re
 
     found = re.search(r"Could not override '([^']+)'", message) or re.search(
@@ -220,7 +220,11 @@ def _keys_under(config_name: str | None, parent: str) -> list[str] | None:
 
     try:
         with hydra_config_kept(), initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            node = compose(config_name) if not parent else OmegaConf.select(compose(config_name), parent)
+            node = (
+                compose(config_name)
+                if not parent
+                else OmegaConf.select(compose(config_name), parent)
+            )
     except Exception:  # a group the command must name (advise's dataset): no suggestions
         return None
     return sorted(map(str, node.keys())) if isinstance(node, DictConfig) else None

@@ -21,11 +21,14 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
     from src.errors import InvalidInput, refuse_bad_input
     from src.inference import export as E
     from src.inference.trained import data_config, load_model, locate
+    from src.outputs import check_output_folder
 
     # 1. Source, formats and exporters are checked before anything is written.
     with refuse_bad_input():
         formats = [cfg.formats] if isinstance(cfg.formats, str) else list(cfg.formats or [])
         E.check_formats(formats)
+        if formats:  # the files go there; an MLflow model goes into the run
+            check_output_folder(cfg.output_dir, "output_dir")
         if not formats and not cfg.mlflow_model:
             raise InvalidInput(
                 "Nothing to export: give formats=[torchscript,onnx] or mlflow_model=true."

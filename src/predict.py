@@ -22,10 +22,13 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     from src.errors import InvalidInput, refuse_bad_input
     from src.inference import predict as P
     from src.inference.trained import Trained, data_config, load_model, locate
+    from src.outputs import check_output_file
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
         P.check_top_k(cfg.top_k)
+        if cfg.csv:  # before any image is read or predicted
+            check_output_file(cfg.csv, "csv")
         size = cfg.batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidInput(f"batch_size={size}: an integer >= 1.")

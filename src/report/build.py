@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.errors import InvalidInput
+from src.outputs import check_output_folder
 from src.report import plots, render
 from src.report.query import Query, search
 from src.report.table import Grid, Layout, Selection, aggregate, select
@@ -110,6 +111,7 @@ def write_report(report: Report) -> list[Path]:
 
     # 1. Refuse bad input and an empty query before any run exists.
     report.check()
+    check_output_folder(report.output_dir, "output_dir")
     frame = search(report.query)
     selection = select(frame, report.layout)
     grid = aggregate(selection.frame, selection.layout)
