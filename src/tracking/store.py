@@ -145,7 +145,7 @@ def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> No
     else:
         writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
     if not writable:
-        raise ValueError(f"{where}: '{existing}' is not writable by this user.")
+        raise ValueError(f"{where}: '{existing}' is not writable (permissions or a read-only disk).")
     check_free_space(existing if existing.is_dir() else existing.parent, where)
     if existing == database:
         check_sqlite_store(database, where)
