@@ -189,3 +189,20 @@ def test_knn_k_beyond_half_the_training_split_is_refused():
     check_knn_k(10, 1250)
     with pytest.raises(ValueError, match="knn_k=100000: the training split has 1250 images"):
         check_knn_k(100000, 1250)
+
+
+def test_two_fresh_runs_in_one_folder_get_their_own(tmp_path):
+    from omegaconf import OmegaConf
+
+    from src.train import own_folder
+
+    first, second, third = (
+        OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}) for _ in "123"
+    )
+    own_folder(first)  # claims the folder (as two runs started in the same second would race)
+    own_folder(second)
+    (tmp_path / "run2" / "checkpoints").mkdir()  # an older run's files, no claim: taken too
+    own_folder(third)
+    assert first.paths.output_dir == str(tmp_path)
+    assert second.paths.output_dir == str(tmp_path / "run2")
+    assert third.paths.output_dir == str(tmp_path / "run3")
