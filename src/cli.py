@@ -43,6 +43,7 @@ def entry_point(config_name: str, stores: Stores | None = None, in_sweep_fails_j
         def main() -> Any:
             import hydra
 
+            @wraps(task)  # Hydra names the job (its .log file) after the task's own file
             def job(cfg):
                 return _run_job(task, cfg, stores, in_sweep_fails_job)
 

@@ -27,8 +27,6 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
     with refuse_bad_input():
         formats = [cfg.formats] if isinstance(cfg.formats, str) else list(cfg.formats or [])
         E.check_formats(formats)
-        if formats:  # the files go there; an MLflow model goes into the run
-            check_output_folder(cfg.output_dir, "output_dir")
         if not formats and not cfg.mlflow_model:
             raise InvalidInput(
                 "Nothing to export: give formats=[torchscript,onnx] or mlflow_model=true."
@@ -43,6 +41,8 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
         trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
         if cfg.mlflow_model and not trained.run_id:
             raise InvalidInput("mlflow_model=true logs into the training run: give run_id.")
+        if formats and cfg.output_dir is not None:  # the files go there (a model: the run)
+            check_output_folder(cfg.output_dir, "output_dir")
         model = load_model(trained)
     config = data_config(model)
     example = E.example_input(config["input_size"])
