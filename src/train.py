@@ -11,13 +11,11 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.cli import entry_point
 
 log = logging.getLogger(__name__)
-# Made atomically (O_EXCL) by the fresh run that owns a folder: a second run never shares it.
-OWNER_FILE = ".run_owner"
 
 
 @entry_point("train")  # its tracking URIs are checked with the rest of the config (preflight)
@@ -26,33 +24,40 @@ def main(cfg: DictConfig) -> float | None:
 
     from src.training import train
 
-    if cfg.get("resume") is None:  # a resumed run writes on in the folder it recorded
-        own_folder(cfg)
+    if cfg.get("resume") is None and os.environ.get("LOCAL_RANK", "0") == "0":
+        own_run_folder(cfg)  # a resumed run writes on in the folder it recorded; DDP ranks > 0
+        # write nothing of their own
     metrics = train(cfg, HydraConfig.get().runtime.choices)
     return metrics.get(cfg.monitor.metric)  # train() logged the scores and the run: last line
 
 
-def own_folder(cfg: DictConfig) -> None:
-    """Two fresh runs given one hydra.run.dir (or started in the same second) would share its
-    checkpoints and config.yaml, and eval would score one's model for the other: the second
-    writes into a numbered sub-folder of its own instead, and says so."""
-    folder = Path(cfg.paths.output_dir)
-    for attempt in range(1, 1000):
-        candidate = folder if attempt == 1 else folder / f"run{attempt}"
-        candidate.mkdir(parents=True, exist_ok=True)
-        used = (candidate / "config.yaml").exists() or (candidate / "checkpoints").exists()
-        try:
-            if used:
-                raise FileExistsError
-            os.close(os.open(candidate / OWNER_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            continue
-        if candidate != folder:
-            log.warning("%s holds another run: this run writes into %s", folder, candidate)
-            with open_dict(cfg):
-                cfg.paths.output_dir = str(candidate)
+def own_run_folder(cfg: DictConfig) -> None:
+    """A fresh run's folder is its own (src.tracking.claim.own_folder). Hydra's runtime folder
+    is moved, not the key, so the run's unresolved config (its fingerprint, which resume=auto
+    matches) stays that of the command; an output_dir given by hand cannot move: refused."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    from src.errors import InvalidInput
+    from src.tracking.claim import own_folder
+
+    given = Path(cfg.paths.output_dir)
+    by_hydra = OmegaConf.to_container(cfg.paths, resolve=False)["output_dir"] == HYDRA_OUTPUT_DIR
+    folder = own_folder(given, sub_folders=by_hydra)
+    if folder is None:
+        raise InvalidInput(
+            f"paths.output_dir='{given}' holds another run's files; give a new folder, or "
+            "resume=auto to continue that run."
+        )
+    if folder == given:
         return
-    raise RuntimeError(f"{folder}: 999 runs already; give another hydra.run.dir.")
+    runtime = HydraConfig.instance().cfg.hydra.runtime  # read-only: Hydra's, moved on purpose
+    with read_write(runtime), open_dict(runtime):
+        runtime.output_dir = str(folder)
+    log.warning("%s holds another run: this run writes into %s", given, folder)
+
+
+HYDRA_OUTPUT_DIR = "${hydra:runtime.output_dir}"
 
 
 if __name__ == "__main__":

@@ -192,17 +192,10 @@ def test_knn_k_beyond_half_the_training_split_is_refused():
 
 
 def test_two_fresh_runs_in_one_folder_get_their_own(tmp_path):
-    from omegaconf import OmegaConf
+    from src.tracking.claim import own_folder
 
-    from src.train import own_folder
-
-    first, second, third = (
-        OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}) for _ in "123"
-    )
-    own_folder(first)  # claims the folder (as two runs started in the same second would race)
-    own_folder(second)
-    (tmp_path / "run2" / "checkpoints").mkdir()  # an older run's files, no claim: taken too
-    own_folder(third)
-    assert first.paths.output_dir == str(tmp_path)
-    assert second.paths.output_dir == str(tmp_path / "run2")
-    assert third.paths.output_dir == str(tmp_path / "run3")
+    first = own_folder(tmp_path)  # claims it (as two runs started in the same second would race)
+    second = own_folder(tmp_path)
+    (tmp_path / "run3" / "checkpoints").mkdir(parents=True)  # an older run's files, unclaimed
+    third = own_folder(tmp_path)
+    assert (first, second, third) == (tmp_path, tmp_path / "run2", tmp_path / "run4")
