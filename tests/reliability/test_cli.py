@@ -199,3 +199,15 @@ def test_two_fresh_runs_in_one_folder_get_their_own(tmp_path):
     (tmp_path / "run3" / "checkpoints").mkdir(parents=True)  # an older run's files, unclaimed
     third = own_folder(tmp_path)
     assert (first, second, third) == (tmp_path, tmp_path / "run2", tmp_path / "run4")
+
+
+@pytest.mark.parametrize("runs", [1, 2, 3, 7, 30])
+@pytest.mark.parametrize("backbones", [1, 2, 3, 5])
+def test_a_run_budget_starts_at_most_its_runs(runs, backbones):
+    from src.advise.budget import Budget
+
+    budget = Budget.parse(f"{runs}t")
+    search = budget.trials_per_backbone(0.5, backbones)
+    data_quota = max(0, runs - budget.run_quota(0.5))  # src.advise.stages.data
+    assert sum(search) + data_quota == runs and search[0] >= 1 and len(search) == backbones
+    assert Budget.parse("10m").trials_per_backbone(0.5, backbones) is None
