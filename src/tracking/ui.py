@@ -45,4 +45,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from src.cli import guarded
+
+    guarded(main)(sys.argv[1:])
