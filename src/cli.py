@@ -45,7 +45,7 @@ def entry_point(config_name: str, stores: Stores | None = None, in_sweep_fails_j
 
             @wraps(task)  # Hydra names the job (its .log file) after the task's own file
             def job(cfg):
-                return _run_job(task, cfg, stores, in_sweep_fails_job)
+                return _run_job(task, cfg, stores, in_sweep_fails_job, config_name)
 
             hydra_main = hydra.main(
                 version_base="1.3", config_path=str(CONF_DIR), config_name=config_name
@@ -57,13 +57,17 @@ def entry_point(config_name: str, stores: Stores | None = None, in_sweep_fails_j
     return decorate
 
 
-def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool) -> Any:
+def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool, config_name: str) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from src.errors import InvalidInput
 
     try:
+        hydra_cfg = HydraConfig.get()
+        check_value_types(
+            config_name, cfg, list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices
+        )
         if stores is not None:
             check_stores(stores(cfg))
         return task(cfg)
@@ -72,6 +76,66 @@ def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool) -> Any:
             raise  # this job fails (its trial FAIL), the others go on
         log.error("Invalid input: %s", error)
         raise SystemExit(2) from None
+
+
+def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> None:
+    """A value given on the command line must have its default's kind: a number where a number
+    goes, true/false where a switch goes (`optimizer.lr=fast` is refused here, in one line, not
+    a TypeError deep in a constructor). Keys without a typed default are left to their checks."""
+    from src.errors import InvalidInput
+
+    given = {}
+    for override in overrides:
+        key, _, _ = override.partition("=")
+        if key.startswith(("+", "~", "hydra.")) or key.lstrip("+") in groups or "=" not in override:
+            continue
+        given[key] = override
+    if not given:
+        return
+    kept = [o for o in overrides if o not in given.values() and not o.startswith("hydra.")]
+    defaults = _composed(config_name, kept)
+    if defaults is None:
+        return
+    from omegaconf import OmegaConf
+
+    for key, override in given.items():
+        default = _plain(defaults, key)
+        value = _plain(OmegaConf.to_container(cfg, resolve=False), key)
+        wrong = _wrong_kind(default, value)
+        if wrong:
+            raise InvalidInput(f"{override}: {wrong} (its default is {default!r}).")
+
+
+def _plain(tree, key: str):
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _wrong_kind(default, value) -> str | None:
+    if value is None or default is None or isinstance(value, str) and value.startswith("${"):
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int | float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if number else "a number"
+    return None
+
+
+def _composed(config_name: str, overrides: list[str]):
+    """The config as Hydra composes it with these overrides, unresolved; None if it cannot be."""
+    from omegaconf import OmegaConf
+
+    from src.config import hydra_config_kept, load
+
+    try:
+        with hydra_config_kept():
+            return OmegaConf.to_container(load(config_name, overrides), resolve=False)
+    except Exception:  # whatever Hydra refuses here, it refused for the job first
+        return None
 
 
 def check_stores(stores: Mapping[str, str | None]) -> None:
@@ -214,21 +278,10 @@ def _keys_under(config_name: str | None, parent: str) -> list[str] | None:
     """The keys of the default config at `parent` (None when it cannot be composed alone)."""
     if config_name is None:
         return None
-    from hydra import compose, initialize_config_dir
-    from omegaconf import DictConfig, OmegaConf
-
-    from src.config import hydra_config_kept
-
-    try:
-        with hydra_config_kept(), initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            node = (
-                compose(config_name)
-                if not parent
-                else OmegaConf.select(compose(config_name), parent)
-            )
-    except Exception:  # a group the command must name (advise's dataset): no suggestions
-        return None
-    return sorted(map(str, node.keys())) if isinstance(node, DictConfig) else None
+    node = _composed(config_name, [])
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    return sorted(map(str, node)) if isinstance(node, dict) else None
 
 
 def store_fault_line(error: BaseException) -> str | None:

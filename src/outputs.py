@@ -48,6 +48,8 @@ def check_output_file(path: str | os.PathLike, key: str) -> Path:
     if file.exists():
         if not os.access(file, os.W_OK):
             raise InvalidInput(f"{key}='{file}' exists and is not writable by this user.")
+    elif file.parent.exists() and not file.parent.is_dir():
+        raise InvalidInput(f"{key}='{file}': '{file.parent}' is a file, not a folder.")
     else:
-        check_output_folder(file.parent, key)
+        _creatable(file.parent, key)
     return file

@@ -133,7 +133,7 @@ def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> No
     if scheme in ("http", "https"):
         return check_server(tracking_uri, where)
     if scheme != "sqlite":
-        return  # another database: its driver reports what is wrong when it is opened
+        return check_database_server(tracking_uri, where)
     if not tracking_uri.startswith(SQLITE) or tracking_uri == SQLITE:
         raise ValueError(f"{where}: a sqlite store is sqlite:///relative.db or sqlite:////abs.db.")
     database = Path(tracking_uri[len(SQLITE) :])
@@ -176,6 +176,32 @@ def check_server(tracking_uri: str, where: str) -> None:
         raise ValueError(
             f"{where}: no MLflow server answers ({reason}); start one (make server) or point "
             "MLFLOW_TRACKING_URI at a running one."
+        ) from None
+
+
+# A database server's port when its URI names none (SQLAlchemy's dialects).
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_database_server(tracking_uri: str, where: str) -> None:
+    """A database server (postgresql://, mysql://) must accept a connection within seconds; its
+    driver would otherwise fail with a traceback, or retry, after the data and model loaded."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(tracking_uri)
+    dialect = parsed.scheme.split("+")[0]
+    if not parsed.hostname:
+        return  # a local socket path: the driver reports it
+    port = parsed.port or DEFAULT_PORTS.get(dialect)
+    if port is None:
+        return
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=SERVER_TIMEOUT_S).close()
+    except OSError as error:
+        raise ValueError(
+            f"{where}: no {dialect} server answers at {parsed.hostname}:{port} ({error}); start "
+            "it or fix the URI."
         ) from None
 
 

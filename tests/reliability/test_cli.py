@@ -42,6 +42,27 @@ def test_hydra_errors_are_one_line_with_exit_2_before_anything(
     assert list(tmp_path.iterdir()) == []  # no run folder, no store
 
 
+@pytest.mark.parametrize(
+    "module,override,fragment",
+    [
+        ("src.train", "optimizer.lr=fast", "optimizer.lr=fast: a number (its default is 0.001)"),
+        ("src.train", "trainer.enable_progress_bar=maybe", "true or false (its default is True)"),
+        ("src.similarity", "knn_k=[3]", "knn_k=[3]: a number (its default is 10)"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, override, fragment):
+    result = subprocess.run(
+        [sys.executable, "-m", module, override, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    errors = [line for line in output.splitlines() if "Invalid input" in line]
+    assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in output
+    assert not (tmp_path / "m.db").exists()
+
+
 def test_unknown_key_lists_the_keys_beside_it():
     from src.cli import unknown_key_line
 
@@ -211,3 +232,11 @@ def test_a_run_budget_starts_at_most_its_runs(runs, backbones):
     data_quota = max(0, runs - budget.run_quota(0.5))  # src.advise.stages.data
     assert sum(search) + data_quota == runs and search[0] >= 1 and len(search) == backbones
     assert Budget.parse("10m").trials_per_backbone(0.5, backbones) is None
+
+
+def test_a_file_under_a_file_names_the_file_in_the_way(tmp_path):
+    from src.outputs import check_output_file
+
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(InvalidInput, match=r"notes.txt' is a file, not a folder"):
+        check_output_file(tmp_path / "notes.txt" / "p.csv", "csv")

@@ -42,8 +42,11 @@ def refusal(uri: str) -> str:
 
 
 def test_closed_port_is_refused_within_seconds():
-    start = time.monotonic()
-    message = refusal(f"http://127.0.0.1:{free_port()}")
+    uri = f"http://127.0.0.1:{free_port()}"
+    message = refusal(uri)
+    start = time.monotonic()  # the probe alone (the first call also imports MLflow)
+    with pytest.raises(ValueError):
+        store.check_server(uri, "paths.tracking_uri")
     assert time.monotonic() - start < store.SERVER_TIMEOUT_S + 1
     assert "no MLflow server answers" in message and "Connection refused" in message
 
@@ -143,3 +146,13 @@ def test_a_healthy_store_passes_and_stays_unchanged(mlflow_store):
     before = digest(mlflow_store)
     check_tracking_uri(f"sqlite:///{mlflow_store}")
     assert digest(mlflow_store) == before
+
+
+def test_a_closed_database_server_port_is_refused_within_seconds():
+    uri = f"postgresql://user@127.0.0.1:{free_port()}/mlflow"
+    message = refusal(uri)
+    start = time.monotonic()  # the probe alone (the first call also imports MLflow)
+    with pytest.raises(ValueError):
+        store.check_database_server(uri, "paths.tracking_uri")
+    assert time.monotonic() - start < store.SERVER_TIMEOUT_S + 1
+    assert "no postgresql server answers at 127.0.0.1:" in message
