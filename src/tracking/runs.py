@@ -76,9 +76,7 @@ def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
         from src.tracking.claim import KILLED_REASON
 
         if isinstance(error, KeyboardInterrupt | SystemExit):
-            reason = "SIGTERM" if is_sigterm(error) else type(error).__name__
-            if isinstance(error, KeyboardInterrupt):
-                reason = "SIGINT (KeyboardInterrupt)"
+            reason = "SIGTERM" if is_sigterm(error) else type(error).__name__  # as training's
             client.set_tag(run_id, KILLED_REASON, reason)
             client.set_terminated(run_id, "KILLED")
         else:

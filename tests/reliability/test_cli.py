@@ -113,7 +113,7 @@ def store_uri(tmp_path_factory) -> str:
     "error,status,tag",
     [
         (Terminated(), "KILLED", ("killed_reason", "SIGTERM")),
-        (KeyboardInterrupt(), "KILLED", ("killed_reason", "SIGINT (KeyboardInterrupt)")),
+        (KeyboardInterrupt(), "KILLED", ("killed_reason", "KeyboardInterrupt")),
         (RuntimeError("disk is full"), "FAILED", ("error", "RuntimeError: disk is full")),
     ],
 )
