@@ -2,7 +2,8 @@
 bench): Hydra, `--help`, error handling, signals and exit codes, fixed once here.
 
 - Bad input (`InvalidInput`, or Hydra's own: an unknown key, an unknown group option, an override
-  it cannot parse): one line naming the key and what is valid, exit 2, before any run or store.
+  it cannot parse; a value of the wrong kind for its default, `optimizer.lr=fast`): one line
+  naming the key and what is valid, exit 2, before any run or store.
 - The tracking store is probed before the task (src.tracking.store.check_tracking_uri): a server
   that does not answer, a file that is not an MLflow store, a locked store, a read-only or full
   disk are refused in one line, exit 2, the store untouched. A store failing mid-run: one line,
@@ -212,8 +213,8 @@ def hydra_errors_raised() -> Iterator[None]:
 @contextmanager
 def signals_raise() -> Iterator[None]:
     """SIGTERM raises Terminated wherever the main thread is (training nests its own handler,
-    src.errors.sigterm_raises, which defers to Lightning's safe points); SIGINT keeps Python's
-    KeyboardInterrupt, restored if a library had silenced it."""
+    src.errors.sigterm_raises, which defers to Lightning's safe points). SIGINT keeps Python's
+    KeyboardInterrupt (ignored, as a shell's background job inherits it, it stays ignored)."""
     import threading
 
     from src.errors import Terminated
@@ -225,14 +226,11 @@ def signals_raise() -> Iterator[None]:
     def terminate(signum, frame) -> None:
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminate), signal.getsignal(signal.SIGINT)
-    if previous[1] in (signal.SIG_IGN, signal.SIG_DFL, None):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1] or signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def hydra_error_line(error: BaseException, config_name: str | None = None) -> str | None:
