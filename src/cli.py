@@ -29,6 +29,8 @@ CONF_DIR = PROJECT_ROOT / "conf"
 SIGINT_EXIT = 130  # 128 + 2, as a shell reports Ctrl-C
 log = logging.getLogger(__name__)
 
+# Whether Hydra handed the job its config: an OSError before that is Hydra making its folder.
+_task_started = False
 # The task's config -> {config key: tracking URI} it reads or writes (probed before the task).
 Stores = Callable[[Any], Mapping[str, str | None]]
 
@@ -64,6 +66,8 @@ def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool, config_
 
     from src.errors import InvalidInput
 
+    global _task_started
+    _task_started = True
     try:
         hydra_cfg = HydraConfig.get()
         check_value_types(
@@ -172,6 +176,12 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
             raise
         except InvalidInput as error:  # a multirun's refusal that its sweeper passed on
             _say(f"Invalid input: {error}")
+            raise SystemExit(2) from None
+        except OSError as error:
+            if _task_started or config_name is None:
+                raise
+            # Hydra making the run folder (hydra.run.dir under a file, not writable)
+            _say(f"Invalid input: hydra.run.dir / hydra.sweep.dir: {error}")
             raise SystemExit(2) from None
         except Exception as error:
             line = hydra_error_line(error, config_name)

@@ -47,6 +47,11 @@ class Report:
         unknown = sorted(set(self.plots) - set(PLOT_FILES))
         if unknown:
             raise InvalidInput(f"plots={unknown}: unknown; choose from {list(PLOT_FILES)}.")
+        digits, scale = self.layout.digits, self.layout.scale
+        if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 10:
+            raise InvalidInput(f"digits={digits!r}: decimals shown, an integer in [0, 10].")
+        if not scale > 0:
+            raise InvalidInput(f"scale={scale!r}: the factor scores are shown at (100: %), > 0.")
 
     def params(self) -> dict[str, str]:
         layout = self.layout

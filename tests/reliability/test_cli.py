@@ -240,3 +240,46 @@ def test_a_file_under_a_file_names_the_file_in_the_way(tmp_path):
     (tmp_path / "notes.txt").write_text("keep")
     with pytest.raises(InvalidInput, match=r"notes.txt' is a file, not a folder"):
         check_output_file(tmp_path / "notes.txt" / "p.csv", "csv")
+
+
+def test_a_run_folder_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep")
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", f"hydra.run.dir={tmp_path / 'notes.txt' / 'run'}"],
+        cwd=ROOT, env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output[-2000:]
+    assert "Invalid input: hydra.run.dir / hydra.sweep.dir: [Errno 20] Not a directory" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_ui_never_migrates_another_programs_sqlite(tmp_path, capsys):
+    import sqlite3
+
+    from src.tracking.ui import main
+
+    database = tmp_path / "customers.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE customers (name TEXT)")
+    with pytest.raises(SystemExit) as stopped:
+        main([f"sqlite:///{database}", "127.0.0.1", "5000"])
+    assert stopped.value.code == 2 and "not an MLflow store" in capsys.readouterr().err
+    with sqlite3.connect(database) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["customers"]
+
+
+@pytest.mark.parametrize("digits,scale,fragment", [(-1, 100, "digits=-1"), (2, 0, "scale=0")])
+def test_report_layout_knobs_are_ranged(tmp_path, digits, scale, fragment):
+    from src.report.build import Report
+    from src.report.query import Query
+    from src.report.table import Layout
+
+    layout = Layout(rows=("a",), columns=("b",), metric="test/acc", digits=digits, scale=scale)
+    report = Report(Query(f"sqlite:///{tmp_path}/m.db", (), {}, "FINISHED", "train"), layout,
+                    output_dir=tmp_path, stem="t", formats=("md",), title="", plots={},
+                    experiment="reports", run_name="r", artifact_location=None)  # fmt: skip
+    with pytest.raises(InvalidInput, match=fragment):
+        report.check()
