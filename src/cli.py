@@ -177,14 +177,10 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
         except InvalidInput as error:  # a multirun's refusal that its sweeper passed on
             _say(f"Invalid input: {error}")
             raise SystemExit(2) from None
-        except OSError as error:
-            if _task_started or config_name is None:
-                raise
-            # Hydra making the run folder (hydra.run.dir under a file, not writable)
-            _say(f"Invalid input: hydra.run.dir / hydra.sweep.dir: {error}")
-            raise SystemExit(2) from None
         except Exception as error:
             line = hydra_error_line(error, config_name)
+            if line is None and isinstance(error, OSError) and config_name and not _task_started:
+                line = f"hydra.run.dir / hydra.sweep.dir: {error}"  # Hydra making its folder
             if line is not None:
                 _say(f"Invalid input: {line}")
                 raise SystemExit(2) from None
