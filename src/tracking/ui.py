@@ -50,7 +50,5 @@ def main(argv: list[str]) -> None:
         print(f"Runs of {name}: {url}")
 
 
-if __name__ == "__main__":
-    from src.cli import guarded
-
-    guarded(main)(sys.argv[1:])
+if __name__ == "__main__":  # not through src.cli (src.tracking sits below it): argparse's errors
+    main(sys.argv[1:])
