@@ -55,6 +55,10 @@ def locate(
         checkpoint = Path(ckpt_path)
         if not checkpoint.is_file():
             raise InvalidInput(f"ckpt_path: no such checkpoint file '{checkpoint}'.")
+        with open(checkpoint, "rb") as file:  # torch.save writes a zip (or, before 1.6, a pickle)
+            header = file.read(2)
+        if header != b"PK" and header[:1] != b"\x80":
+            raise InvalidInput(f"ckpt_path='{checkpoint}': not a checkpoint (not a torch file).")
         output_dir = checkpoint.resolve().parent.parent
     config_file = output_dir / "config.yaml"
     if not config_file.is_file():

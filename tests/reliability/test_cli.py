@@ -283,3 +283,12 @@ def test_report_layout_knobs_are_ranged(tmp_path, digits, scale, fragment):
                     experiment="reports", run_name="r", artifact_location=None)  # fmt: skip
     with pytest.raises(InvalidInput, match=fragment):
         report.check()
+
+
+def test_a_text_file_as_checkpoint_is_named_as_such(tmp_path):
+    from src.inference.trained import locate
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not weights")
+    with pytest.raises(InvalidInput, match="notes.txt': not a checkpoint"):
+        locate(None, str(notes), f"sqlite:///{tmp_path}/m.db")
