@@ -4,13 +4,11 @@ on any data set with its training preprocessing; the metrics go into its MLflow 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from src.cli import entry_point
+
 log = logging.getLogger(__name__)
 
 
@@ -60,21 +58,11 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     return {prefix + key: value for key, value in metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="eval")
+@entry_point("eval", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri})
 def main(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from src.errors import InvalidInput
-
-    try:
-        metrics = evaluate_run(cfg)
-    except InvalidInput as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # in a multirun over data sets this one fails and the others go on
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
     from src.tracking.store import done_line
+
+    metrics = evaluate_run(cfg)  # a refusal in a multirun over data sets fails that job only
 
     for key, value in sorted(metrics.items()):
         log.info("%s = %.4f", key, value)
@@ -83,5 +71,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     main()

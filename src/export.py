@@ -5,13 +5,12 @@ checkpoint's logits, each recording the run and checkpoint it came from."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from src.cli import entry_point
+
 log = logging.getLogger(__name__)
 
 
@@ -22,6 +21,7 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
     from src.errors import InvalidInput, refuse_bad_input
     from src.inference import export as E
     from src.inference.trained import data_config, load_model, locate
+    from src.outputs import check_output_folder
 
     # 1. Source, formats and exporters are checked before anything is written.
     with refuse_bad_input():
@@ -41,6 +41,8 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
         trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
         if cfg.mlflow_model and not trained.run_id:
             raise InvalidInput("mlflow_model=true logs into the training run: give run_id.")
+        if formats and cfg.output_dir is not None:  # the files go there (a model: the run)
+            check_output_folder(cfg.output_dir, "output_dir")
         model = load_model(trained)
     config = data_config(model)
     example = E.example_input(config["input_size"])
@@ -68,16 +70,13 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
     return made
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="export")
+@entry_point(
+    "export", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None}
+)
 def main(cfg: DictConfig) -> None:
-    from src.errors import InvalidInput
-
-    try:
-        made = export_run(cfg)
-    except InvalidInput as error:
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
     from src.tracking.store import done_line
+
+    made = export_run(cfg)
 
     for fmt, where in made.items():
         log.info("%s: %s", fmt, where)
@@ -85,5 +84,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     main()

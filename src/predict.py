@@ -4,13 +4,12 @@ without a run or checkpoint, the ImageNet-pretrained backbone names ImageNet cla
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from src.cli import entry_point
+
 log = logging.getLogger(__name__)
 
 
@@ -24,10 +23,13 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     from src.inference import predict as P
     from src.inference.trained import Trained, data_config, load_model, locate
     from src.posthoc.tta import TestTimeAugmented, run_views
+    from src.outputs import check_output_file
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
         P.check_top_k(cfg.top_k)
+        if cfg.csv:  # before any image is read or predicted
+            check_output_file(cfg.csv, "csv")
         size = cfg.batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidInput(f"batch_size={size}: an integer >= 1.")
@@ -62,20 +64,16 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     return tops
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")
+@entry_point(
+    "predict", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None}
+)
 def main(cfg: DictConfig) -> None:
-    from src.errors import InvalidInput
     from src.tracking.store import done_line
 
-    try:
-        predict_images(cfg)
-    except InvalidInput as error:
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
+    predict_images(cfg)
     # No run of its own: the run it predicted with, and where the CSV went.
     log.info(done_line(cfg.run_id, cfg.csv or "stdout (csv= writes a file)"))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     main()

@@ -11,19 +11,20 @@ winner. Re-running the same command continues: ranking cached, studies resumed, 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from src.cli import entry_point  # stdlib only: the clock below still counts the heavy imports
 
 # The budget's clock: the heavy imports (torch, timm, MLflow) and the checks come after, and count.
 STARTED = time.monotonic()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
+
 log = logging.getLogger(__name__)
 # What trials can be ranked by (maximised): every run's validation scores that rise when it improves.
 SEARCH_METRICS = ("val/acc", "val/balanced_acc", "val/f1_macro", "val/auroc")
@@ -136,15 +137,9 @@ def advise(cfg: DictConfig) -> Path:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="advise")
+@entry_point("advise", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri})
 def main(cfg: DictConfig) -> None:
-    from src.errors import InvalidInput
-
-    try:
-        advise(cfg)
-    except InvalidInput as error:  # one line naming the key and what is valid; exit 2
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
+    advise(cfg)
 
 
 def refuse_unknown_dataset(argv: list[str]) -> None:
@@ -161,6 +156,5 @@ def refuse_unknown_dataset(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     refuse_unknown_dataset(sys.argv[1:])
     main()

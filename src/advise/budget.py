@@ -69,6 +69,15 @@ class Budget:
         """Training runs a stage with this share of a run budget may use (None: time budget)."""
         return None if self.runs is None else max(1, round(share * self.runs))
 
+    def trials_per_backbone(self, share: float, count: int) -> list[int] | None:
+        """The search's run quota split over `count` backbones, the first ones taking the
+        remainder; they add up to the quota exactly (a run budget is never overrun), so with
+        fewer trials than backbones the last ones get none. None: a time budget."""
+        quota = self.run_quota(share)
+        if quota is None:
+            return None
+        return [(quota + count - 1 - index) // count for index in range(count)]
+
     def skip(self, what: str) -> None:
         log.info("Budget: skipped %s", what)
         self.skipped.append(what)

@@ -83,8 +83,11 @@ class Stages:
         budget, cfg = self.budget, self.cfg
         start, end = budget.elapsed(), budget.deadline(cfg.shares.search)
         until = start + (end - start) / (count - index) if math.isfinite(end) else end
-        quota = budget.run_quota(cfg.shares.search)
-        n_trials = cfg.search.max_trials if quota is None else max(1, (quota + index) // count)
+        split = budget.trials_per_backbone(cfg.shares.search, count)
+        n_trials = cfg.search.max_trials if split is None else split[index]
+        if n_trials == 0:  # a run budget smaller than the kept backbones: said so, not overrun
+            budget.skip(f"search {name}: no trial left in budget={cfg.budget}")
+            return []
         job = search_stage.SearchJob(
             backbone=name,
             study_name=f"advise-{cfg.dataset_name}-{name}-{self.key}",

@@ -108,6 +108,25 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def check_knobs(parser: argparse.ArgumentParser, args) -> None:
+    """Ranges argparse's types do not check, and the results' place, before any suite runs."""
+    from src.errors import InvalidInput
+    from src.outputs import check_output_file, check_output_folder
+
+    least = {"image_size": 8, "batch_size": 1, "steps": 1, "warmup": 0, "rounds": 1}
+    least |= {"data_epochs": 1, "trials": 1, "epochs": 1, "train_batches": 1, "seed": 0}
+    for key, low in least.items():
+        if getattr(args, key) < low:
+            parser.error(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= {low}")
+    try:
+        if args.json is not None:
+            check_output_file(args.json, "--json")
+        else:
+            check_output_folder(args.output_dir, "--output-dir")
+    except InvalidInput as error:
+        parser.error(str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.bench",
@@ -146,8 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6, help="pruning: max epochs per trial")
     parser.add_argument("--train-batches", type=int, default=4, help="pruning: batches per epoch")
     parser.add_argument("--seed", type=int, default=0, help="pruning: sampler and training seed")
-    parser.add_argument("--json", type=Path, help="write the rows here (default outputs/bench/)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("outputs/bench"),
+        help="where <time>.json goes, relative to the current folder (default outputs/bench)",
+    )
+    parser.add_argument("--json", type=Path, help="write the rows to this file instead")
     args = parser.parse_args(argv)
+    check_knobs(parser, args)
     os.environ.setdefault("PROJECT_ROOT", str(jobs.PROJECT_ROOT))
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.precision = args.precision or ("bf16-mixed" if args.device.type == "cuda" else "32-true")
@@ -163,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name() if args.device.type == "cuda" else "cpu"
     report = {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__}
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = args.json or jobs.PROJECT_ROOT / "outputs" / "bench" / f"{stamp}.json"
+    path = args.json or args.output_dir / f"{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for suite_rows in run_suites(names, args):  # written as each suite ends: a kill keeps the rest
@@ -179,4 +205,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.cli import guarded
+
+    sys.exit(guarded(main)())

@@ -193,12 +193,27 @@ def textures(patch_size: int = 64) -> Source:
 # ---- user images ------------------------------------------------------------------------------
 
 
-def image_folder(root: str, test_root: str | None = None, on_bad_image: str = "error") -> Source:
+def image_folder(
+    root: str,
+    test_root: str | None = None,
+    on_bad_image: str = "error",
+    max_image_pixels: int | None = -1,
+) -> Source:
     """root/<class>/<image>; every class folder must hold at least one readable image. Every image
     is decoded once up front: unreadable ones are listed and refused (error) or left out (skip).
-    Files are read faithfully (src/data/files.py); each file counts once."""
+    Files are read faithfully (src/data/files.py); each file counts once, under one label.
+    max_image_pixels: Pillow's decompression-bomb limit (-1: Pillow's own; null: none)."""
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"dataset.source.on_bad_image={on_bad_image!r}: choose error or skip.")
+    if max_image_pixels is not None and max_image_pixels != -1:
+        if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int):
+            raise ValueError(f"dataset.source.max_image_pixels={max_image_pixels!r}: an integer.")
+        if max_image_pixels < 1:
+            raise ValueError(
+                f"dataset.source.max_image_pixels={max_image_pixels}: >= 1, -1 or null."
+            )
+    if max_image_pixels != -1:  # process-wide in Pillow: the loaders read with the same limit
+        Image.MAX_IMAGE_PIXELS = max_image_pixels
     skipped: list[str] = []
     pool = _class_folder(root, "root", on_bad_image, skipped)
     test = None
@@ -253,6 +268,14 @@ def _class_folder(path: str, key: str, on_bad_image: str, skipped: list[str]) ->
             len(repeats),
             sorted(str(Path(r).relative_to(folder)) for r in repeats)[:10],
         )
+    bombs = set(oversized_images([str(p) for p in paths]))
+    if bombs:
+        raise ValueError(
+            f"{where}: {len(bombs)} image(s) over Pillow's decompression-bomb limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels: "
+            f"{sorted(str(Path(p).relative_to(folder)) for p in bombs)[:10]}. If they are "
+            "genuine, raise the limit with dataset.source.max_image_pixels=<pixels> (null: none)."
+        )
     bad = set(unreadable_images([str(p) for p in paths]))
     if bad and on_bad_image == "error":
         raise ValueError(
@@ -277,14 +300,23 @@ def _class_folder(path: str, key: str, on_bad_image: str, skipped: list[str]) ->
 
 def _list_classes(folder: Path, classes: list[str], where: str):
     """(paths, class indices, repeated folders): each real file once; one file in two classes
-    has no single label and is refused."""
+    has no single label and is refused, as is a link that walks one class into another's
+    folder, and the same bytes under two labels."""
     visited: set[str] = set()
     repeats: list[str] = []
     owner: dict[str, tuple[str, Path]] = {}
     paths, targets = [], []
+    class_dirs = {os.path.realpath(folder / name): name for name in classes}
     for label, name in enumerate(classes):
         for path in sorted(list_images(folder / name, visited, repeats)):
             real = os.path.realpath(path)
+            walked = next((c for d, c in class_dirs.items() if real.startswith(d + os.sep)), name)
+            if walked != name:
+                raise ValueError(
+                    f"{where}: class '{name}' reaches class '{walked}''s images through a link "
+                    f"({path.relative_to(folder)} is {real}); each image needs one label: "
+                    "remove the link."
+                )
             if real in owner and owner[real][0] != name:
                 raise ValueError(
                     f"{where}: the same file is in class '{owner[real][0]}' "
@@ -295,7 +327,52 @@ def _list_classes(folder: Path, classes: list[str], where: str):
                 owner[real] = (name, path)
                 paths.append(path)
                 targets.append(label)
+    _refuse_same_bytes(paths, targets, classes, folder, where)
     return paths, targets, repeats
+
+
+def _refuse_same_bytes(paths, targets, classes, folder: Path, where: str) -> None:
+    """Byte-identical files (copies, not links) under two labels: the model is taught both."""
+    import hashlib
+
+    first: dict[bytes, tuple[int, Path]] = {}
+    clashes = []
+    for path, target in zip(paths, targets, strict=True):
+        try:
+            digest = hashlib.sha1(Path(path).read_bytes()).digest()
+        except OSError:
+            continue  # unreadable: reported with the undecodable ones
+        seen = first.setdefault(digest, (target, path))
+        if seen[0] != target:
+            clashes.append((seen[1], path))
+    if clashes:
+        a, b = clashes[0]
+        raise ValueError(
+            f"{where}: {len(clashes)} image(s) are byte-identical copies under two classes, e.g. "
+            f"{a.relative_to(folder)} = {b.relative_to(folder)}; each image needs one label: "
+            "delete the wrong copies."
+        )
+
+
+def oversized_images(paths: list[str]) -> list[str]:
+    """Files whose header declares more pixels than Pillow's decompression-bomb limit (read from
+    the header only: nothing is decoded)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None:
+        return []
+    big = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                pixels = image.size[0] * image.size[1]
+        except Image.DecompressionBombError:
+            big.append(path)
+            continue
+        except (OSError, SyntaxError, ValueError):
+            continue  # unreadable: reported with the undecodable ones
+        if pixels > limit:
+            big.append(path)
+    return big
 
 
 def unreadable_images(paths: list[str]) -> list[str]:

@@ -14,6 +14,8 @@ from torch import nn
 from src.errors import InvalidInput
 
 log = logging.getLogger(__name__)
+# Runs that hold no model: their tools' own (src.tracking.kinds); every other kind trained one.
+NOT_TRAINING = ("similarity", "similarity_ranking", "report", "advise", "sweep", "grid")
 
 
 @dataclass
@@ -53,6 +55,10 @@ def locate(
         checkpoint = Path(ckpt_path)
         if not checkpoint.is_file():
             raise InvalidInput(f"ckpt_path: no such checkpoint file '{checkpoint}'.")
+        with open(checkpoint, "rb") as file:  # torch.save writes a zip (or, before 1.6, a pickle)
+            header = file.read(2)
+        if header != b"PK" and header[:1] != b"\x80":
+            raise InvalidInput(f"ckpt_path='{checkpoint}': not a checkpoint (not a torch file).")
         output_dir = checkpoint.resolve().parent.parent
     config_file = output_dir / "config.yaml"
     if not config_file.is_file():
@@ -77,6 +83,12 @@ def _run_output_dir(run_id: str, tracking_uri: str) -> tuple[Path, dict[str, str
         run = MlflowClient(tracking_uri).get_run(run_id)
     except MlflowException:
         raise InvalidInput(f"run_id={run_id}: no such MLflow run in {tracking_uri}.") from None
+    kind = run.data.tags.get("kind")
+    if kind in NOT_TRAINING:
+        raise InvalidInput(
+            f"run_id={run_id}: not a training run (kind={kind}); give the id of a run that "
+            "trained a model (kind=train, sweep_trial, advise_search or advise_data)."
+        )
     output_dir = run.data.tags.get("output_dir")
     if not output_dir or not Path(output_dir).is_dir():
         raise InvalidInput(f"run_id={run_id}: its output_dir '{output_dir}' no longer exists.")
@@ -174,6 +186,7 @@ def load_model(trained: Trained) -> nn.Module:
     head = state.get("head") or {}
     if "kernel_svm" in head:  # feature_extract's RBF SVM in place of the linear classifier
         replace_classifier(model, KernelSVM(head["kernel_svm"]))
+    check_architecture(model, weights, state, trained)
     model.load_state_dict(weights)
     trained.class_names = state.get("class_names") or [str(i) for i in range(model.num_classes)]
     thresholds = state["state_dict"].get("task.thresholds")
@@ -181,6 +194,27 @@ def load_model(trained: Trained) -> nn.Module:
     trained.probabilistic = head.get("probabilistic", True)
     log.info("Loaded %s (%d classes)", trained.checkpoint, model.num_classes)
     return model.eval()
+
+
+def check_architecture(model: nn.Module, weights: dict, state: dict, trained: Trained) -> None:
+    """A checkpoint of another backbone than the config beside it names (a reused run folder, a
+    copied file): one line naming both, not torch's list of every size mismatch."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    got = {key: tuple(value.shape) for key, value in weights.items()}
+    missing, unexpected = expected.keys() - got.keys(), got.keys() - expected.keys()
+    resized = [key for key in expected.keys() & got.keys() if expected[key] != got[key]]
+    recorded = state.get("architecture")
+    wanted = trained.config["backbone"].get("name", type(model).__name__)
+    if not (missing or unexpected or resized):
+        return  # it loads: the names may differ (resnet18 vs resnet18.a1_in1k), the weights fit
+    theirs = recorded or f"another architecture ({len(got)} tensors, not {len(expected)})"
+    example = sorted(resized or missing or unexpected)[:1]
+    raise InvalidInput(
+        f"{trained.checkpoint}: its weights are {theirs}, but its run's config builds {wanted}: "
+        f"{len(resized)} tensors differ in shape, {len(missing)} are missing, "
+        f"{len(unexpected)} unexpected (e.g. {', '.join(example)}). Give the checkpoint of a "
+        f"{wanted} run, or the run_id that made this one."
+    )
 
 
 def _head_size(weights: dict[str, torch.Tensor]) -> int:

@@ -81,6 +81,10 @@ class TransferModule(L.LightningModule):
         # run only repeats an uninterrupted one if they continue from where the checkpoint was.
         checkpoint["rng_states"] = _rng_states()
         checkpoint["class_names"] = self.class_names  # so predict can name what it sees
+        # What src.inference names when a checkpoint meets another backbone's config.
+        checkpoint["architecture"] = (getattr(self.model, "pretrained_cfg", None) or {}).get(
+            "architecture"
+        )
         self.strategy.on_save_checkpoint(checkpoint)  # after the callbacks' (an average's) changes
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

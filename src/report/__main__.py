@@ -8,13 +8,12 @@ run tagged kind=report whose params record the query. See conf/report.yaml.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from src.cli import entry_point
+
 log = logging.getLogger(__name__)
 
 
@@ -53,18 +52,12 @@ def report_from_config(cfg: DictConfig):
     )
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
+@entry_point("report", stores=lambda cfg: {"tracking_uri": cfg.tracking_uri})
 def main(cfg: DictConfig) -> None:
-    from src.errors import InvalidInput
     from src.report.build import write_report
 
-    try:
-        write_report(report_from_config(cfg))  # its last line: the report run and folder
-    except InvalidInput as error:  # the message says what was asked and what exists
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
+    write_report(report_from_config(cfg))  # its last line: the report run and folder
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     main()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.errors import InvalidInput
+from src.outputs import check_output_folder
 from src.report import plots, render
 from src.report.query import Query, search
 from src.report.table import Grid, Layout, Selection, aggregate, select
@@ -47,6 +48,11 @@ class Report:
         unknown = sorted(set(self.plots) - set(PLOT_FILES))
         if unknown:
             raise InvalidInput(f"plots={unknown}: unknown; choose from {list(PLOT_FILES)}.")
+        digits, scale = self.layout.digits, self.layout.scale
+        if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 10:
+            raise InvalidInput(f"digits={digits!r}: decimals shown, an integer in [0, 10].")
+        if not scale > 0:
+            raise InvalidInput(f"scale={scale!r}: the factor scores are shown at (100: %), > 0.")
 
     def params(self) -> dict[str, str]:
         layout = self.layout
@@ -111,6 +117,7 @@ def write_report(report: Report) -> list[Path]:
 
     # 1. Refuse bad input and an empty query before any run exists.
     report.check()
+    check_output_folder(report.output_dir, "output_dir")
     frame = search(report.query)
     selection = select(frame, report.layout)
     grid = aggregate(selection.frame, selection.layout)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from src.cli import entry_point
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +32,31 @@ def register_sources() -> None:
         )
 
 
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_knobs(cfg: DictConfig) -> None:
+    """Type and range of every option, before any data or model (a string is a refusal too)."""
+    if not is_int(cfg.knn_k) or cfg.knn_k < 1:
+        raise ValueError(f"knn_k={cfg.knn_k!r}: an integer >= 1.")
+    if cfg.max_per_class is not None and (not is_int(cfg.max_per_class) or cfg.max_per_class < 2):
+        raise ValueError(f"max_per_class={cfg.max_per_class!r}: an integer >= 2, or null (all).")
+    if not is_int(cfg.seed) or cfg.seed < 0:
+        raise ValueError(f"seed={cfg.seed!r}: an integer >= 0.")
+
+
+def check_knn_k(knn_k: int, train_images: int) -> None:
+    """kNN with k near the training set's size votes the majority class for every image: a
+    chance-level score that runs would attach and the advisor rank on. Refused, with the limit."""
+    limit = max(1, train_images // 2)
+    if knn_k > limit:
+        raise ValueError(
+            f"knn_k={knn_k}: the training split has {train_images} images; k must be <= "
+            f"{limit} (half of them) for kNN accuracy to mean anything."
+        )
+
+
 def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, float]:
     """Score the pair; `choices`: the job's config-group choices (the `dataset` and `source` tags)."""
     from timm.data import resolve_model_data_config
@@ -38,6 +64,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     from src.config import build
     from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
+    from src.outputs import check_output_folder
     from src.similarity import measure as m
     from src.similarity.tracking import KIND, log_scores, similarity_key
     from src.tracking import git_state
@@ -48,10 +75,10 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
 
     # 1. Everything that can refuse bad input comes before an MLflow run exists.
     with refuse_bad_input():
-        if cfg.knn_k < 1:
-            raise ValueError(f"knn_k={cfg.knn_k}: must be >= 1.")
-        if cfg.score_resamples < 0:
-            raise ValueError(f"score_resamples={cfg.score_resamples}: must be >= 0.")
+        check_knobs(cfg)
+        check_output_folder(cfg.paths.output_dir, "paths.output_dir")
+        if not is_int(cfg.score_resamples) or cfg.score_resamples < 0:
+            raise ValueError(f"score_resamples={cfg.score_resamples!r}: an integer >= 0.")
         estimators = m.check_estimators(cfg.estimators)
         target = build(cfg.dataset)
         source = build(cfg.source) if cfg.get("source") else None
@@ -59,6 +86,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         transform = eval_transform(resolve_model_data_config(model))
         for datamodule in filter(None, (target, source)):
             m.prepare(datamodule, transform, cfg.max_per_class)
+        check_knn_k(cfg.knn_k, len(target.splits.train))
     choices = choices or {}
     key = similarity_key(cfg, choices)
     # The same fingerprint as a training run's: a study driver reuses a finished run by it.
@@ -102,24 +130,14 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     return scores
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="similarity")
+@entry_point("similarity", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri})
 def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from src.errors import InvalidInput
-
-    try:
-        scores = measure(cfg, HydraConfig.get().runtime.choices)
-    except InvalidInput as error:  # one line naming the key, exit 2; a multirun goes on
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
+    scores = measure(cfg, HydraConfig.get().runtime.choices)  # a multirun goes on
     return scores.get("logme", next(iter(scores.values())))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     register_sources()
     main()

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from src.cli import entry_point
 from src.errors import InvalidInput
 from src.similarity.tracking import PREFIX
 from src.tracking.tables import markdown
@@ -144,21 +143,19 @@ def write(tracking_uri: str, experiments: list[str] | None, out: Path | None) ->
     return text
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="similarity_report")
+@entry_point("similarity_report", stores=lambda cfg: {"tracking_uri": cfg.tracking_uri})
 def main(cfg: DictConfig) -> None:
-    names = cfg.experiments
-    experiments = [names] if isinstance(names, str) else list(names) if names else None
+    from src.outputs import check_output_file
     from src.tracking.store import done_line
 
-    try:
-        write(cfg.tracking_uri, experiments, Path(cfg.out) if cfg.out else None)
-    except InvalidInput as error:  # one line, exit 2
-        log.error("%s", error)
-        raise SystemExit(2) from None
+    names = cfg.experiments
+    experiments = [names] if isinstance(names, str) else list(names) if names else None
+    if cfg.out:
+        check_output_file(cfg.out, "out")
+    write(cfg.tracking_uri, experiments, Path(cfg.out) if cfg.out else None)  # refusals: exit 2
     # No run of its own: it reads the store's training runs; the file, when asked for one.
     log.info(done_line(None, cfg.out or "stdout (out= writes a file)", cfg.tracking_uri))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(CONF_DIR.parent))
     main()

@@ -48,6 +48,22 @@ def open_parent(study: optuna.Study, mlflow_cfg: dict[str, Any], params: dict[st
     return run_id
 
 
+def end_interrupted(study: optuna.Study, tracking_uri: str, error: BaseException) -> None:
+    """SIGTERM or Ctrl-C: the study's parent run ends KILLED with the signal as its reason (a
+    re-run of the sweep reopens it, open_parent), never left RUNNING."""
+    from src.errors import is_sigterm
+    from src.tracking.claim import KILLED_REASON
+
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        return
+    mlf = client(tracking_uri)
+    if mlf.get_run(run_id).info.status == "RUNNING":
+        reason = "SIGTERM" if is_sigterm(error) else type(error).__name__
+        mlf.set_tag(run_id, KILLED_REASON, reason)
+        mlf.set_terminated(run_id, "KILLED")
+
+
 def tag_trial(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
     """Trial number and final state on the trial's own run; a pruned run is tagged `pruned`."""
     run_id = trial.user_attrs.get(RUN_ATTR)

@@ -98,3 +98,27 @@ def _loads(path: Path) -> bool:
     except Exception:  # truncated zip, a pickle with code, empty file: all mean "not this one"
         return False
     return isinstance(state, dict) and "state_dict" in state and "loops" in state
+
+
+# Made atomically (O_EXCL) by the fresh run that owns a folder: a second run never shares it.
+OWNER_FILE = ".run_owner"
+
+
+def own_folder(folder: Path, sub_folders: bool = True) -> Path | None:
+    """The folder a fresh run writes into: `folder`, or, when another run has it (two runs given
+    one hydra.run.dir, or started in the same second), a numbered sub-folder of its own, so
+    checkpoints and config.yaml are never shared and eval never scores one run's model for another.
+    Without sub_folders: None when `folder` is taken."""
+    for attempt in range(1, 1000 if sub_folders else 2):
+        candidate = folder if attempt == 1 else folder / f"run{attempt}"
+        candidate.mkdir(parents=True, exist_ok=True)
+        if (candidate / "config.yaml").exists() or (candidate / "checkpoints").exists():
+            continue  # a run from before claims existed
+        try:
+            os.close(os.open(candidate / OWNER_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        return candidate
+    if not sub_folders:
+        return None
+    raise RuntimeError(f"{folder}: 999 runs already; give another hydra.run.dir.")

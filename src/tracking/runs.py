@@ -67,13 +67,21 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 
 @contextmanager
 def run_status(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """The run ends FINISHED, or FAILED (KILLED on Ctrl-C) with the error as a tag."""
+    """The run ends FINISHED; FAILED with the error as the `error` tag; KILLED on SIGTERM or
+    Ctrl-C with the signal as `killed_reason`, as a training run's (src.tracking.loggers)."""
     try:
         yield
     except BaseException as error:
-        killed = isinstance(error, KeyboardInterrupt | SystemExit)
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+        from src.errors import is_sigterm
+        from src.tracking.claim import KILLED_REASON
+
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            reason = "SIGTERM" if is_sigterm(error) else type(error).__name__  # as training's
+            client.set_tag(run_id, KILLED_REASON, reason)
+            client.set_terminated(run_id, "KILLED")
+        else:
+            client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
 

@@ -130,8 +130,10 @@ def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> No
         )
     if scheme not in schemes:
         raise ValueError(f"{where}: unknown scheme '{scheme}'; MLflow opens {', '.join(schemes)}.")
+    if scheme in ("http", "https"):
+        return check_server(tracking_uri, where)
     if scheme != "sqlite":
-        return  # a server or database: only reachable over the network, checked when opened
+        return check_database_server(tracking_uri, where)
     if not tracking_uri.startswith(SQLITE) or tracking_uri == SQLITE:
         raise ValueError(f"{where}: a sqlite store is sqlite:///relative.db or sqlite:////abs.db.")
     database = Path(tracking_uri[len(SQLITE) :])
@@ -143,7 +145,116 @@ def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> No
     else:
         writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
     if not writable:
-        raise ValueError(f"{where}: '{existing}' is not writable by this user.")
+        raise ValueError(f"{where}: '{existing}' is not writable (permissions or a read-only disk).")
+    check_free_space(existing if existing.is_dir() else existing.parent, where)
+    if existing == database:
+        check_sqlite_store(database, where)
+
+
+# Below this much free space a store cannot take a run's params, metrics and checkpoints' tags.
+MIN_FREE_BYTES = 16 * 2**20
+# How long the probe waits for another process's write to the store to end (MLflow's are short).
+LOCK_WAIT_S = 10.0
+SERVER_TIMEOUT_S = 5.0
+
+
+def check_server(tracking_uri: str, where: str) -> None:
+    """A tracking server answers its /health page within seconds, or is refused now (MLflow
+    itself would retry for minutes, after the data and model were loaded)."""
+    import urllib.error
+    import urllib.request
+
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=SERVER_TIMEOUT_S) as answer:
+            answer.read(64)
+    except urllib.error.HTTPError as error:  # it answers, so it is up: MLflow reports the rest
+        if error.code >= 500:
+            raise ValueError(f"{where}: the server answers {error.code} ({error.reason}).") from None
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ValueError(
+            f"{where}: no MLflow server answers ({reason}); start one (make server) or point "
+            "MLFLOW_TRACKING_URI at a running one."
+        ) from None
+
+
+# A database server's port when its URI names none (SQLAlchemy's dialects).
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_database_server(tracking_uri: str, where: str) -> None:
+    """A database server (postgresql://, mysql://) must accept a connection within seconds; its
+    driver would otherwise fail with a traceback, or retry, after the data and model loaded."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(tracking_uri)
+    dialect = parsed.scheme.split("+")[0]
+    if not parsed.hostname:
+        return  # a local socket path: the driver reports it
+    port = parsed.port or DEFAULT_PORTS.get(dialect)
+    if port is None:
+        return
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=SERVER_TIMEOUT_S).close()
+    except OSError as error:
+        raise ValueError(
+            f"{where}: no {dialect} server answers at {parsed.hostname}:{port} ({error}); start "
+            "it or fix the URI."
+        ) from None
+
+
+def check_free_space(folder: Path, where: str) -> None:
+    import os
+
+    stats = os.statvfs(folder)
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise ValueError(
+            f"{where}: the disk holding '{folder}' is full ({free // 1024} KiB free); free space "
+            "or put the store elsewhere."
+        )
+
+
+def check_sqlite_store(database: Path, where: str) -> None:
+    """An existing file must be an MLflow sqlite store that this process can write now; probed
+    with a write lock taken and rolled back, so the store is never changed by the probe."""
+    import sqlite3
+
+    with open(database, "rb") as file:
+        header = file.read(16)
+    if header and header != b"SQLite format 3\x00":
+        raise ValueError(
+            f"{where}: '{database}' is not an SQLite database (not an MLflow store); name a new "
+            "file or an existing store."
+        )
+    if not header:
+        return  # an empty file: MLflow makes it a store
+    try:
+        connection = sqlite3.connect(f"file:{database}?mode=rw", uri=True, timeout=LOCK_WAIT_S)
+    except sqlite3.Error as error:
+        raise ValueError(f"{where}: '{database}' cannot be opened ({error}).") from None
+    try:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if tables and not {"experiments", "runs"} <= tables:
+            raise ValueError(
+                f"{where}: '{database}' is an SQLite database but not an MLflow store (tables: "
+                f"{', '.join(sorted(tables)[:8])}); name a new file or an existing store."
+            )
+        connection.execute("BEGIN IMMEDIATE")  # a write lock: what every MLflow write needs
+        connection.rollback()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            raise ValueError(
+                f"{where}: '{database}' is locked by another process for over {LOCK_WAIT_S:.0f}s; "
+                "wait for it to end (or stop it) and run again."
+            ) from None
+        raise ValueError(f"{where}: '{database}' cannot be written ({error}).") from None
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{where}: '{database}' is a damaged database ({error}).") from None
+    finally:
+        connection.close()
 
 
 def done_line(run_id: str | None, outputs, tracking_uri: str | None = None) -> str:

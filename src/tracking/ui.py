@@ -37,6 +37,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("port", help="its port, e.g. 5000")
     args = parser.parse_args(argv)
     tracking_uri, host, port = args.tracking_uri, args.host, args.port
+    from src.tracking.store import check_tracking_uri
+
+    try:  # another program's sqlite file would be migrated into an MLflow store: refused
+        check_tracking_uri(tracking_uri, "tracking_uri")
+    except ValueError as error:
+        parser.error(str(error))
     urls = runs_urls(tracking_uri, f"http://{host}:{port}")
     if not urls:
         print(f"No experiment in {tracking_uri} yet: train something first (make train).")
@@ -44,5 +50,5 @@ def main(argv: list[str]) -> None:
         print(f"Runs of {name}: {url}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # not through src.cli (src.tracking sits below it): argparse's errors
     main(sys.argv[1:])

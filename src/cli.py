@@ -1,0 +1,313 @@
+"""The one road into every entry point (train, eval, predict, export, advise, report, similarity,
+bench): Hydra, `--help`, error handling, signals and exit codes, fixed once here.
+
+- Bad input (`InvalidInput`, or Hydra's own: an unknown key, an unknown group option, an override
+  it cannot parse; a value of the wrong kind for its default, `optimizer.lr=fast`): one line
+  naming the key and what is valid, exit 2, before any run or store.
+- The tracking store is probed before the task (src.tracking.store.check_tracking_uri): a server
+  that does not answer, a file that is not an MLflow store, a locked store, a read-only or full
+  disk are refused in one line, exit 2, the store untouched. A store failing mid-run: one line,
+  exit 1; the runs already opened end FAILED with the reason (src.tracking.runs.run_status).
+- SIGTERM raises `Terminated` (exit 143) and SIGINT KeyboardInterrupt (exit 130) in the main
+  thread, so every run the process opened ends KILLED with the signal as `killed_reason`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+SIGINT_EXIT = 130  # 128 + 2, as a shell reports Ctrl-C
+log = logging.getLogger(__name__)
+
+# Whether Hydra handed the job its config: an OSError before that is Hydra making its folder.
+_task_started = False
+# The task's config -> {config key: tracking URI} it reads or writes (probed before the task).
+Stores = Callable[[Any], Mapping[str, str | None]]
+
+
+def entry_point(config_name: str, stores: Stores | None = None, in_sweep_fails_job: bool = True):
+    """`@entry_point("eval", stores=...)` on `task(cfg)`: the decorated function is the command.
+
+    in_sweep_fails_job: in a -m multirun, a refusal fails that job (its trial FAIL) and the sweep
+    goes on; the sweep as a whole still exits 2 if its sweeper raises it."""
+
+    def decorate(task: Callable[[Any], Any]) -> Callable[[], Any]:
+        @wraps(task)
+        def main() -> Any:
+            import hydra
+
+            @wraps(task)  # Hydra names the job (its .log file) after the task's own file
+            def job(cfg):
+                return _run_job(task, cfg, stores, in_sweep_fails_job, config_name)
+
+            hydra_main = hydra.main(
+                version_base="1.3", config_path=str(CONF_DIR), config_name=config_name
+            )(job)
+            return guarded(hydra_main, config_name)()
+
+        return main
+
+    return decorate
+
+
+def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool, config_name: str) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from src.errors import InvalidInput
+
+    global _task_started
+    _task_started = True
+    try:
+        hydra_cfg = HydraConfig.get()
+        check_value_types(
+            config_name, cfg, list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices
+        )
+        if stores is not None:
+            check_stores(stores(cfg))
+        return task(cfg)
+    except InvalidInput as error:
+        if in_sweep_fails_job and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # this job fails (its trial FAIL), the others go on
+        log.error("Invalid input: %s", error)
+        raise SystemExit(2) from None
+
+
+def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> None:
+    """A value given on the command line must have its default's kind: a number where a number
+    goes, true/false where a switch goes (`optimizer.lr=fast` is refused here, in one line, not
+    a TypeError deep in a constructor). Keys without a typed default are left to their checks."""
+    from src.errors import InvalidInput
+
+    given = {}
+    for override in overrides:
+        key, _, _ = override.partition("=")
+        if key.startswith(("+", "~", "hydra.")) or key.lstrip("+") in groups or "=" not in override:
+            continue
+        given[key] = override
+    if not given:
+        return
+    kept = [o for o in overrides if o not in given.values() and not o.startswith("hydra.")]
+    defaults = _composed(config_name, kept)
+    if defaults is None:
+        return
+    from omegaconf import OmegaConf
+
+    for key, override in given.items():
+        default = _plain(defaults, key)
+        value = _plain(OmegaConf.to_container(cfg, resolve=False), key)
+        wrong = _wrong_kind(default, value)
+        if wrong:
+            raise InvalidInput(f"{override}: {wrong} (its default is {default!r}).")
+
+
+def _plain(tree, key: str):
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _wrong_kind(default, value) -> str | None:
+    if value is None or default is None or isinstance(value, str) and value.startswith("${"):
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int | float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if number else "a number"
+    return None
+
+
+def _composed(config_name: str, overrides: list[str]):
+    """The config as Hydra composes it with these overrides, unresolved; None if it cannot be."""
+    from omegaconf import OmegaConf
+
+    from src.config import hydra_config_kept, load
+
+    try:
+        with hydra_config_kept():
+            return OmegaConf.to_container(load(config_name, overrides), resolve=False)
+    except Exception:  # whatever Hydra refuses here, it refused for the job first
+        return None
+
+
+def check_stores(stores: Mapping[str, str | None]) -> None:
+    from src.errors import InvalidInput
+    from src.tracking.store import check_tracking_uri
+
+    for key, uri in stores.items():
+        if uri:
+            try:
+                check_tracking_uri(str(uri), key)
+            except ValueError as error:
+                raise InvalidInput(str(error)) from None
+
+
+def guarded(command: Callable[..., Any], config_name: str | None = None) -> Callable[..., Any]:
+    """Any command (Hydra's or argparse's) with the project's errors, signals and exit codes."""
+
+    @wraps(command)
+    def run(*args, **kwargs) -> Any:
+        from src.errors import SIGTERM_EXIT, InvalidInput, is_sigterm
+
+        os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+        try:
+            with hydra_errors_raised(), signals_raise():
+                return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _say("Stopped by SIGINT (Ctrl-C): the runs it opened are KILLED")
+            raise SystemExit(SIGINT_EXIT) from None
+        except SystemExit as stop:
+            if is_sigterm(stop):  # Lightning's SIGTERMException would exit 0: no success
+                _say("Stopped by SIGTERM: the runs it opened are KILLED; resume=auto continues")
+                raise SystemExit(SIGTERM_EXIT) from None
+            raise
+        except InvalidInput as error:  # a multirun's refusal that its sweeper passed on
+            _say(f"Invalid input: {error}")
+            raise SystemExit(2) from None
+        except Exception as error:
+            line = hydra_error_line(error, config_name)
+            if line is None and isinstance(error, OSError) and config_name and not _task_started:
+                line = f"hydra.run.dir / hydra.sweep.dir: {error}"  # Hydra making its folder
+            if line is not None:
+                _say(f"Invalid input: {line}")
+                raise SystemExit(2) from None
+            fault = store_fault_line(error)
+            if fault is None:
+                raise
+            _say(f"Tracking store failed: {fault}")
+            raise SystemExit(1) from None
+
+    return run
+
+
+def _say(line: str) -> None:
+    """To the log once Hydra configured it (the job's log file keeps it), else to stderr."""
+    if logging.getLogger().handlers:
+        log.error(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+@contextmanager
+def hydra_errors_raised() -> Iterator[None]:
+    """Hydra prints its errors over several lines and exits 1; with HYDRA_FULL_ERROR they reach
+    `guarded` as exceptions, which words them in one line."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM raises Terminated wherever the main thread is (training nests its own handler,
+    src.errors.sigterm_raises, which defers to Lightning's safe points). SIGINT keeps Python's
+    KeyboardInterrupt (ignored, as a shell's background job inherits it, it stays ignored)."""
+    import threading
+
+    from src.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def hydra_error_line(error: BaseException, config_name: str | None = None) -> str | None:
+    """One line for Hydra's composition and override errors; None for any other error."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(error, MissingConfigException) and error.options:
+        group = (error.missing_cfg_file or "").rsplit("/", 1)
+        wanted = f"{group[0]}={group[-1]}" if len(group) == 2 else error.missing_cfg_file
+        return f"{wanted}: unknown option; choose one of {list(error.options)}."
+    if isinstance(error, OverrideParseException):
+        first = str(error).splitlines()[0]
+        return f"cannot read the override ({first}); the form is key=value or group=option."
+    if type(error).__name__ == "ConfigCompositionException":
+        return unknown_key_line(str(error), config_name) or " ".join(str(error).split())
+    return None
+
+
+def unknown_key_line(message: str, config_name: str | None) -> str | None:
+    """An unknown key ("Could not override 'trainer.max_epoch'"): it and the keys beside it."""
+    import re
+
+    found = re.search(r"Could not override '([^']+)'", message) or re.search(
+        r"'([^']+)' does not exist", message
+    )
+    if not found:
+        return None
+    key = found.group(1)
+    parent, _, leaf = key.rpartition(".")
+    keys = _keys_under(config_name, parent)
+    if keys is None:
+        return f"{key}: no such key (+{key}=<value> adds one)."
+    import difflib
+
+    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    where = f"'{parent}'" if parent else "the top level"
+    shown = keys if len(keys) <= 20 else [*keys[:20], "..."]
+    return f"{key}: no such key; {hint}keys at {where}: {', '.join(shown)}."
+
+
+def _keys_under(config_name: str | None, parent: str) -> list[str] | None:
+    """The keys of the default config at `parent` (None when it cannot be composed alone)."""
+    if config_name is None:
+        return None
+    node = _composed(config_name, [])
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    return sorted(map(str, node)) if isinstance(node, dict) else None
+
+
+def store_fault_line(error: BaseException) -> str | None:
+    """The tracking store's own failures mid-run (sqlite locked, disk full or read-only, a server
+    gone), in one line; None for anything else, which keeps its traceback."""
+    faults = (
+        "database is locked",
+        "disk is full",
+        "disk I/O error",
+        "readonly database",
+        "unable to open database",
+        "file is not a database",
+        "Max retries exceeded",
+        "Connection refused",
+        "API request to",
+    )
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen)
+        for fault in faults:
+            if fault in text:
+                detail = next((line for line in text.splitlines() if fault in line), fault)
+                return " ".join(detail.split())[:300]
+        seen = seen.__cause__ or seen.__context__
+    return None
