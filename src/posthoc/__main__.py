@@ -5,13 +5,11 @@ source) that src.eval, src.predict, src.export and src.report use like any run."
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from src.cli import entry_point
+
 log = logging.getLogger(__name__)
 
 
@@ -32,21 +30,15 @@ def posthoc_run(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     return derive(method, ids, uri, cfg.checkpoint, cfg.seed, output_dir, cfg.parent_run_id)
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="posthoc")
+@entry_point("posthoc", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri})
 def main(cfg: DictConfig) -> None:
-    from src.errors import InvalidInput
     from src.tracking.store import done_line
 
-    try:
-        run_id, metrics = posthoc_run(cfg)
-    except InvalidInput as error:
-        log.error("Invalid input: %s", error)
-        raise SystemExit(2) from None
+    run_id, metrics = posthoc_run(cfg)
     for key, value in sorted(metrics.items()):
         log.info("%s = %.4f", key, value)
     log.info(done_line(run_id, cfg.paths.output_dir, cfg.paths.tracking_uri))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     main()
