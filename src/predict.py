@@ -39,6 +39,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
         else:  # num_classes=None keeps the ImageNet head the weights came with
             model, names = build(cfg.backbone, num_classes=None).eval(), P.imagenet_names()
             trained = Trained({}, Path())
+        explaining = explain_predictions(model, cfg, names)  # explain=: method, class checked
     # 2. The model's own evaluation preprocessing, then its labels.
     scores = P.logits(model, images, eval_transform(data_config(model)), cfg.batch_size)
     if trained.thresholds is not None:
@@ -54,7 +55,22 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
                 Path(cfg.csv), files, tops, "probability" if trained.probabilistic else "score"
             )
         log.info("Predictions written to %s", cfg.csv)
+    if explaining is not None:
+        from src.explain.predict import classes_of, write
+
+        classes = classes_of(scores, trained.thresholds, explaining.asked)
+        transform = eval_transform(data_config(model))
+        write(explaining, images, transform, files, classes, names, data_config(model))
     return tops
+
+
+def explain_predictions(model, cfg: DictConfig, names: list[str]):
+    """explain=true|<method>: heatmaps beside the predictions (the CSV's folder, else the job's
+    output folder), in <that folder>/explain/."""
+    from src.explain.predict import prepare
+
+    beside = Path(cfg.csv).parent if cfg.csv else Path(cfg.paths.output_dir)
+    return prepare(model, cfg.get("explain"), cfg.get("explain_class"), names, beside / "explain")
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")

@@ -37,14 +37,14 @@ def check_run(run_id, tracking_uri: str) -> None:
         )
 
 
-def check_classes_asked(asked, names: list[str]) -> list[int]:
+def check_classes_asked(asked, names: list[str], key: str = "classes") -> list[int]:
     """Indices of the asked class names (None: none asked); an unknown name lists the valid ones."""
     if asked is None:
         return []
     asked = [asked] if isinstance(asked, str | int) else list(asked)
     missing = [str(a) for a in asked if str(a) not in names]
     if missing:
-        raise InvalidInput(f"classes={missing}: the model has no such class; it has {names[:50]}.")
+        raise InvalidInput(f"{key}={missing}: the model has no such class; it has {names[:50]}.")
     return [names.index(str(a)) for a in asked]
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.explain import analysis as A
 from src.explain import views as V
-from src.explain.cams import Explainer
+from src.explain.cams import Explainer, check_method
 
 log = logging.getLogger(__name__)
 KIND = "explain"
@@ -41,6 +41,7 @@ def prepare(cfg: DictConfig) -> Job:
     with refuse_bad_input():
         check_split(cfg.split)
         A.check_k(cfg.k)
+        check_method(cfg.method)  # before the run is looked up
         check_run(cfg.run_id, cfg.paths.tracking_uri)
         trained = locate(cfg.run_id, None, cfg.paths.tracking_uri, cfg.checkpoint)
         with open_dict(cfg):  # the run's seed and data set unless given: the splits it saw
