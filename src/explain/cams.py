@@ -60,6 +60,10 @@ def target_layer(model: nn.Module, layer: str | int | None = None) -> tuple[str,
         if not -len(stages) <= index < len(stages):
             raise InvalidInput(f"layer={layer}: the model has {len(stages)} stages {stages}.")
         layer = stages[index]
+        if reshape_transform(model) is not None and f"{layer}.norm1" in modules:
+            # A ViT block's output reaches the class-token head through the class token only: its
+            # patch tokens get no gradient. Its first norm (pytorch-grad-cam's ViT recipe) does.
+            layer = f"{layer}.norm1"
     if layer not in modules or not layer:
         raise InvalidInput(
             f"layer={layer}: no such module. Its stages (timm feature_info): {stages}; any name "

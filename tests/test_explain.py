@@ -1,0 +1,230 @@
+"""src.explain and predict explain=: the CAM methods are pytorch-grad-cam's, the target layer comes
+from timm's feature_info, the maps are the input's H x W in [0, 1]; the analysis numbers are right;
+bad input is refused before work; every strategy's run, a multi-label run and a ViT are explained
+into a child run (kind=explain) whose gallery holds the k highest-loss test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from mlflow.tracking import MlflowClient
+
+from src.errors import InvalidInput
+from src.explain import analysis as A
+from src.explain.cams import DEFAULT_METHOD, Explainer, check_method, methods, target_layer
+from tests.helpers.compose import CONF_DIR, compose_entry, compose_train, train
+from tests.helpers.jobs import tiny
+
+
+# --- methods, layers, maps ------------------------------------------------------------------
+def test_methods_are_the_packages_own_and_unknown_ones_are_listed():
+    import pytorch_grad_cam
+
+    assert methods()["scorecam"] is pytorch_grad_cam.ScoreCAM
+    assert {"gradcam", "gradcamplusplus", "eigencam", "layercam", "hirescam"} <= set(methods())
+    assert check_method("GradCAM++") == "gradcamplusplus" and check_method(None) == DEFAULT_METHOD
+    with pytest.raises(InvalidInput, match=r"method=nosuch: .*'eigencam'.*'gradcam\+\+'"):
+        check_method("nosuch")
+
+
+def test_target_layer_is_a_feature_info_stage_or_a_module_name():
+    model = timm.create_model("test_resnet", num_classes=3)
+    stages = [info["module"] for info in model.feature_info]
+    assert target_layer(model)[0] == stages[-1]
+    assert target_layer(model, -2)[0] == stages[-2]
+    assert target_layer(model, "layer2.0.conv1")[1] is model.layer2[0].conv1
+    with pytest.raises(InvalidInput, match=r"layer=nope: no such module\. Its stages .*layer4"):
+        target_layer(model, "nope")
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_maps_are_the_inputs_size_in_the_unit_interval(name):
+    torch.manual_seed(0)
+    size = {"img_size": 64} if "vit" in name else {}
+    model = timm.create_model(name, num_classes=3, **size).eval()
+    explainer = Explainer(model, "gradcam")
+    maps = explainer(torch.randn(2, 3, 64, 64), [0, 2])
+    explainer.close()
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert maps.min() == 0 and maps.max() == pytest.approx(1)
+
+
+# --- the analysis numbers -------------------------------------------------------------------
+def outputs(scores, labels, probabilistic=True) -> A.Outputs:
+    scores, labels = torch.tensor(scores, dtype=torch.float32), torch.tensor(labels)
+    losses = A.image_losses(scores, labels, probabilistic)
+    return A.Outputs(scores.numpy(), labels.numpy(), scores.numpy(), losses.numpy())
+
+
+def test_confused_pairs_per_class_accuracy_and_top_losses():
+    # true 0,0,0,1,1,2; predicted 0,1,1,1,0,2
+    eye = np.eye(3) * 4
+    result = outputs([eye[0], eye[1], eye[1] * 0.5, eye[1], eye[0], eye[2]], [0, 0, 0, 1, 1, 2])
+    pairs = A.confused_pairs(result, ["a", "b", "c"])
+    assert pairs == [
+        {"true": "a", "predicted": "b", "count": 2, "share": 2 / 3},
+        {"true": "b", "predicted": "a", "count": 1, "share": 0.5},
+    ]
+    rows = A.per_class_accuracy(result, ["a", "b", "c"])
+    assert [r["accuracy"] for r in rows] == pytest.approx([1 / 3, 0.5, 1.0])
+    assert (rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx((0.0615, 0.7923), abs=1e-4)
+    assert A.top_losses(result, 3).tolist() == [1, 4, 2]  # ties: the earlier image first
+
+
+def test_an_svm_heads_loss_is_the_margin_it_lost_by():
+    result = outputs([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], [1, 1], probabilistic=False)
+    assert result.losses.tolist() == pytest.approx([1.5, -2.0])
+
+
+def test_k_must_be_a_positive_integer():
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(InvalidInput, match="k="):
+            A.check_k(k)
+
+
+# --- refusals before any work ---------------------------------------------------------------
+def test_malformed_unknown_and_model_less_run_ids_are_refused(tmp_path):
+    from src.explain.run import explain_run
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("x")
+    similarity = client.create_run(experiment, tags={"kind": "similarity"}).info.run_id
+    cases = {
+        "run_id=abc": "not an MLflow run id",
+        f"run_id={'0' * 32}": "no such MLflow run",
+        f"run_id={similarity}": "is a similarity run: it holds no trained model",
+    }
+    for override, message in cases.items():
+        with pytest.raises(InvalidInput, match=message):
+            explain_run(compose_entry("explain", tmp_path, [override]))
+    with pytest.raises(InvalidInput, match="k=0"):
+        explain_run(compose_entry("explain", tmp_path, [f"run_id={similarity}", "k=0"]))
+
+
+# --- every strategy, a multi-label run, a ViT -------------------------------------------------
+STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
+SMALL = ["backbone=timm", "backbone.name=test_resnet", "backbone.pretrained=false",
+         "dataset.test_samples_per_class=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
+         "trainer.limit_val_batches=1", "logger.mlflow.log_model=false", "dataset.num_workers=0"]  # fmt: skip
+EXTRA = {
+    "feature_extract": ["strategy.classifier=svm"],
+    "lp_ft": ["strategy.probe_epochs=1"],
+    "gradual_unfreeze": ["strategy.milestones=[1]"],
+    "vit": ["backbone.name=test_vit", "+backbone.model_kwargs.img_size=32"],
+}
+
+
+def tiny_run(root: Path, case: str) -> str:
+    """A seconds-long digits run of the case (a strategy, vit or multilabel); its run id."""
+    overrides = tiny(*SMALL, *EXTRA.get(case, []))
+    if case in STRATEGIES:
+        overrides.append(f"strategy={case}")
+    if case == "feature_extract":
+        overrides.append(f"strategy.cache_dir={root / 'cache'}")
+    if case == "multilabel":
+        from tests.helpers.medmnist_files import write_medmnist_npz
+
+        write_medmnist_npz(root / "medmnist", "chestmnist")
+        overrides = [o for o in overrides if not o.startswith(("dataset=", "dataset.test_samples"))]
+        overrides += ["dataset=chestmnist", f"dataset.source.root={root / 'medmnist'}",
+                      "monitor.metric=val/auroc"]  # fmt: skip
+    train(compose_train(root, overrides))
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return run.info.run_id
+
+
+def check_maps(folder: Path, size: int) -> list[Path]:
+    files = sorted(folder.rglob("*.npy"))
+    assert files, f"no heatmaps in {folder}"
+    for file in files:
+        heatmap = np.load(file)
+        assert heatmap.shape == (size, size) and heatmap.min() >= 0 and heatmap.max() <= 1
+        assert file.with_suffix(".png").is_file()
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [*STRATEGIES, "multilabel", "vit"])
+def test_explain_and_predict_explain_work_on_every_kind_of_run(case, tmp_path, one_thread):
+    from src.explain.run import explain_run
+    from src.predict import predict_images
+
+    run_id = tiny_run(tmp_path, case)
+    result = explain_run(compose_entry("explain", tmp_path, [f"run_id={run_id}", "k=2"]))
+    child = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result["run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == run_id and child.data.tags["kind"] == "explain"
+    assert child.info.status == "FINISHED"
+    out = result["output"]
+    for name in ("gallery.png", "feature_map.png", "tables/per_class_accuracy.csv"):
+        assert (out / name).is_file(), name
+    check_maps(out / "cam" / "top_losses", 32)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        image = np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        from PIL import Image
+
+        Image.fromarray(image).save(images / f"im{i}.png")
+    csv = tmp_path / "predicted" / "top.csv"
+    overrides = [f"run_id={run_id}", f"images={images}", "explain=true", f"csv={csv}"]
+    predict_images(compose_entry("predict", tmp_path, overrides))
+    maps = check_maps(csv.parent / "explain", 32)
+    assert {m.name.split("_")[0] for m in maps} == {"im0", "im1"}
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("finetuned")
+    return root, tiny_run(root, "finetune")
+
+
+@pytest.mark.slow
+def test_the_gallery_holds_the_k_highest_loss_test_images(finetuned, one_thread):
+    import torch.nn.functional as F
+
+    from src.config import build
+    from src.data.preprocessing import eval_transform
+    from src.explain.run import explain_run
+    from src.inference.trained import data_config, load_model, locate
+
+    root, run_id = finetuned
+    result = explain_run(compose_entry("explain", root, [f"run_id={run_id}", "k=4"]))
+    # Independently: the run's model and test split, cross-entropy per image.
+    trained = locate(run_id, None, f"sqlite:///{root}/mlflow.db")
+    model = load_model(trained)
+    datamodule = build(compose_entry("explain", root, [f"run_id={run_id}"]).get("dataset") or
+                       __import__("omegaconf").OmegaConf.create(trained.config["dataset"]))  # fmt: skip
+    datamodule.setup()
+    transform = eval_transform(data_config(model))
+    datamodule.set_transforms(transform, transform)
+    with torch.no_grad():
+        losses = torch.cat(
+            [
+                F.cross_entropy(model(x), y, reduction="none")
+                for x, y in datamodule.eval_loader("test")
+            ]
+        )
+    expected = torch.argsort(losses, descending=True)[:4].tolist()
+    assert result["top_losses"] == expected
+    test_indices = datamodule.splits.test
+    named = {int(p.name[4:9]) for p in (result["output"] / "cam" / "top_losses").glob("*.npy")}
+    assert named == {int(test_indices[i]) for i in expected}
+
+
+@pytest.mark.slow
+def test_a_layer_or_class_the_model_lacks_is_refused(finetuned):
+    from src.explain.run import explain_run
+
+    root, run_id = finetuned
+    for override, message in {
+        "layer=head.nope": r"layer=head.nope: no such module\. Its stages",
+        "classes=[3,eleven]": r"classes=\['eleven'\]: the model has no such class",
+    }.items():
+        with pytest.raises(InvalidInput, match=message):
+            explain_run(compose_entry("explain", root, [f"run_id={run_id}", override]))
+    assert len(MlflowClient(f"sqlite:///{root}/mlflow.db").search_runs(["0", "1"])) == 1
