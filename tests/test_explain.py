@@ -225,6 +225,12 @@ def test_the_gallery_holds_the_k_highest_loss_test_images(finetuned, one_thread)
     test_indices = datamodule.splits.test
     named = {int(p.name[4:9]) for p in (result["output"] / "cam" / "top_losses").glob("*.npy")}
     assert named == {int(test_indices[i]) for i in chosen}
+    # src.report selects the child by kind=explain and leaves it out of the training tables.
+    from src.report.query import Query, search
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    assert search(Query(uri, kind="explain"))["run_id"].tolist() == [result["run_id"]]
+    assert search(Query(uri))["run_id"].tolist() == [run_id]
 
 
 @pytest.mark.slow
@@ -241,3 +247,56 @@ def test_a_layer_or_class_the_model_lacks_is_refused(finetuned):
         with pytest.raises(InvalidInput, match=message):
             explain_run(explain_cfg(root, [f"run_id={run_id}", override]))
     assert len(client.search_runs(["0", "1"])) == before  # refused before any child run
+
+
+# --- the default method and layer point at the evidence (experiments/explain_pointing) ---------
+def quadrant_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pointing game's images (experiments/explain_pointing/make_data.py), 96 px, normalised
+    with Lite0's mean and std (0.5)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments/explain_pointing/make_data.py"
+    spec = importlib.util.spec_from_file_location("make_data", path)
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(4 * per_class) % 4
+    images = np.stack([make_data.quadrant_image(rng, int(q), 96) for q in labels])
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return (tensor - 0.5) / 0.5, torch.from_numpy(labels)
+
+
+@pytest.mark.slow
+def test_the_default_method_and_layer_point_at_the_evidence(one_thread):
+    """Lite0 (offline ImageNet weights) fine-tuned on quadrant images in a few steps; the default
+    maps of the test images must peak in the square's quadrant at least 80 % of the time."""
+    from src.backbones import create_backbone
+    from src.explain.cams import peak
+
+    torch.manual_seed(0)
+    model = create_backbone("tf_efficientnet_lite0", 4, weights="package", input_size=[3, 96, 96])
+    model.eval()  # BatchNorm statistics stay the pretrained ones (finetune's freeze_stats)
+    images, labels = quadrant_images(40, seed=0)
+    head = list(model.get_classifier().parameters())
+    trunk = [p for p in model.parameters() if all(p is not h for h in head)]
+    # finetune's learning rates: 1e-3 for the new head, a tenth of it for the backbone.
+    optimizer = torch.optim.AdamW([{"params": head, "lr": 1e-3}, {"params": trunk, "lr": 1e-4}])
+    for _ in range(5):
+        order = torch.randperm(len(images))
+        for start in range(0, len(images), 32):
+            batch = order[start : start + 32]
+            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test, truth = quadrant_images(10, seed=1)
+    with torch.no_grad():
+        assert (model(test).argmax(1) == truth).float().mean() >= 0.9  # it learned the task
+    explainer = Explainer(model)
+    maps = explainer(test, truth.tolist())
+    explainer.close()
+    hits = [
+        2 * (peak(m)[0] >= 48) + (peak(m)[1] >= 48) == t
+        for m, t in zip(maps, truth.tolist(), strict=True)
+    ]
+    assert np.mean(hits) >= 0.8, f"{explainer.method} at {explainer.layer}: {np.mean(hits):.2f}"
