@@ -15,8 +15,8 @@ from src.errors import InvalidInput
 
 # Chosen by experiments/explain_pointing (RESULTS.md): the method and the feature_info stage
 # (-1 the last, -2 the one before) whose maps' peaks fell in the evidence's quadrant most often.
-DEFAULT_METHOD = "gradcam"
-DEFAULT_STAGE = -1
+DEFAULT_METHOD = "layercam"
+DEFAULT_STAGE = -3
 ALIASES = {"gradcam++": "gradcamplusplus"}
 
 

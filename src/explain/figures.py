@@ -59,10 +59,10 @@ def feature_maps(panels: dict[str, np.ndarray], labels, wrong, names, path: Path
     model's errors drawn as black crosses."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    # tab10 keeps up to 10 classes apart; tab20 (pairs of shades) only beyond that.
+    cmap, top = ("tab10", 9) if len(names) <= 10 else ("tab20", max(19, len(names) - 1))
     for ax, (title, points) in zip(axes[0], panels.items(), strict=True):
-        scatter = ax.scatter(
-            *points.T, c=labels, cmap="tab20", s=8, vmin=0, vmax=max(19, len(names))
-        )
+        scatter = ax.scatter(*points.T, c=labels, cmap=cmap, s=9, vmin=0, vmax=top)
         ax.scatter(*points[wrong].T, marker="x", c="black", s=18, linewidths=0.8, label="error")
         ax.set(title=title, xticks=[], yticks=[])
     handles = [
