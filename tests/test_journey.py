@@ -1,8 +1,8 @@
 """The researcher's whole journey on a new image folder, each step a real command, one fresh MLflow
 store: similarity ranks the offline backbones -> the advisor (small budget) recommends a run ->
 eval, predict (with heatmaps), explain and export (TorchScript, ONNX) use that run -> a report
-table over the runs -> `mlflow server` on loopback finds every run. The folder is built from scikit-image's sample
-photos: 6 classes, JPEG and PNG files, mixed sizes."""
+table over the runs -> `mlflow server` on loopback finds every run. The folder is built from
+scikit-image's sample photos: 6 classes, JPEG and PNG files, mixed sizes."""
 
 from __future__ import annotations
 
