@@ -2,7 +2,8 @@
 # Do the heatmaps point at the evidence? A synthetic image folder (class = the quadrant of a bright
 # square), EfficientNet-Lite0 (offline ImageNet weights) fine-tuned at 96 px with two seeds through
 # src.train, then the pointing game per method x stage and the model-randomisation check:
-# RESULTS.md. About 10 min on 2 loaded CPU cores. Its own store under outputs/explain_pointing.
+# RESULTS.md. About 45 min on 2 loaded CPU cores (8 min training; Score-CAM and Ablation-CAM, one
+# forward pass per channel, take most of the rest). Its own store under outputs/explain_pointing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
