@@ -69,8 +69,10 @@ def explain_predictions(model, cfg: DictConfig, names: list[str]):
     output folder), in <that folder>/explain/."""
     from src.explain.predict import prepare
 
-    beside = Path(cfg.csv).parent if cfg.csv else Path(cfg.paths.output_dir)
-    return prepare(model, cfg.get("explain"), cfg.get("explain_class"), names, beside / "explain")
+    def folder() -> Path:  # asked only when explaining: without csv=, the job's output folder
+        return (Path(cfg.csv).parent if cfg.csv else Path(cfg.paths.output_dir)) / "explain"
+
+    return prepare(model, cfg.get("explain"), cfg.get("explain_class"), names, folder)
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="predict")

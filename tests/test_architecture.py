@@ -104,6 +104,7 @@ ENTRY_POINTS = [
     "src.eval",
     "src.predict",
     "src.export",
+    "src.explain",
     "src.similarity",
     "src.similarity.report",
     "src.report",
@@ -149,6 +150,7 @@ REQUIRED = {
     "src.eval": ["run_id", "ckpt_path"],
     "src.predict": ["images", "run_id"],
     "src.export": ["run_id", "formats"],
+    "src.explain": ["run_id", "method", "layer", "split"],
     "src.train": ["dataset", "dataset.source.root"],
     "src.similarity": ["backbone", "dataset"],
 }

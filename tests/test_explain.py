@@ -300,3 +300,28 @@ def test_the_default_method_and_layer_point_at_the_evidence(one_thread):
         for m, t in zip(maps, truth.tolist(), strict=True)
     ]
     assert np.mean(hits) >= 0.8, f"{explainer.method} at {explainer.layer}: {np.mean(hits):.2f}"
+
+
+# --- predict explain= without a run: the ImageNet backbone --------------------------------------
+def test_predict_explains_a_photo_and_refuses_bad_methods_and_classes(tmp_path, one_thread):
+    from PIL import Image
+    from skimage import data
+
+    from src.predict import predict_images
+
+    cat = tmp_path / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(cat)
+    csv = tmp_path / "out" / "top.csv"
+    base = [f"images={cat}", "top_k=1", f"csv={csv}", "backbone.input_size=[3,96,96]"]
+    predict_images(compose_entry("predict", tmp_path, [*base, "explain=gradcam++"]))
+    heatmap = np.load(tmp_path / "out" / "explain" / "chelsea_Egyptian_cat.npy")
+    assert heatmap.shape == (96, 96) and heatmap.min() == 0 and heatmap.max() == pytest.approx(1)
+    for override, message in {
+        "explain=nosuch": r"method=nosuch: not a pytorch-grad-cam method",
+        "explain_class=unicorn": r"explain_class= needs explain=true",
+    }.items():
+        with pytest.raises(InvalidInput, match=message):
+            predict_images(compose_entry("predict", tmp_path, [*base, override]))
+    with pytest.raises(InvalidInput, match=r"explain_class=\['unicorn'\]: the model has no"):
+        overrides = [*base, "explain=true", "explain_class=unicorn"]
+        predict_images(compose_entry("predict", tmp_path, overrides))

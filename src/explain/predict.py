@@ -5,6 +5,7 @@ predicted label of a multi-label model), or the class asked for."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ class PredictExplainer:
     folder: Path
 
 
-def prepare(model: nn.Module, explain, explain_class, names: list[str], folder: Path):
+def prepare(model: nn.Module, explain, explain_class, names: list[str], folder: Callable[[], Path]):
     """None when explain is off; refuses an unknown method or class before any prediction."""
     if explain is None or explain is False or str(explain).lower() in ("false", "none"):
         if explain_class is not None:
@@ -33,9 +34,8 @@ def prepare(model: nn.Module, explain, explain_class, names: list[str], folder: 
         return None
     method = None if explain is True or str(explain).lower() == "true" else str(explain)
     explainer = Explainer(model, method)  # an unknown method: the valid ones listed
-    return PredictExplainer(
-        explainer, check_classes_asked(explain_class, names, "explain_class"), folder
-    )
+    asked = check_classes_asked(explain_class, names, "explain_class")
+    return PredictExplainer(explainer, asked, folder())
 
 
 def classes_of(

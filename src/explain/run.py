@@ -109,7 +109,7 @@ def explain_run(cfg: DictConfig) -> dict:
         files = image_names(job.datamodule, split)
         V.gallery(job, outputs, top, names, files, split, out)
         V.correct_maps(job, outputs, cfg.k, names, files, split, out)
-        V.feature_map(job, outputs, cfg, names, out)
+        V.feature_map(job, outputs, names, out, split, cfg.seed, cfg.max_points)
         client.log_artifacts(run_id, str(out))
     job.explainer.close()
     log.info("Explained run %s in child run %s: %s", cfg.run_id, run_id, out)

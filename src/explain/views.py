@@ -96,17 +96,17 @@ def correct_maps(job, outputs, k: int, names, image_names, split, out: Path) -> 
     heatmaps(job, split, device, picked, files, out / "cam" / "correct", shown, title)
 
 
-def feature_map(job, outputs, cfg, names, out: Path) -> None:
+def feature_map(job, outputs, names, out: Path, split: str, seed: int, max_points: int) -> None:
     """feature_map.png: t-SNE of the split's features, and of the pretrained backbone's when
     the run changed the backbone (fine-tuned); errors marked."""
-    rng = np.random.default_rng(cfg.seed)
-    keep = np.sort(rng.permutation(len(outputs.losses))[: cfg.max_points])
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(len(outputs.losses))[:max_points])
     labels = outputs.labels[keep]
     colour = labels if not outputs.multilabel else labels.argmax(1)
-    panels = {"trained": F.tsne(outputs.features[keep], cfg.seed)}
-    before = pretrained_features(job, cfg.split)
+    panels = {"trained": F.tsne(outputs.features[keep], seed)}
+    before = pretrained_features(job, split)
     if before is not None:
-        panels["pretrained backbone (before transfer)"] = F.tsne(before[keep], cfg.seed)
+        panels["pretrained backbone (before transfer)"] = F.tsne(before[keep], seed)
     F.feature_maps(panels, colour, ~outputs.correct[keep], names, out / "feature_map.png")
 
 
