@@ -136,13 +136,3 @@ def per_class_accuracy(outputs: Outputs, names: list[str]) -> list[dict]:
         )
     return rows
 
-
-def correct_per_class(outputs: Outputs, k: int) -> dict[int, np.ndarray]:
-    """Up to k correctly classified images per class (the most confident first)."""
-    if outputs.multilabel:
-        return {}
-    chosen = {}
-    for index in range(outputs.scores.shape[1]):
-        right = np.nonzero(outputs.correct & (outputs.labels == index))[0]
-        chosen[index] = right[np.argsort(outputs.losses[right], kind="stable")][:k]
-    return chosen
