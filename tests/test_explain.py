@@ -15,7 +15,14 @@ from mlflow.tracking import MlflowClient
 
 from src.errors import InvalidInput
 from src.explain import analysis as A
-from src.explain.cams import DEFAULT_METHOD, Explainer, check_method, methods, target_layer
+from src.explain.cams import (
+    DEFAULT_METHOD,
+    DEFAULT_STAGE,
+    Explainer,
+    check_method,
+    methods,
+    target_layer,
+)
 from tests.helpers.compose import CONF_DIR, compose_config, compose_entry, compose_train, train
 from tests.helpers.jobs import tiny
 
@@ -39,7 +46,7 @@ def test_methods_are_the_packages_own_and_unknown_ones_are_listed():
 def test_target_layer_is_a_feature_info_stage_or_a_module_name():
     model = timm.create_model("test_resnet", num_classes=3)
     stages = [info["module"] for info in model.feature_info]
-    assert target_layer(model)[0] == stages[-1]
+    assert target_layer(model)[0] == stages[DEFAULT_STAGE]
     assert target_layer(model, -2)[0] == stages[-2]
     assert target_layer(model, "layer2.0.conv1")[1] is model.layer2[0].conv1
     with pytest.raises(InvalidInput, match=r"layer=nope: no such module\. Its stages .*layer4"):
