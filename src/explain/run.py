@@ -77,11 +77,13 @@ def image_names(datamodule, split: str) -> list[str]:
 def select(datamodule, split: str, device, wanted: np.ndarray) -> torch.Tensor:
     """The model-ready images at positions `wanted` of the split, in that order."""
     wanted, chosen, start = list(map(int, wanted)), {}, 0
+    lookup = set(wanted)
     for images, _ in datamodule.eval_batches(split, device):
-        for position in range(start, start + len(images)):
-            if position in wanted:
-                chosen[position] = images[position - start]
+        for position in lookup.intersection(range(start, start + len(images))):
+            chosen[position] = images[position - start]
         start += len(images)
+        if len(chosen) == len(lookup):
+            break  # every wanted image seen: the rest of the split is not read
     return torch.stack([chosen[p] for p in wanted])
 
 
