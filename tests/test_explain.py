@@ -332,3 +332,19 @@ def test_predict_explains_a_photo_and_refuses_bad_methods_and_classes(tmp_path, 
     with pytest.raises(InvalidInput, match=r"explain_class=\['unicorn'\]: the model has no"):
         overrides = [*base, "explain=true", "explain_class=unicorn"]
         predict_images(compose_entry("predict", tmp_path, overrides))
+
+
+def test_the_command_line_exits_2_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers.jobs import ROOT, child_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "src.explain", "run_id=not-a-run", f"paths.root_dir={tmp_path}",
+         f"hydra.run.dir={tmp_path}/hydra"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert "run_id=not-a-run: not an MLflow run id" in output and "Traceback" not in output
