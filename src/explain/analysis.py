@@ -135,4 +135,3 @@ def per_class_accuracy(outputs: Outputs, names: list[str]) -> list[dict]:
             }
         )
     return rows
-
