@@ -8,9 +8,10 @@ import re
 from src.errors import InvalidInput
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-# Runs whose output_dir holds a trained model (src/tracking/kinds.py): plain runs, trials, the
-# advisor's training jobs. Parents and other tools' runs (sweep, similarity, report...) do not.
-MODEL_KINDS = ("train", "sweep_trial", "advise_search", "advise_data")
+# Runs that hold no trained model of their own (src/tracking/kinds.py): parents of several runs,
+# other tools' runs, explain's own. Every other kind (train, trials, the advisor's jobs, post-hoc
+# models, kinds added later) is looked for a model like src.eval does.
+MODEL_LESS_KINDS = ("sweep", "grid", "advise", "similarity", "report", "explain")
 
 
 def check_run(run_id, tracking_uri: str) -> None:
@@ -30,10 +31,10 @@ def check_run(run_id, tracking_uri: str) -> None:
     except MlflowException:
         raise InvalidInput(f"run_id={run_id}: no such MLflow run in {tracking_uri}.") from None
     kind = tags.get("kind", "train")
-    if kind not in MODEL_KINDS:
+    if kind in MODEL_LESS_KINDS:
         raise InvalidInput(
-            f"run_id={run_id} is a {kind} run: it holds no trained model. Explain a training run "
-            f"(kind {', '.join(MODEL_KINDS)})."
+            f"run_id={run_id} is a {kind} run: it holds no trained model. Explain a run that "
+            "trained one (kind train, sweep_trial, advise_search, advise_data, ...)."
         )
 
 
