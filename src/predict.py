@@ -59,8 +59,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
         from src.explain.predict import classes_of, write
 
         classes = classes_of(scores, trained.thresholds, explaining.asked)
-        transform = eval_transform(data_config(model))
-        write(explaining, images, transform, files, classes, names, data_config(model))
+        write(explaining, images, files, classes, names)
     return tops
 
 

@@ -24,6 +24,7 @@ class PredictExplainer:
     explainer: Explainer
     asked: list[int]  # class indices of explain_class (empty: the prediction)
     folder: Path
+    config: dict  # the model's data config: its evaluation transform, mean and std
 
 
 def prepare(model: nn.Module, explain, explain_class, names: list[str], folder: Callable[[], Path]):
@@ -35,7 +36,9 @@ def prepare(model: nn.Module, explain, explain_class, names: list[str], folder: 
     method = None if explain is True or str(explain).lower() == "true" else str(explain)
     explainer = Explainer(model, method)  # an unknown method: the valid ones listed
     asked = check_classes_asked(explain_class, names, "explain_class")
-    return PredictExplainer(explainer, asked, folder())
+    from src.inference.trained import data_config
+
+    return PredictExplainer(explainer, asked, folder(), data_config(model))
 
 
 def classes_of(
@@ -53,11 +56,13 @@ def classes_of(
     ]
 
 
-def write(job: PredictExplainer, images, transform, files: list[Path], classes, names, config):
+def write(job: PredictExplainer, images, files: list[Path], classes, names: list[str]):
     """<folder>/<image stem>_<class>.png and .npy per image and class."""
+    from src.data.preprocessing import eval_transform
     from src.explain.figures import displayable, save_heatmaps
     from src.explain.views import safe
 
+    config, transform = job.config, eval_transform(job.config)
     for file, image, wanted in zip(files, images, classes, strict=True):
         batch = transform(image)[None].repeat(len(wanted), 1, 1, 1)
         maps = job.explainer(batch, wanted)
