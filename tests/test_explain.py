@@ -334,6 +334,7 @@ def test_predict_explains_a_photo_and_refuses_bad_methods_and_classes(tmp_path, 
         predict_images(compose_entry("predict", tmp_path, overrides))
 
 
+@pytest.mark.slow  # a subprocess: 7-12 s on the shared machine
 def test_the_command_line_exits_2_without_a_traceback(tmp_path):
     import subprocess
     import sys
