@@ -43,6 +43,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
             model, names = build(cfg.backbone, num_classes=None).eval(), P.imagenet_names()
             trained = Trained({}, Path())
         tta = run_views(cfg.get("tta"), trained)
+        explaining = explain_predictions(model, cfg, names)  # explain=: method, class checked
     # 2. The model's own evaluation preprocessing, then its labels.
     transform = eval_transform(data_config(model))
     if tta:  # the mean softmax over the views, as log-probabilities: softmax gives it back
@@ -61,7 +62,23 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
                 Path(cfg.csv), files, tops, "probability" if trained.probabilistic else "score"
             )
         log.info("Predictions written to %s", cfg.csv)
+    if explaining is not None:
+        from src.explain.predict import classes_of, write
+
+        classes = classes_of(scores, trained.thresholds, explaining.asked)
+        write(explaining, images, files, classes, names)
     return tops
+
+
+def explain_predictions(model, cfg: DictConfig, names: list[str]):
+    """explain=true|<method>: heatmaps beside the predictions (the CSV's folder, else the job's
+    output folder), in <that folder>/explain/."""
+    from src.explain.predict import prepare
+
+    def folder() -> Path:  # asked only when explaining: without csv=, the job's output folder
+        return (Path(cfg.csv).parent if cfg.csv else Path(cfg.paths.output_dir)) / "explain"
+
+    return prepare(model, cfg.get("explain"), cfg.get("explain_class"), names, folder)
 
 
 @entry_point(

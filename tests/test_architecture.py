@@ -107,6 +107,7 @@ ENTRY_POINTS = [
     "src.predict",
     "src.export",
     "src.posthoc",
+    "src.explain",
     "src.similarity",
     "src.similarity.report",
     "src.report",
@@ -153,6 +154,7 @@ REQUIRED = {
     "src.predict": ["images", "run_id"],
     "src.export": ["run_id", "formats"],
     "src.posthoc": ["method", "run_id", "parent_run_id"],
+    "src.explain": ["run_id", "method", "layer", "split"],
     "src.train": ["dataset", "dataset.source.root"],
     "src.similarity": ["backbone", "dataset"],
 }

@@ -1,8 +1,8 @@
 """The researcher's whole journey on a new image folder, each step a real command, one fresh MLflow
 store: similarity ranks the offline backbones -> the advisor (small budget) recommends a run ->
-eval, predict and export (TorchScript, ONNX) use that run -> a report table over the runs ->
-`mlflow server` on loopback finds every run. The folder is built from scikit-image's sample
-photos: 6 classes, JPEG and PNG files, mixed sizes."""
+eval, predict (with heatmaps), explain and export (TorchScript, ONNX) use that run -> a report
+table over the runs -> `mlflow server` on loopback finds every run. The folder is built from
+scikit-image's sample photos: 6 classes, JPEG and PNG files, mixed sizes."""
 
 from __future__ import annotations
 
@@ -119,11 +119,23 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
     table = tmp_path / "predictions.csv"
     out, seconds = run(
         "src.predict", f"run_id={winner}", f"images=[{','.join(map(str, picked))}]",
-        "top_k=2", f"csv={table}", *where, f"hydra.run.dir={tmp_path}/predict",
+        "top_k=2", f"csv={table}", "explain=true", *where, f"hydra.run.dir={tmp_path}/predict",
     )  # fmt: skip
     rows = table.read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 and all(row.split(",")[2] in PHOTOS for row in rows[1:])
-    steps["predict"] = f"top-2 labels for 3 files in {seconds:.0f}s"
+    assert len(list((tmp_path / "explain").glob("*.npy"))) == 3  # a heatmap per file, beside
+    steps["predict"] = f"top-2 labels and heatmaps for 3 files in {seconds:.0f}s"
+
+    # 3b. Where it fails and what it looks at: a child run of the winner.
+    out, seconds = run(
+        "src.explain", f"run_id={winner}", "k=2", *where, f"hydra.run.dir={tmp_path}/explain-hydra"
+    )
+    (child,) = client.search_runs(
+        [client.get_run(winner).info.experiment_id], f"tags.`mlflow.parentRunId` = '{winner}'"
+    )
+    assert child.data.tags["kind"] == "explain"
+    assert (tmp_path / "explain-hydra" / "explain" / "gallery.png").is_file()
+    steps["explain"] = f"child run {child.info.run_id} in {seconds:.0f}s"
 
     exports = tmp_path / "export"
     out, seconds = run(
