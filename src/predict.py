@@ -22,8 +22,8 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     from src.errors import InvalidInput, refuse_bad_input
     from src.inference import predict as P
     from src.inference.trained import Trained, data_config, load_model, locate
-    from src.posthoc.tta import TestTimeAugmented, run_views
     from src.outputs import check_output_file
+    from src.posthoc.tta import TestTimeAugmented, run_views
 
     # 1. Files, images and model are checked before anything is predicted.
     with refuse_bad_input():
