@@ -272,3 +272,47 @@ def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
         expected["layer3.0.conv1.weight"],
         build(Finetune())[0].model.state_dict()["layer3.0.conv1.weight"],
     )
+
+
+def tiny_vit() -> torch.nn.Module:
+    """A random-init timm ViT at 32 px, two blocks: it declares no_weight_decay() (pos_embed, cls_token)."""
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=3
+    )
+
+
+@pytest.mark.parametrize(
+    "strategy", [Finetune(backbone_lr_mult=0.1), LayerDecay(decay=0.5)], ids=["stages", "layers"]
+)
+def test_vit_pos_embed_and_cls_token_get_no_weight_decay(strategy):
+    """timm's rule (param_groups_weight_decay / param_groups_layer_decay): the model's
+    no_weight_decay() names, norms and biases at 0; every other weight at the configured decay,
+    every group still at its configured lr."""
+    from src.models.module import build_optimizer
+
+    model = tiny_vit()
+    factory = functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.05)
+    optimizer = build_optimizer(factory, strategy, model)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        exempt = name in {"pos_embed", "cls_token"} or param.ndim <= 1
+        assert group_of[id(param)]["weight_decay"] == (0.0 if exempt else 0.05), name
+    assert group_of[id(model.pos_embed)]["weight_decay"] == 0.0
+    assert group_of[id(model.cls_token)]["weight_decay"] == 0.0
+    assert group_of[id(model.blocks[0].attn.qkv.weight)]["weight_decay"] == 0.05
+    head = model.get_classifier().weight
+    assert group_of[id(head)]["lr"] == pytest.approx(LR)
+    if isinstance(strategy, Finetune):
+        assert group_of[id(model.pos_embed)]["lr"] == pytest.approx(LR * 0.1)
+
+
+def test_frozen_vit_stages_keep_timm_weight_decay_rule():
+    """A frozen parameter (requires_grad=False when the optimizer is built) still gets its group
+    and timm's decay rule: freezing only flips requires_grad, groups never change."""
+    model = tiny_vit()
+    model.pos_embed.requires_grad_(False)
+    groups = Finetune().param_groups(model)
+    decay = {id(p): g.get("weight_decay") for g in groups for p in g["params"]}
+    assert decay[id(model.pos_embed)] == 0.0 and not model.pos_embed.requires_grad
+    assert decay[id(model.blocks[0].attn.qkv.weight)] is None  # the optimizer's own decay

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import lightning.pytorch as L
 from torch import nn
 
-from src.strategies.groups import HEAD, split_weight_decay, stage_groups, stage_of
+from src.strategies.groups import (
+    HEAD,
+    no_weight_decay_ids,
+    split_weight_decay,
+    stage_groups,
+    stage_of,
+)
 
 BN_POLICIES = ("train", "freeze_stats", "frozen")
 
@@ -103,7 +109,8 @@ class Strategy:
     def param_groups(self, model: nn.Module) -> list[dict]:
         groups = stage_groups(model)
         self.stage_names = [name for name, _ in groups if name != HEAD]
-        return [g for n, p in groups for g in split_weight_decay(n, p, self.lr_scale(n))]
+        no_decay = no_weight_decay_ids(model)
+        return [g for n, p in groups for g in split_weight_decay(n, p, self.lr_scale(n), no_decay)]
 
     def stage_index(self, k: int) -> int:
         """A stage count or index; negative counts from the top (-1: the last stage)."""
