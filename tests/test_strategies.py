@@ -4,11 +4,14 @@ trainable groups move; every group's LR is exactly the configured one, at the ri
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from timm.data import resolve_model_data_config
 
 from src.data import TransferDataModule
@@ -24,9 +27,10 @@ from src.strategies import (
     LinearProbe,
     Partial,
     Scratch,
+    Strategy,
     Surgical,
 )
-from src.strategies.groups import stage_groups, stage_of
+from src.strategies.groups import HEAD, stage_groups, stage_of
 
 LR = 0.02
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]  # test_resnet, from timm's group_matcher
@@ -316,3 +320,71 @@ def test_frozen_vit_stages_keep_timm_weight_decay_rule():
     decay = {id(p): g.get("weight_decay") for g in groups for p in g["params"]}
     assert decay[id(model.pos_embed)] == 0.0 and not model.pos_embed.requires_grad
     assert decay[id(model.blocks[0].attn.qkv.weight)] is None  # the optimizer's own decay
+
+
+class HeadAndLastStage(Strategy):
+    """A strategy written outside src (test_a_new_strategy_...): the head and the last stage train."""
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        return group in (HEAD, self.stage_names[-1])
+
+
+@pytest.mark.slow  # two training processes (killed, resumed), then eval, predict, export
+def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
+    """One class (above) and one YAML in a conf folder of the test's own (Hydra's searchpath):
+    it trains, is killed, resumes, evaluates, predicts and exports through the same road."""
+    import mlflow
+
+    from src.eval import evaluate_run
+    from src.export import export_run
+    from src.predict import predict_images
+    from tests.helpers.compose import compose_entry
+    from tests.helpers.jobs import launch
+
+    conf = tmp_path / "conf" / "strategy"
+    conf.mkdir(parents=True)
+    (conf / "head_and_last.yaml").write_text(f"_target_: {__name__}.HeadAndLastStage\n")
+    if not __name__.startswith("tests."):  # pytest imported this file by its name alone
+        (conf / "head_and_last.yaml").write_text(
+            "_target_: tests.test_strategies.HeadAndLastStage\n"
+        )
+    new = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "strategy=head_and_last"]
+    killed = launch(tmp_path, "new", "run", extra=new, kill_at="2:1")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = launch(tmp_path, "new", "again", extra=[*new, "resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("new").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["strategy"] == "head_and_last"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 5  # one per epoch
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    optimizer = checkpoint["optimizer_states"][0]  # AdamW keeps state only for what trained
+    stepped = {
+        stage_of(g["name"])
+        for g in optimizer["param_groups"]
+        if g["params"][0] in optimizer["state"]
+    }
+    stages = sorted({stage_of(g["name"]) for g in optimizer["param_groups"]} - {HEAD, "stem"})
+    assert stepped == {HEAD, max(stages, key=lambda name: int(name.removeprefix("stage")))}
+
+    run_id = run.info.run_id
+    metrics = evaluate_run(compose_entry("eval", tmp_path, [f"run_id={run_id}"]))
+    assert 0.0 <= metrics["eval/digits/acc"] <= 1.0
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+    tops = predict_images(
+        compose_entry("predict", tmp_path, [f"run_id={run_id}", f"images={images}"])
+    )
+    assert len(tops) == 2
+    exported = tmp_path / "export"
+    made = export_run(
+        compose_entry(
+            "export",
+            tmp_path,
+            [f"run_id={run_id}", "formats=[torchscript]", f"output_dir={exported}"],
+        )
+    )
+    assert Path(made["torchscript"]).is_file()

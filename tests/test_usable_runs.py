@@ -18,7 +18,7 @@ from src.errors import InvalidInput
 from src.eval import evaluate_run
 from src.export import export_run
 from src.predict import predict_images
-from src.strategies.features import sklearn_classifier
+from src.pipelines.features import sklearn_classifier
 from src.strategies.heads import KernelSVM, affine
 from tests.helpers.compose import compose_entry, compose_train, train
 

@@ -1,5 +1,5 @@
 """From built objects (a backbone with its source head, data modules) to scores, through the
-shared feature cache of src/strategies/features.py."""
+shared feature cache of src/pipelines/features.py."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def transferability(
 ) -> dict[str, float]:
     """LogME, H-score, LEEP and NCE on the train split; kNN and logistic-regression accuracy
     trained there and scored on the val split."""
-    from src.strategies.features import cached_features
+    from src.pipelines.features import cached_features
 
     start = time.perf_counter()
     splits, _ = cached_features(model, datamodule, cache_dir, device(), ("train", "val"), True)
@@ -78,7 +78,7 @@ def transferability(
 
 def domain(model, target, source, cache_dir: str | Path, seed: int) -> dict[str, float]:
     """Cui et al.'s EMD similarity, Frechet distance and MMD between the two train splits."""
-    from src.strategies.features import cached_features
+    from src.pipelines.features import cached_features
 
     sets = [
         cached_features(model, dm, cache_dir, device(), ("train",))[0]["train"]

@@ -104,7 +104,7 @@ def probe_accuracy(
     accuracy on held-out labelled images, from the same frozen features."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from src.strategies.features import sklearn_classifier
+    from src.pipelines.features import sklearn_classifier
 
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train[1])), metric="cosine").fit(*train)
     linear = sklearn_classifier("logistic", C=1.0, max_iter=1000, seed=seed).fit(*train)
