@@ -161,6 +161,9 @@ def refuse_unknown_dataset(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from src.config import register_resolvers
+
+    register_resolvers()  # conf/ resolves ${store_dir:...}
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     refuse_unknown_dataset(sys.argv[1:])
     main()

@@ -105,6 +105,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from src.config import register_resolvers
+
+    register_resolvers()  # conf/ resolves ${store_dir:...}
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
     register_sources()
     main()

@@ -117,6 +117,7 @@ class Worker:
                 number, params = trial
                 log.info("Trial %d: %s", number, params)
                 try:
+                    # _trial_id: Optuna's heartbeat API takes storage trial ids; none is public.
                     with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
                         job_return = launch(number, params)
                 except BaseException:  # Ctrl-C, SystemExit: the trial ends with the sweep
@@ -175,12 +176,15 @@ class Worker:
                 running = count(self.study, (TrialState.RUNNING,))
                 return _WAIT if running and self.poll_seconds else None
             trial = self.study.ask()
+            # _storage/_trial_id: Optuna removed Trial.set_system_attr; a system attr (not a
+            # user attr, which a report would show as a result) is only settable on the storage.
             self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
             return trial.number, self.s.space.suggest(trial)
 
     @property
     def poll_seconds(self) -> float | None:
         """How often a waiting worker looks again: only heartbeats can reveal a dead worker."""
+        # _storage: whether heartbeats are on is only asked of the storage (no Study API).
         interval = getattr(self.study._storage, "get_heartbeat_interval", lambda: None)()
         return min(interval, 5.0) if interval else None
 
@@ -194,6 +198,8 @@ class Worker:
             )
             return
         if state == "FAIL":
+            # _storage/_trial_id: a user attr on a trial another process asked for; the public
+            # Trial.set_user_attr needs that process's Trial object.
             self.study._storage.set_trial_user_attr(
                 self.study.trials[number]._trial_id, "fail_reason", reason
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,26 @@ def mlflow_loggers(loggers: list[Logger]) -> list[MLFlowLogger]:
     return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
 
 
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat params, keys joined by '/', exactly as Lightning's loggers flatten
+    what they log (a list of mappings is numbered; an empty list, being one, vanishes), so a
+    config's params compare equal to those a run logged."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name))
+        elif isinstance(value, list) and all(isinstance(item, Mapping) for item in value):
+            for index, item in enumerate(value):
+                flat.update(flatten_params(item, f"{name}/{index}"))
+        else:
+            flat[name] = value
+    return flat
+
+
 def split_paths(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """(params, path tags) of a nested config, flattened with '/' as Lightning's loggers do."""
-    from lightning.fabric.utilities.logger import _flatten_dict
-
-    flat = _flatten_dict(params, delimiter="/")
+    flat = flatten_params(params)
     paths = {key: str(value) for key, value in flat.items() if PATH_KEY.search(key)}
     return {key: value for key, value in flat.items() if key not in paths}, paths
 
