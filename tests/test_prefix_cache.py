@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.caching.prefix import plan
 from src.config import build_data
 from src.errors import InvalidInput
 from src.strategies import LPFT, Finetune, GradualUnfreeze, LinearProbe, Partial, Surgical
-from src.caching.prefix import plan
 from tests.helpers.compose import compose_train, train
 from tests.helpers.jobs import tiny
 

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from src.errors import InvalidInput
 from src.eval import evaluate_run
 from src.export import export_run
-from src.predict import predict_images
 from src.pipelines.features import sklearn_classifier
+from src.predict import predict_images
 from src.strategies.heads import KernelSVM, affine
 from tests.helpers.compose import compose_entry, compose_train, train
 
