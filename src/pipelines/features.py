@@ -221,7 +221,7 @@ class FixedFeaturePipeline:
         head = self._head(trainer, module, datamodule, features)
         task = copy.deepcopy(module.task)  # its own metrics and thresholds
         if not is_probabilistic(self.strategy.classifier):
-            task.for_margins()  # SVM margins: no loss, no calibration error
+            task.treat_scores_as_margins()  # SVM margins: no loss, no calibration error
         self.head_module = type(module)(
             head,
             Strategy(),
