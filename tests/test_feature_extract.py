@@ -64,7 +64,7 @@ def test_a_list_of_C_is_chosen_on_validation():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from src.pipelines.features import FixedFeaturePipeline
+    from src.pipelines.fixed_features import FixedFeaturePipeline
     from src.strategies import FeatureExtract
 
     rng = np.random.default_rng(0)

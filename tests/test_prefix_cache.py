@@ -41,7 +41,7 @@ def last_weights(root: Path) -> dict[str, torch.Tensor]:
     ids=lambda overrides: overrides[0].removeprefix("strategy="),
 )
 def test_a_cached_run_ends_where_an_uncached_one_does(tmp_path, caplog, one_thread, strategy):
-    caplog.set_level(logging.INFO, logger="src.caching.prefix")
+    caplog.set_level(logging.INFO, logger="src.caching")
     cache = f"strategy.prefix_cache_dir={tmp_path / 'cache'}"
     plain = train(small_job(tmp_path / "plain", [*strategy, "strategy.cache_prefix=false", cache]))
     assert "Prefix cache: on" not in caplog.text

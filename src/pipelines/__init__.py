@@ -5,7 +5,7 @@ then `fit`, then `test`; no strategy calls trainer.fit or trainer.test.
 
 - ImagePipeline (here): the model on images, the frozen prefix's activations cached where exact
   (src/caching/prefix.py).
-- FixedFeaturePipeline (src/pipelines/features.py): strategy=feature_extract's classifier on cached
+- FixedFeaturePipeline (src/pipelines/fixed_features.py): strategy=feature_extract's classifier on cached
   pooled features, its checkpoints rewritten into the whole model.
 """
 
@@ -47,7 +47,8 @@ class ImagePipeline:
         ckpt_path: str | None = None,
     ) -> None:
         """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG)."""
-        from src.caching.prefix import plan, prefix_cached
+        from src.caching.activations import prefix_cached
+        from src.caching.prefix import plan
 
         current = self.prefix_plan or plan(
             self.strategy, module.model, module.regularisation, datamodule, trainer.max_epochs

@@ -1,5 +1,5 @@
 """strategy=feature_extract: the policy (which classifier, its C grid, where features are cached).
-What it runs is the fixed-feature pipeline, src/pipelines/features.py."""
+What it runs is the fixed-feature pipeline, src/pipelines/fixed_features.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class FeatureExtract(Strategy):
     Lightning with the run's optimizer, schedule and epochs). Training images are not augmented."""
 
     CLASSIFIERS = ("logistic", "linear_svm", "svm", "linear")
-    pipeline = "src.pipelines.features.FixedFeaturePipeline"  # features once, a classifier on them
+    pipeline = "src.pipelines.fixed_features.FixedFeaturePipeline"  # features once, a classifier on them
 
     def __init__(
         self,
