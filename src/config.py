@@ -136,7 +136,9 @@ def build_data(cfg: DictConfig):
     datamodule.prepare_data()
     datamodule.setup()
     regularisation = build(cfg.regularisation)
-    backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
+    backbone = build(
+        cfg.backbone, num_classes=datamodule.num_classes, **regularisation.backbone_arguments()
+    )
     data_config = resolve_model_data_config(backbone)
     log.info("Preprocessing from the backbone: %s", data_config)
     datamodule.set_transforms(*regularisation.transforms(data_config))
