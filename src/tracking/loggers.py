@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from src.tracking.store import PATH_KEY
 
@@ -103,26 +104,65 @@ def record_failure(loggers: list[Logger], error: BaseException) -> None:
     else:
         tag = ("error", f"{type(error).__name__}: {error}")
     for logger in mlflow_loggers(loggers):
-        if logger._initialized:
+        if logger._initialized:  # no public flag says whether its run was ever created
             logger.experiment.set_tag(logger.run_id, tag[0], tag[1][:5000])
             logger.experiment.set_terminated(logger.run_id, status)
 
 
+class TrainingMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger for one training job's run (conf/logger/mlflow.yaml), with what a
+    job needs beyond it, as methods rather than patches:
+
+    - `skip_recorded`: a resumed run logs only points it lacks. MLflow cannot delete a point; a
+      step already recorded keeps its first value (a deterministic resume computes the same one),
+      so every metric has one point per step (src/tracking/resume.py's reopen sets it).
+    - `hold_success` / `finish`: Lightning ends the run FINISHED when fit ends, before the test; a
+      job killed in its test would leave a FINISHED run without test scores, which resume=auto
+      never continues. "success" waits for `finish()`; failures still go through at once."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recorded: dict[str, set[int]] = {}
+        self.success_held = False
+
+    def skip_recorded(self, recorded: dict[str, set[int]]) -> None:
+        self.recorded = recorded
+
+    def hold_success(self) -> None:
+        self.success_held = True
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        fresh = {
+            k: v for k, v in metrics.items() if step is None or step not in self.recorded.get(k, ())
+        }
+        if fresh:
+            super().log_metrics(fresh, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if status == "success" and self.success_held:
+            return  # the job calls finish() once its test ran
+        super().finalize(status)
+
+    def finish(self) -> None:
+        self.success_held = False
+        self.finalize("success")
+
+
 def finish_at_the_end(loggers: list[Logger]):
-    """Lightning ends an MLflow run FINISHED when fit ends, before the test: a job killed during
-    its test would leave a FINISHED run without test scores, which resume=auto never continues.
-    The run's "success" is held back until `finish()`, which the job calls once everything ran
-    (failures still go through at once). Returns finish."""
-    held = []
-    for logger in mlflow_loggers(loggers):
-        finalize = logger.finalize
-        held.append(finalize)
-        logger.finalize = lambda status="success", _f=finalize: (
-            None if status == "success" else _f(status)
-        )
+    """Hold back each training-run logger's "success" until the returned finish() (see
+    TrainingMLFlowLogger); a plain MLFlowLogger ends its run when fit ends, as Lightning does."""
+    mlflow = mlflow_loggers(loggers)
+    held = [logger for logger in mlflow if isinstance(logger, TrainingMLFlowLogger)]
+    for logger in mlflow:
+        if logger not in held:
+            log.warning("%s ends its run FINISHED before the test", type(logger).__name__)
+    for logger in held:
+        logger.hold_success()
 
     def finish() -> None:
-        for finalize in held:
-            finalize("success")
+        for logger in held:
+            logger.finish()
 
     return finish
