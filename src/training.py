@@ -49,7 +49,7 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
             with refuse_bad_input():
                 module = build_module(cfg, parts)  # 4
                 trainer = build_trainer(cfg, parts.fingerprint)
-            return run(cfg, choices, parts, module, trainer, claim, sigterm)  # 5-8
+            return open_fit_test_ship(cfg, choices, parts, module, trainer, claim, sigterm)  # 5-8
         finally:
             claim.release()
 
@@ -168,7 +168,9 @@ def build_trainer(cfg: DictConfig, fingerprint: str):
         raise ValueError(f"trainer: {type(error).__name__}: {error}") from None
 
 
-def run(cfg, choices, parts: Parts, module, trainer, claim: Claim, sigterm) -> dict[str, float]:
+def open_fit_test_ship(
+    cfg, choices, parts: Parts, module, trainer, claim: Claim, sigterm
+) -> dict[str, float]:
     """5-8. Under DDP only global rank 0 writes (config, MLflow run, checkpoints); the other ranks'
     MLflow loggers are no-ops (rank_zero_experiment). A resumed job writes on in its old folder
     and run."""
