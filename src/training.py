@@ -253,6 +253,7 @@ def ship(metrics: dict[str, float], loggers, output_dir: Path) -> None:
     for key in sorted(k for k in metrics if k.startswith("test/") and "_class/" not in k):
         log.info("%s = %.4f", key, metrics[key])
     mlflow = mlflow_loggers(loggers)
+    # _tracking_uri: the URI this logger was given; MLFlowLogger keeps it in no public attribute.
     run_id, uri = (mlflow[0].run_id, mlflow[0]._tracking_uri) if mlflow else (None, None)
     log.info(done_line(run_id, output_dir, uri))
 

@@ -55,6 +55,7 @@ def log_run_metadata(
         for key, value in {**paths, **tags}.items():
             logger.experiment.set_tag(logger.run_id, key, str(value)[:5000])
         logger.experiment.log_artifact(logger.run_id, str(config_file))
+        # _tracking_uri: the URI it was given; MLFlowLogger keeps it in no public attribute.
         log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
 
 
