@@ -152,7 +152,7 @@ def build_module(cfg: DictConfig, parts: Parts):
 
 
 def build_trainer(cfg: DictConfig, fingerprint: str):
-    """4. The Trainer and its callbacks, no logger yet (open_run attaches them): the Trainer's own
+    """4. The Trainer and its callbacks, no logger yet (phase 5 attaches them): the Trainer's own
     argument checks (precision, accelerator, devices, strategy) refuse bad values here."""
     from hydra.utils import instantiate
 
