@@ -160,9 +160,11 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
 
     @wraps(command)
     def run(*args, **kwargs) -> Any:
+        from src.config import register_resolvers
         from src.errors import SIGTERM_EXIT, InvalidInput, is_sigterm
 
         os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+        register_resolvers()  # conf/ resolves ${store_dir:...}: here, not at import of src
         try:
             with hydra_errors_raised(), signals_raise():
                 return command(*args, **kwargs)

@@ -43,6 +43,21 @@ def override_value(value) -> str:
     return text if word else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _store_dir(tracking_uri: str, default: str) -> str:
+    from src.tracking.store import store_dir
+
+    return store_dir(str(tracking_uri), str(default))
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (conf/paths: artifacts and caches default to the folder beside the
+    tracking store, ${store_dir:...}). Every entry point calls this before Hydra composes; load()
+    does for jobs composed in code. Nothing registers at import of src."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("store_dir", _store_dir, replace=True)
+
+
 def load(config_name: str, overrides=(), hydra: bool = False) -> DictConfig:
     """conf/<config_name>.yaml with `overrides`, as it is (with its hydra node when hydra=True).
     A running Hydra app's own GlobalHydra (the advisor's) is left as it was."""
@@ -50,6 +65,7 @@ def load(config_name: str, overrides=(), hydra: bool = False) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_resolvers()
     outer = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
     try:
@@ -120,7 +136,9 @@ def build_data(cfg: DictConfig):
     datamodule.prepare_data()
     datamodule.setup()
     regularisation = build(cfg.regularisation)
-    backbone = build(cfg.backbone, num_classes=datamodule.num_classes)
+    backbone = build(
+        cfg.backbone, num_classes=datamodule.num_classes, **regularisation.backbone_arguments()
+    )
     data_config = resolve_model_data_config(backbone)
     log.info("Preprocessing from the backbone: %s", data_config)
     datamodule.set_transforms(*regularisation.transforms(data_config))

@@ -3,7 +3,8 @@ store or a folder exists, and each failure names the key and what is valid (entr
 into one line and exit code 2).
 
 Checks that need only the config come first (`check_config`); those that need the built data or
-model (`check_input_size`, the strategy's and the task's own checks) follow in `src.train`.
+model (`check_input_size`, the strategy's and the task's own checks) follow in one place,
+`src.training.check_parts`.
 """
 
 from __future__ import annotations

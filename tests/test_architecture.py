@@ -158,3 +158,24 @@ REQUIRED = {
     "src.train": ["dataset", "dataset.source.root"],
     "src.similarity": ["backbone", "dataset"],
 }
+
+
+def test_strategies_are_policies():
+    """A strategy decides (what trains, when, at which lr, which pipeline); it never runs
+    Lightning itself and never imports the computation (src/pipelines, src/caching), which the
+    road (src/training.py) builds from the import path the strategy names."""
+    import re
+
+    runs_lightning = re.compile(r"trainer\.(fit|validate|test|predict)\(")
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in python_files(SRC / "strategies")
+        for name in imported_modules(path)
+        if name.startswith(("src.pipelines", "src.caching"))
+    ] + [
+        str(path.relative_to(ROOT))
+        for path in python_files(SRC / "strategies")
+        if runs_lightning.search(path.read_text())
+    ]
+    assert not offenders, offenders
+    assert "trainer.fit(" not in (SRC / "training.py").read_text()  # the pipeline fits

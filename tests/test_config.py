@@ -10,6 +10,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tests.helpers.compose import CONF_DIR, compose_train
 
@@ -91,10 +92,14 @@ def test_config_composes_and_instantiates(group, option, tmp_path):
         groups = strategy.param_groups(instantiate(cfg.backbone, num_classes=3))
         assert "head" in {g["name"] for g in groups}
     elif group == "regularisation":
-        assert instantiate(node) is not None
-    else:  # paths, experiment: composing resolved every interpolation
-        from omegaconf import OmegaConf
+        from src.regularisation import Regularisation
 
+        regularisation, stated = instantiate(node), OmegaConf.to_container(node, resolve=True)
+        assert isinstance(regularisation, Regularisation)
+        for key, value in stated.items():  # every key the preset states reaches the object
+            if not key.startswith("_"):
+                assert getattr(regularisation, key) == value, key
+    else:  # paths, experiment: composing resolved every interpolation
         OmegaConf.resolve(cfg)
 
 

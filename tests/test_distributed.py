@@ -105,7 +105,7 @@ def test_ddp_trains_through_a_mid_run_unfreeze(tmp_path, tiny_overrides):
 
 # --- the feature cache is built once, however many processes ask at once ------------------------
 def test_concurrent_feature_extraction_is_done_once(tmp_path, monkeypatch):
-    from src.strategies import features
+    from src.pipelines import features
 
     calls = []
 

@@ -64,6 +64,7 @@ def test_a_list_of_C_is_chosen_on_validation():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from src.pipelines.fixed_features import FixedFeaturePipeline
     from src.strategies import FeatureExtract
 
     rng = np.random.default_rng(0)
@@ -76,7 +77,8 @@ def test_a_list_of_C_is_chosen_on_validation():
 
     features = {"train": split(60), "val": split(300)}
     grid = [10.0, 1e-4, 0.01, 1.0]  # unsorted on purpose
-    fitted, chosen = FeatureExtract(C=grid)._fit_sklearn(features, 0, False, None)
+    pipeline = FixedFeaturePipeline(FeatureExtract(C=grid))
+    fitted, chosen = pipeline._fit_sklearn(features, 0, False, None)
     x, y = (t.numpy() for t in features["train"])
     xv, yv = (t.numpy() for t in features["val"])
     val = {
@@ -101,7 +103,7 @@ def test_cache_keys_see_settings_without_weights():
     A classifier's size or idle dropout / drop-path (eval mode) do not change the features."""
     import timm
 
-    from src.strategies.cache import structure_fingerprint
+    from src.caching import structure_fingerprint
 
     def key(**kwargs):
         model = timm.create_model("resnet10t", **{"num_classes": 3, **kwargs})

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.caching.prefix import plan
 from src.config import build_data
 from src.errors import InvalidInput
 from src.strategies import LPFT, Finetune, GradualUnfreeze, LinearProbe, Partial, Surgical
-from src.strategies.prefix import plan
 from tests.helpers.compose import compose_train, train
 from tests.helpers.jobs import tiny
 
@@ -41,7 +41,7 @@ def last_weights(root: Path) -> dict[str, torch.Tensor]:
     ids=lambda overrides: overrides[0].removeprefix("strategy="),
 )
 def test_a_cached_run_ends_where_an_uncached_one_does(tmp_path, caplog, one_thread, strategy):
-    caplog.set_level(logging.INFO, logger="src.strategies.prefix")
+    caplog.set_level(logging.INFO, logger="src.caching")
     cache = f"strategy.prefix_cache_dir={tmp_path / 'cache'}"
     plain = train(small_job(tmp_path / "plain", [*strategy, "strategy.cache_prefix=false", cache]))
     assert "Prefix cache: on" not in caplog.text
@@ -80,7 +80,7 @@ def plan_of(tmp_path, strategy, overrides: list[str] = (), max_epochs: int = 3):
 )
 def test_the_prefix_is_what_stays_frozen_for_the_whole_run(tmp_path, strategy, first, last):
     prefix = plan_of(tmp_path, strategy)
-    assert prefix.on, prefix.reason
+    assert prefix.cached, prefix.reason
     assert (prefix.names[0], prefix.names[-1]) == (first, last)
 
 
@@ -100,9 +100,9 @@ def test_the_prefix_is_what_stays_frozen_for_the_whole_run(tmp_path, strategy, f
 def test_off_with_the_reason_where_it_would_not_be_exact(tmp_path, strategy, overrides, reason):
     prefix = plan_of(tmp_path, strategy, overrides)
     if reason is None:
-        assert prefix.on, prefix.reason
+        assert prefix.cached, prefix.reason
     else:
-        assert not prefix.on and reason in prefix.reason
+        assert not prefix.cached and reason in prefix.reason
 
 
 def test_random_layers_end_the_prefix(tmp_path):

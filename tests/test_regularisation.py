@@ -159,6 +159,53 @@ def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):
         assert "test/acc" in train(cfg)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_changes_what_it_states(tmp_path, preset):
+    """Every key a preset states reaches the object that acts on it, built by the road's own
+    build phase: weight decay in the optimizer's decayed groups, dropout and drop path in the
+    backbone, augmentation in the training transform, smoothing and mixup in the loss, L2-SP in the
+    penalties, patience in early stopping."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from timm.data import resolve_model_data_config
+
+    from src.models.module import build_optimizer
+    from src.training import build_module, build_parts, check_parts
+
+    overrides = ["dataset=digits", "backbone.input_size=[3,32,32]", f"regularisation={preset}"]
+    cfg = compose_train(tmp_path, [*overrides, "logger=none"])
+    parts = build_parts(cfg)
+    check_parts(cfg, parts)
+    module, model = build_module(cfg, parts), parts.backbone
+    stated = OmegaConf.to_container(cfg.regularisation)
+    optimizer = build_optimizer(module.optimizer_factory, parts.strategy, model)
+    decays = {g["weight_decay"] for g in optimizer.param_groups}
+    assert decays - {0.0} == {stated["weight_decay"]} - {0.0}
+    assert model.drop_rate == stated["head_dropout"]
+    drop_paths = [m for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert bool(drop_paths) == (stated["drop_path_rate"] > 0)
+    data_config = resolve_model_data_config(model)
+    train_transform = repr(parts.regularisation.train_transform(data_config))
+    assert ("RandAugment" in train_transform) == (stated["augmentation"] == "randaugment")
+    assert ("RandomErasing" in train_transform) == (stated["random_erasing"] > 0)
+    augments = stated["augmentation"] != "none"  # none: the eval transform, flips and crops off
+    assert ("RandomHorizontalFlip" in train_transform) == (augments and stated["hflip"] > 0)
+    assert ("RandomResizedCrop" in train_transform) == augments
+    if stated["mixup_alpha"] or stated["cutmix_alpha"]:
+        assert (module.mixup.mixup_alpha, module.mixup.cutmix_alpha) == (
+            stated["mixup_alpha"], stated["cutmix_alpha"],
+        )  # fmt: skip
+        assert module.mixup.label_smoothing == stated["label_smoothing"]
+    else:
+        assert module.mixup is None
+        assert module.criterion.label_smoothing == stated["label_smoothing"]
+    penalties = parts.regularisation.penalties(model, None)
+    assert ("l2sp" in penalties) == bool(stated["l2sp_alpha"] or stated["l2sp_beta"])
+    stopper = instantiate(cfg.callbacks.early_stopping)
+    patience = stated["early_stopping_patience"]
+    assert (stopper is None) if patience is None else stopper.patience == patience
+
+
 def test_early_stopping_follows_the_monitored_metric_and_is_off_without_patience(tmp_path):
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import EarlyStopping

@@ -192,6 +192,13 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
     assert run.data.metrics["similarity/logme"] == pytest.approx(scores["logme"])
 
     train(compose_train(tmp_path, [*tiny_overrides, "logger.mlflow.log_model=false"]))
+    (unasked,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.strategy = 'finetune'"
+    )
+    assert not any(key.startswith("similarity/") for key in unasked.data.metrics)  # opt-in
+    client.delete_run(unasked.info.run_id)
+    asked = [*tiny_overrides, "logger.mlflow.log_model=false", "attach_similarity=true"]
+    train(compose_config("train", tmp_path, asked, output_dir=tmp_path / "asked"))
     (trained,) = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "tags.strategy = 'finetune'"
     )
@@ -290,7 +297,7 @@ def test_corrupted_copies_are_seeded_and_severity_0_is_the_original():
 
 def test_the_feature_cache_key_ignores_the_classifier():
     from src.backbones import create_backbone
-    from src.strategies.features import weights_fingerprint
+    from src.pipelines.features import weights_fingerprint
 
     imagenet = create_backbone("mobilenetv2_100", num_classes=None, weights="package")
     ten = create_backbone("mobilenetv2_100", num_classes=10, weights="package")

@@ -4,11 +4,14 @@ trainable groups move; every group's LR is exactly the configured one, at the ri
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from timm.data import resolve_model_data_config
 
 from src.data import TransferDataModule
@@ -24,9 +27,10 @@ from src.strategies import (
     LinearProbe,
     Partial,
     Scratch,
+    Strategy,
     Surgical,
 )
-from src.strategies.groups import stage_groups, stage_of
+from src.strategies.groups import HEAD, stage_groups, stage_of
 
 LR = 0.02
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]  # test_resnet, from timm's group_matcher
@@ -272,3 +276,115 @@ def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
         expected["layer3.0.conv1.weight"],
         build(Finetune())[0].model.state_dict()["layer3.0.conv1.weight"],
     )
+
+
+def tiny_vit() -> torch.nn.Module:
+    """A random-init timm ViT at 32 px, two blocks: it declares no_weight_decay() (pos_embed, cls_token)."""
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=3
+    )
+
+
+@pytest.mark.parametrize(
+    "strategy", [Finetune(backbone_lr_mult=0.1), LayerDecay(decay=0.5)], ids=["stages", "layers"]
+)
+def test_vit_pos_embed_and_cls_token_get_no_weight_decay(strategy):
+    """timm's rule (param_groups_weight_decay / param_groups_layer_decay): the model's
+    no_weight_decay() names, norms and biases at 0; every other weight at the configured decay,
+    every group still at its configured lr."""
+    from src.models.module import build_optimizer
+
+    model = tiny_vit()
+    factory = functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.05)
+    optimizer = build_optimizer(factory, strategy, model)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        exempt = name in {"pos_embed", "cls_token"} or param.ndim <= 1
+        assert group_of[id(param)]["weight_decay"] == (0.0 if exempt else 0.05), name
+    assert group_of[id(model.pos_embed)]["weight_decay"] == 0.0
+    assert group_of[id(model.cls_token)]["weight_decay"] == 0.0
+    assert group_of[id(model.blocks[0].attn.qkv.weight)]["weight_decay"] == 0.05
+    head = model.get_classifier().weight
+    assert group_of[id(head)]["lr"] == pytest.approx(LR)
+    if isinstance(strategy, Finetune):
+        assert group_of[id(model.pos_embed)]["lr"] == pytest.approx(LR * 0.1)
+
+
+def test_frozen_vit_stages_keep_timm_weight_decay_rule():
+    """A frozen parameter (requires_grad=False when the optimizer is built) still gets its group
+    and timm's decay rule: freezing only flips requires_grad, groups never change."""
+    model = tiny_vit()
+    model.pos_embed.requires_grad_(False)
+    groups = Finetune().param_groups(model)
+    decay = {id(p): g.get("weight_decay") for g in groups for p in g["params"]}
+    assert decay[id(model.pos_embed)] == 0.0 and not model.pos_embed.requires_grad
+    assert decay[id(model.blocks[0].attn.qkv.weight)] is None  # the optimizer's own decay
+
+
+class HeadAndLastStage(Strategy):
+    """A strategy written outside src (test_a_new_strategy_...): the head and the last stage train."""
+
+    def trainable(self, group: str, epoch: int) -> bool:
+        return group in (HEAD, self.stage_names[-1])
+
+
+@pytest.mark.slow  # two training processes (killed, resumed), then eval, predict, export
+def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
+    """One class (above) and one YAML in a conf folder of the test's own (Hydra's searchpath):
+    it trains, is killed, resumes, evaluates, predicts and exports through the same road."""
+    import mlflow
+
+    from src.eval import evaluate_run
+    from src.export import export_run
+    from src.predict import predict_images
+    from tests.helpers.compose import compose_entry
+    from tests.helpers.jobs import launch
+
+    conf = tmp_path / "conf" / "strategy"
+    conf.mkdir(parents=True)
+    (conf / "head_and_last.yaml").write_text(f"_target_: {__name__}.HeadAndLastStage\n")
+    if not __name__.startswith("tests."):  # pytest imported this file by its name alone
+        (conf / "head_and_last.yaml").write_text(
+            "_target_: tests.test_strategies.HeadAndLastStage\n"
+        )
+    new = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "strategy=head_and_last"]
+    killed = launch(tmp_path, "new", "run", extra=new, kill_at="2:1")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = launch(tmp_path, "new", "again", extra=[*new, "resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("new").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["strategy"] == "head_and_last"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 5  # one per epoch
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    optimizer = checkpoint["optimizer_states"][0]  # AdamW keeps state only for what trained
+    stepped = {
+        stage_of(g["name"])
+        for g in optimizer["param_groups"]
+        if g["params"][0] in optimizer["state"]
+    }
+    stages = sorted({stage_of(g["name"]) for g in optimizer["param_groups"]} - {HEAD, "stem"})
+    assert stepped == {HEAD, max(stages, key=lambda name: int(name.removeprefix("stage")))}
+
+    run_id = run.info.run_id
+    metrics = evaluate_run(compose_entry("eval", tmp_path, [f"run_id={run_id}"]))
+    assert 0.0 <= metrics["eval/digits/acc"] <= 1.0
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+    tops = predict_images(
+        compose_entry("predict", tmp_path, [f"run_id={run_id}", f"images={images}"])
+    )
+    assert len(tops) == 2
+    exported = tmp_path / "export"
+    made = export_run(
+        compose_entry(
+            "export",
+            tmp_path,
+            [f"run_id={run_id}", "formats=[torchscript]", f"output_dir={exported}"],
+        )
+    )
+    assert Path(made["torchscript"]).is_file()

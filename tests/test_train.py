@@ -132,3 +132,24 @@ def test_the_returned_objective_is_the_kept_checkpoints_not_the_last_epochs(tmp_
     history = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
     assert len(history) == 3 and history[-1] != min(history)
     assert returned == pytest.approx(min(history))
+
+
+@pytest.mark.slow
+def test_a_csv_logger_alone_gets_every_epoch_and_the_config(tmp_path, tiny_overrides):
+    """Not only MLflow: the loggers join the Trainer after the checks (build_trainer, open_run),
+    and a CSV logger alone records the same epochs and params with no MLflow store created."""
+    import csv
+
+    import yaml
+
+    metrics = train(compose_train(tmp_path, [*tiny_overrides, "logger=csv"]))
+    (folder,) = (tmp_path / "run" / "csv").iterdir()  # version_0
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    val = [row for row in rows if row.get("val/acc")]
+    assert [int(row["epoch"]) for row in val] == [0, 1]
+    # The returned val/acc is the kept (best) checkpoint's.
+    assert max(float(row["val/acc"]) for row in val) == pytest.approx(metrics["val/acc"])
+    params = yaml.safe_load((folder / "hparams.yaml").read_text())
+    assert params["backbone/name"] == "tf_efficientnet_lite0" and params["seed"] == 42
+    assert not (tmp_path / "mlflow.db").exists()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

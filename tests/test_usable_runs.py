@@ -17,10 +17,11 @@ from mlflow.tracking import MlflowClient
 from src.errors import InvalidInput
 from src.eval import evaluate_run
 from src.export import export_run
+from src.pipelines.features import sklearn_classifier
 from src.predict import predict_images
-from src.strategies.features import sklearn_classifier
 from src.strategies.heads import KernelSVM, affine
 from tests.helpers.compose import compose_entry, compose_train, train
+from tests.helpers.jobs import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,17 +79,16 @@ def test_multilabel_heads_give_one_margin_per_label(kind):
 
 # --- feature_extract runs are whole models ---------------------------------------------------
 def feature_run(root: Path, cache: Path, classifier: str, *overrides: str) -> dict:
-    base = [
-        "dataset=digits",
+    # The tiny job on whole splits: scikit-learn's scores below are compared on all of them.
+    whole = tuple(f"trainer.limit_{split}_batches" for split in ("train", "val", "test"))
+    job = tiny(
         "strategy=feature_extract",
         f"strategy.classifier={classifier}",
         f"strategy.cache_dir={cache}",
-        "backbone.input_size=[3,32,32]",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-    ]
-    metrics = train(compose_train(root, [*base, *overrides]))
+        *overrides,
+        without=whole,
+    )
+    metrics = train(compose_train(root, job))
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return {"root": root, "run_id": run.info.run_id, "metrics": metrics, "cache": cache}

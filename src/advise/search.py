@@ -101,7 +101,7 @@ def run_study(sweeper, job: SearchJob, budget: Budget, until: float, parent: str
         client.set_tag(study_run, PARENT, parent)
 
     def launch(number: int, params: dict[str, Any]):
-        overrides = [*job.overrides, *to_overrides(params), sweeper._identity_override(number)]
+        overrides = [*job.overrides, *to_overrides(params), sweeper.identity_override(number)]
         overrides += budget.time_limit(until)
         # Nested under the study's run (itself under the advice), named for the UI's table.
         name = f"trial{number:03d}-{params.get('strategy', '')}-{job.backbone}"

@@ -121,9 +121,9 @@ def suite_probe_cache(job_overrides: list[str], goal: float) -> list[dict]:
 def extraction_row(job_overrides: list[str]) -> dict:
     """Images/s of a cold feature extraction (the job's data, loader and batch transform included)
     against the same backbone's raw batched inference on ready tensors, side by side."""
+    from src.caching import inference_setup
     from src.config import build_data
-    from src.strategies.cache import inference_setup
-    from src.strategies.features import cached_features
+    from src.pipelines.features import cached_features
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg, _ = compose(job_overrides, Path(tmp))
@@ -146,8 +146,8 @@ def extraction_row(job_overrides: list[str]) -> dict:
 
 def raw_inference(model, datamodule, device: torch.device, seconds: float = 10.0) -> float:
     """Images/s of pooled features from one ready batch, repeated: the backbone alone."""
-    from src.strategies.cache import inference_setup
-    from src.strategies.features import pooled_features
+    from src.caching import inference_setup
+    from src.pipelines.features import pooled_features
 
     batch, channels_last = inference_setup(datamodule, device)
     images, _ = next(iter(datamodule.eval_batches("train", device)))

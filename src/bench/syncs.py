@@ -191,6 +191,7 @@ class StepWindows(L.Callback):
             window = Window(
                 trainer.current_epoch,
                 trainer.global_step,
+                # Whether Lightning logs this step: only its logger connector knows (no public API).
                 logging=trainer._logger_connector.should_update_logs,
             )
             self.windows.append(window)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -15,6 +16,8 @@ from src.regularisation import Regularisation
 from src.strategies import Strategy
 from src.strategies.groups import stage_of
 
+log = logging.getLogger(__name__)
+
 
 def build_optimizer(
     factory: Callable[..., torch.optim.Optimizer], strategy: Strategy, model: nn.Module
@@ -22,6 +25,12 @@ def build_optimizer(
     """The strategy's named groups, each at the optimizer's lr x its lr_scale."""
     groups = [g for g in strategy.param_groups(model) if g["params"]]
     optimizer = factory(groups)
+    exempt = sum(len(g["params"]) for g in optimizer.param_groups if not g.get("weight_decay"))
+    log.info(
+        "Weight decay on %d tensors, none on %d (norms, biases, the model's no_weight_decay())",
+        sum(len(g["params"]) for g in optimizer.param_groups) - exempt,
+        exempt,
+    )
     for group in optimizer.param_groups:  # torch schedulers ignore lr_scale: apply it here
         group["lr"] *= group.pop("lr_scale")
     return optimizer

@@ -49,7 +49,7 @@ class SingleLabel(nn.Module):
         logged = [*self.scalars["val"].keys(), "val/loss", "train/loss_epoch", "train/acc"]
         check_monitored(monitor, logged, per_class, "single-label")
 
-    def for_margins(self) -> None:
+    def treat_scores_as_margins(self) -> None:
         """Scores that are not logits (SVM margins): no loss and no calibration error logged."""
         self.probabilistic = False
         n = len(self.class_names)
@@ -144,7 +144,7 @@ class MultiLabel(nn.Module):
         logged = [f"val/{name}" for name in MULTILABEL_METRICS] + ["train/loss_epoch"]
         check_monitored(monitor, logged, [], "multi-label")
 
-    def for_margins(self) -> None:
+    def treat_scores_as_margins(self) -> None:
         """SVM margins: ranks (AUROC, AP) and thresholds hold, a loss would not."""
         self.probabilistic = False
 

@@ -107,7 +107,7 @@ def pretrained_backbone(source: Source) -> nn.Module:
 def fit_probe(model: nn.Module, source: Source, datamodule, C: float, max_iter: int) -> nn.Module:
     """`model` (the pretrained backbone) with a logistic-regression head fitted on its pooled
     features of the training split (evaluation transform, no augmentation)."""
-    from src.strategies.features import sklearn_classifier
+    from src.pipelines.features import sklearn_classifier
     from src.strategies.heads import affine
 
     features, labels = pooled_features(model, datamodule, "train")

@@ -1,7 +1,8 @@
 """Regularisation: one object per preset (conf/regularisation/*.yaml), each knob overridable.
 
-head_dropout and drop_path_rate reach the backbone (timm's drop_rate / drop_path_rate) and
-weight_decay the optimizer through config interpolation; this object owns the data augmentation,
+head_dropout and drop_path_rate reach the backbone as it is built (backbone_arguments, timm's
+drop_rate / drop_path_rate); weight_decay the optimizer through config interpolation; this object
+owns the data augmentation,
 mixup/cutmix, the loss and the penalties (L2-SP, BSS), and the early-stopping patience.
 """
 
@@ -68,6 +69,11 @@ class Regularisation:
             if getattr(self, key) < 0:
                 raise ValueError(f"regularisation.{key}={getattr(self, key)}: must be >= 0.")
         self.l2sp: L2SP | None = None
+
+    def backbone_arguments(self) -> dict[str, float]:
+        """Dropout before the classifier and stochastic depth, as timm's model constructor takes
+        them: this preset owns them, the backbone config does not repeat them."""
+        return {"drop_rate": self.head_dropout, "drop_path_rate": self.drop_path_rate}
 
     # --- data ---------------------------------------------------------------------------------
     def train_transform(self, data_config: dict[str, Any]) -> Callable:

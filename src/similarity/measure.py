@@ -1,5 +1,5 @@
 """From built objects (a backbone with its source head, data modules) to scores, through the
-shared feature cache of src/strategies/features.py."""
+shared feature cache of src/pipelines/features.py."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def transferability(
 ) -> dict[str, float]:
     """The selected estimators on the train split (kNN and logistic-regression accuracy: trained
     there and scored on the val split), each with its own time in seconds."""
-    from src.strategies.features import cached_features
+    from src.pipelines.features import cached_features
 
     start = time.perf_counter()
     splits, _ = cached_features(model, datamodule, cache_dir, device(), ("train", "val"), True)
@@ -114,7 +114,7 @@ def score_resamples(
     validation images of kNN / linear accuracy stay): for intervals on a score's rank correlation
     (src/report/intervals.py). Resample b draws the same image positions for every backbone
     (seeded by `seed` and b), so the backbones stay paired on one data set."""
-    from src.strategies.features import cached_features
+    from src.pipelines.features import cached_features
 
     splits, _ = cached_features(model, datamodule, cache_dir, device(), ("train", "val"), True)
     (features, labels, logits), (val_features, val_labels, _) = splits["train"], splits["val"]
@@ -135,7 +135,7 @@ def score_resamples(
 
 def domain(model, target, source, cache_dir: str | Path, seed: int) -> dict[str, float]:
     """Cui et al.'s EMD similarity, Frechet distance and MMD between the two train splits."""
-    from src.strategies.features import cached_features
+    from src.pipelines.features import cached_features
 
     sets = [
         cached_features(model, dm, cache_dir, device(), ("train",))[0]["train"]

@@ -116,7 +116,7 @@ def linear_accuracy(
     train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], seed: int
 ) -> float:
     """Logistic-regression accuracy on held-out labelled images, from the same frozen features."""
-    from src.strategies.features import sklearn_classifier
+    from src.pipelines.features import sklearn_classifier
 
     linear = sklearn_classifier("logistic", C=1.0, max_iter=1000, seed=seed).fit(*train)
     return float(linear.score(*val))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning.pytorch as L
 from torch import nn
 
-from src.strategies.groups import HEAD, split_weight_decay, stage_groups, stage_of
+from src.strategies.groups import (
+    HEAD,
+    no_weight_decay_ids,
+    split_weight_decay,
+    stage_groups,
+    stage_of,
+)
 
 BN_POLICIES = ("train", "freeze_stats", "frozen")
 
@@ -24,15 +29,18 @@ class Strategy:
         self, bn: str = "train", cache_prefix: bool | str = "auto", prefix_cache_dir: str = "cache"
     ):
         """cache_prefix: auto | true | false, compute the backbone layers frozen for the whole run
-        once per image, cached in prefix_cache_dir (src/strategies/prefix.py)."""
+        once per image, cached in prefix_cache_dir (src/strategies/prefix.py, src/caching/prefix.py)."""
         from src.strategies.prefix import check_mode
 
         if bn not in BN_POLICIES:
             raise ValueError(f"strategy.bn='{bn}': choose one of {BN_POLICIES}.")
         check_mode(cache_prefix)
         self.bn, self.cache_prefix, self.prefix_cache_dir = bn, cache_prefix, prefix_cache_dir
-        self.prefix_plan = None  # set by plan_prefix_cache, before the run
         self.stage_names: list[str] = []  # backbone groups, input side first; set by param_groups
+
+    # How a run with this strategy computes, by import path (src/pipelines; a strategy never
+    # imports the computation): the model on images, its frozen prefix cached where exact.
+    pipeline = "src.pipelines.ImagePipeline"
 
     # Whether `trainable` depends on the epoch: DDP must then track every parameter (see
     # src/models/distributed.py); otherwise the model is frozen before DDP wraps it.
@@ -71,45 +79,12 @@ class Strategy:
                 f"({', '.join(self.stage_names)}); valid range [{low}, {high}]."
             )
 
-    def plan_prefix_cache(self, model: nn.Module, regularisation, datamodule, max_epochs) -> None:
-        """Decide what the run caches (before it starts); cache_prefix=true refuses a run where
-        the cache cannot be exact."""
-        from src.strategies.prefix import plan
-
-        self.prefix_plan = plan(self, model, regularisation, datamodule, max_epochs)
-        if self.cache_prefix is True and not self.prefix_plan.on:
-            raise ValueError(
-                f"strategy.cache_prefix=true, but no prefix can be cached exactly: "
-                f"{self.prefix_plan.reason}. Use strategy.cache_prefix=auto or false."
-            )
-
-    def fit(
-        self,
-        trainer: L.Trainer,
-        module: L.LightningModule,
-        datamodule: L.LightningDataModule,
-        ckpt_path: str | None = None,
-    ) -> None:
-        """ckpt_path: resume from it (weights, optimizer, LR schedule, epoch, RNG). The frozen
-        prefix's outputs are cached where that is exact (cache_prefix)."""
-        from src.strategies.prefix import prefix_cached
-
-        with prefix_cached(self, trainer, module, datamodule) as data:
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-
-    def test(
-        self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
-    ) -> dict:
-        """Test metrics of the best checkpoint (the last weights when nothing was checkpointed)."""
-        checkpoint = trainer.checkpoint_callback
-        best = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        return trainer.test(module, datamodule=datamodule, ckpt_path=best)[0]
-
     # --- shared machinery ---------------------------------------------------------------------
     def param_groups(self, model: nn.Module) -> list[dict]:
         groups = stage_groups(model)
         self.stage_names = [name for name, _ in groups if name != HEAD]
-        return [g for n, p in groups for g in split_weight_decay(n, p, self.lr_scale(n))]
+        no_decay = no_weight_decay_ids(model)
+        return [g for n, p in groups for g in split_weight_decay(n, p, self.lr_scale(n), no_decay)]
 
     def stage_index(self, k: int) -> int:
         """A stage count or index; negative counts from the top (-1: the last stage)."""

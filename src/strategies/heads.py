@@ -75,11 +75,13 @@ class KernelSVM(nn.Module):
     included. mode: ovo (multi-class: pairwise margins -> one-vs-rest votes + confidences),
     binary (class 0 at 0, class 1 at the margin) or multilabel (one margin per label)."""
 
-    def __init__(self, shape: dict):
+    def __init__(self, dimensions: dict):
         super().__init__()
-        self.shape = dict(shape)  # plain ints and a string: stored in the checkpoint as they are
-        s, d, p, c = shape["support"], shape["features"], shape["pairs"], shape["classes"]
-        self.mode = shape["mode"]
+        # Plain ints and a string (support vectors, features, pairs, classes, mode): stored in the
+        # checkpoint as they are.
+        self.dimensions = dict(dimensions)
+        s, d, p, c = (dimensions[k] for k in ("support", "features", "pairs", "classes"))
+        self.mode = dimensions["mode"]
         for name, size in {
             "mean": (d,),
             "scale": (d,),
@@ -128,18 +130,19 @@ class KernelSVM(nn.Module):
             mode, pairs = "multilabel", []
         elif num_classes == 2:
             support, coef = model.support_vectors_, model.dual_coef_
+            # _gamma: the value fit used; the public `gamma` may be the rule ("scale"), not a number.
             intercept, gamma, mode, pairs = model.intercept_, model._gamma, "binary", []
         else:
             support, coef, pairs = model.support_vectors_, *_pairwise(model)
             intercept, gamma, mode = model.intercept_, model._gamma, "ovo"
-        shape = {
+        dimensions = {
             "support": len(support),
             "features": scaler.n_features_in_,
             "pairs": len(coef),
             "classes": num_classes,
             "mode": mode,
         }
-        head = cls(shape)
+        head = cls(dimensions)
         values = {
             "mean": scaler.mean_,
             "scale": scaler.scale_,
@@ -184,5 +187,5 @@ def head_record(kind: str, head: nn.Module) -> dict:
     """What the checkpoint says about its head, in plain types (weights_only loads it)."""
     record = {"classifier": kind, "probabilistic": is_probabilistic(kind)}
     if isinstance(head, KernelSVM):
-        record["kernel_svm"] = dict(head.shape)
+        record["kernel_svm"] = dict(head.dimensions)
     return record

@@ -44,6 +44,8 @@ class TrialReporter(L.Callback):
         study = optuna.load_study(
             study_name=self.study_name, storage=open_storage(self.storage), pruner=self.pruner
         )
+        # _storage/_study_id: optuna.Trial(study, trial_id) is the public way to report to and
+        # prune an existing trial, and only the storage maps a trial number to its id.
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(
             study._study_id, self.number
         )

@@ -121,6 +121,8 @@ def _engine(url: str):
 
 def claim_worker_index(study: optuna.Study) -> int:
     """0 for the first process to sweep this study, 1 for the next, ...; call under the lock."""
+    # _storage/_study_id: study system attrs have no public setter since Optuna 3 (a counter, not
+    # a user attr that would be shown as part of the study).
     attrs = study._storage.get_study_system_attrs(study._study_id)
     index = int(attrs.get("transferlab:workers", 0))
     study._storage.set_study_system_attr(study._study_id, "transferlab:workers", index + 1)
@@ -148,6 +150,7 @@ def fail_dead_trials(study: optuna.Study, locked: bool) -> list[optuna.trial.Fro
     failed = {t.number for t in dead}
     for trial in dead:
         log.warning("Trial %d: no heartbeat from %s; marked FAIL", trial.number, _owner(trial))
+    # _storage: the retry callback lives on the storage only (fail_stale_trials reads it there too).
     retry = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
     host = socket.gethostname()
     for trial in running:
@@ -160,7 +163,7 @@ def fail_dead_trials(study: optuna.Study, locked: bool) -> list[optuna.trial.Fro
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         log.warning("Trial %d: its worker %s is gone; marked FAIL", trial.number, _owner(trial))
         if retry is not None:
-            retry(study, study._storage.get_trial(trial._trial_id))
+            retry(study, study._storage.get_trial(trial._trial_id))  # the callback's own argument
         dead.append(trial)
     return dead
 
@@ -177,6 +180,7 @@ class Heartbeat:
     """Records a running trial's heartbeat (RDB storages), so other hosts can see it is alive."""
 
     def __init__(self, study: optuna.Study, trial_ids: list[int]):
+        # _storage: record_heartbeat exists on the storage only (Optuna's own optimize() calls it).
         self.storage, self.trial_ids = study._storage, trial_ids
         interval = getattr(self.storage, "get_heartbeat_interval", lambda: None)()
         self.interval = interval

@@ -101,7 +101,7 @@ class OptunaSweeper(Sweeper):
         """The job's command line: the fixed overrides, the trial's parameters, its identity (for
         TrialReporter) and, with MLflow, its run's name and tags. The run is created nested under
         the study's parent run: no moment exists where it stands alone (a SIGKILL included)."""
-        overrides = [*fixed, *to_overrides(params), self._identity_override(number)]
+        overrides = [*fixed, *to_overrides(params), self.identity_override(number)]
         overrides.append(f"++kind={TRIAL_KIND}")  # reports leave trials out unless asked
         if self.mlflow:
             run_name = (
@@ -129,7 +129,7 @@ class OptunaSweeper(Sweeper):
             os.environ.update(environ)
             release_devices()
 
-    def _identity_override(self, number: int) -> str:
+    def identity_override(self, number: int) -> str:
         node = {
             "_target_": "src.sweeps.TrialReporter",
             "storage": self.storage,

@@ -34,52 +34,55 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, sweeper, sweep_dir: Path):
-        self.s, self.sweep_dir = sweeper, sweep_dir
+        self.sweeper, self.sweep_dir = sweeper, sweep_dir
         self.n_trials = sweeper.n_trials
         self.counted = COUNTED
         self.study = self._open_study()
 
     def _open_study(self) -> optuna.Study:
-        s = self.s
-        pruner = _build(s.pruner_cfg) if s.pruner_cfg else optuna.pruners.NopPruner()
-        with study_lock(s.storage):  # the first worker creates the tables and the study
+        sweeper = self.sweeper
+        pruner = _build(sweeper.pruner_cfg) if sweeper.pruner_cfg else optuna.pruners.NopPruner()
+        with study_lock(sweeper.storage):  # the first worker creates the tables and the study
             study = optuna.create_study(
-                study_name=s.study_name,
-                storage=open_storage(s.storage, *s.heartbeat, s.max_retries),
-                direction=s.direction,
+                study_name=sweeper.study_name,
+                storage=open_storage(sweeper.storage, *sweeper.heartbeat, sweeper.max_retries),
+                direction=sweeper.direction,
                 load_if_exists=True,
                 pruner=pruner,
             )
-            if study.direction.name.lower() != s.direction:
+            if study.direction.name.lower() != sweeper.direction:
                 raise ValueError(
-                    f"Study {s.study_name!r} in {redact(s.storage)} was created to {study.direction.name.lower()}; "
-                    f"hydra.sweeper.direction={s.direction}. Use another study_name."
+                    f"Study {sweeper.study_name!r} in {redact(sweeper.storage)} was created to "
+                    f"{study.direction.name.lower()}; "
+                    f"hydra.sweeper.direction={sweeper.direction}. Use another study_name."
                 )
             index = claim_worker_index(study)
             if index == 0 and not study.trials:
-                for params in s.enqueue:
+                for params in sweeper.enqueue:
                     study.enqueue_trial(params)
             self.parent_run_id = (
-                runs.open_parent(study, s.mlflow, self._parent_params()) if s.mlflow else None
+                runs.open_parent(study, sweeper.mlflow, self._parent_params())
+                if sweeper.mlflow
+                else None
             )
-        study.sampler = self._sampler(seed=s.seed + index)
+        study.sampler = self._sampler(seed=sweeper.seed + index)
         log.info(
             "Study %s (%s): worker %d, sampler %s seed %d, %d trials in storage",
-            s.study_name,
-            redact(s.storage),
+            sweeper.study_name,
+            redact(sweeper.storage),
             index,
             type(study.sampler).__name__,
-            s.seed + index,
+            sweeper.seed + index,
             len(study.trials),
         )
         return study
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        cfg = dict(self.s.sampler_cfg)
+        cfg = dict(self.sweeper.sampler_cfg)
         factory = get_method(cfg.pop("_target_"))
         takes = inspect.signature(factory).parameters
         if "search_space" in takes:  # GridSampler: the grid is the space; n_trials at most its size
-            cfg["search_space"] = self.s.space.grid()
+            cfg["search_space"] = self.sweeper.space.grid()
             self.n_trials = min(self.n_trials, math.prod(map(len, cfg["search_space"].values())))
             # A grid point that failed was tried: it is not run again, as Optuna's grid does.
             self.counted = (*COUNTED, TrialState.FAIL)
@@ -88,14 +91,14 @@ class Worker:
         return factory(**cfg)
 
     def _parent_params(self) -> dict[str, Any]:
-        s = self.s
+        sweeper = self.sweeper
         return {
-            "metric": s.metric,
-            "direction": s.direction,
-            "n_trials": s.n_trials,
-            "sampler": s.sampler_cfg,
-            "pruner": s.pruner_cfg,
-            "space": s.space.params,
+            "metric": sweeper.metric,
+            "direction": sweeper.direction,
+            "n_trials": sweeper.n_trials,
+            "sampler": sweeper.sampler_cfg,
+            "pruner": sweeper.pruner_cfg,
+            "space": sweeper.space.params,
         }
 
     # --- the loop --------------------------------------------------------------------------------
@@ -110,13 +113,14 @@ class Worker:
 
         returns = []
         done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
-        self.bar = progress(desc=f"Trials ({self.s.study_name})", total=self.n_trials,
+        self.bar = progress(desc=f"Trials ({self.sweeper.study_name})", total=self.n_trials,
                             unit="trial", leave=True, initial=min(done, self.n_trials))  # fmt: skip
         with self.bar:
             while (trial := self._next_trial()) is not None:
                 number, params = trial
                 log.info("Trial %d: %s", number, params)
                 try:
+                    # _trial_id: Optuna's heartbeat API takes storage trial ids; none is public.
                     with Heartbeat(self.study, [self.study.trials[number]._trial_id]):
                         job_return = launch(number, params)
                 except BaseException as error:  # Ctrl-C, SystemExit: the trial ends with the sweep
@@ -138,7 +142,7 @@ class Worker:
             value = reported[max(reported)] if reported else None
             reason = f"after epoch {max(reported)}" if reported else ""
         shown = "n/a" if value is None else f"{value:.4f}"
-        line = f"Trial {number} {state} at {self.s.metric}={shown}"
+        line = f"Trial {number} {state} at {self.sweeper.metric}={shown}"
         if state != "COMPLETE" and reason:
             line += f" ({reason})"
         done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
@@ -146,7 +150,7 @@ class Worker:
         if count(self.study, (TrialState.COMPLETE,)):
             best = self.study.best_trial
             line += f" | best {best.value:.4f} (trial {best.number})"
-            self.bar.set_postfix_str(f"best {self.s.metric}={best.value:.4f}", refresh=False)
+            self.bar.set_postfix_str(f"best {self.sweeper.metric}={best.value:.4f}", refresh=False)
         before = self.bar.n
         self.bar.update(max(0, min(done, self.n_trials) - before))
         ran, left = self.bar.n - self.bar.initial, self.n_trials - self.bar.n
@@ -168,21 +172,24 @@ class Worker:
 
     def _ask(self):
         """Under the lock: settle trials of dead workers, check the budgets, create the next trial."""
-        with study_lock(self.s.storage) as locked:
+        with study_lock(self.sweeper.storage) as locked:
             for trial in fail_dead_trials(self.study, locked):
                 self._tag(trial.number)
-            if count(self.study, (TrialState.FAIL,)) >= self.s.max_failures:
+            if count(self.study, (TrialState.FAIL,)) >= self.sweeper.max_failures:
                 return None
             if count(self.study, self.counted) >= self.n_trials:
                 running = count(self.study, (TrialState.RUNNING,))
                 return _WAIT if running and self.poll_seconds else None
             trial = self.study.ask()
+            # _storage/_trial_id: Optuna removed Trial.set_system_attr; a system attr (not a
+            # user attr, which a report would show as a result) is only settable on the storage.
             self.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
-            return trial.number, self.s.space.suggest(trial)
+            return trial.number, self.sweeper.space.suggest(trial)
 
     @property
     def poll_seconds(self) -> float | None:
         """How often a waiting worker looks again: only heartbeats can reveal a dead worker."""
+        # _storage: whether heartbeats are on is only asked of the storage (no Study API).
         interval = getattr(self.study._storage, "get_heartbeat_interval", lambda: None)()
         return min(interval, 5.0) if interval else None
 
@@ -196,6 +203,8 @@ class Worker:
             )
             return
         if state == "FAIL":
+            # _storage/_trial_id: a user attr on a trial another process asked for; the public
+            # Trial.set_user_attr needs that process's Trial object.
             self.study._storage.set_trial_user_attr(
                 self.study.trials[number]._trial_id, "fail_reason", reason
             )
@@ -210,37 +219,43 @@ class Worker:
         self._tag(number)
 
     def _tag(self, number: int) -> None:
-        if self.s.mlflow:
-            runs.tag_trial(self.s.mlflow["tracking_uri"], self.study.trials[number])
+        if self.sweeper.mlflow:
+            runs.tag_trial(self.sweeper.mlflow["tracking_uri"], self.study.trials[number])
 
     def _finish(self) -> None:
         failures = count(self.study, (TrialState.FAIL,))
         done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
-        if self.s.mlflow:
+        if self.sweeper.mlflow:
             # Workers that end together would write the same parent-run tags at once, which
             # MLflow's store (select, then insert) refuses: one at a time.
-            with study_lock(self.s.storage):
+            with study_lock(self.sweeper.storage):
                 runs.summarise(
                     self.study,
-                    self.s.mlflow["tracking_uri"],
+                    self.sweeper.mlflow["tracking_uri"],
                     self.sweep_dir / "optuna",
-                    finished=done >= self.n_trials or failures >= self.s.max_failures,
+                    finished=done >= self.n_trials or failures >= self.sweeper.max_failures,
                 )
         complete = count(self.study, (TrialState.COMPLETE,))
         if complete:
             best = self.study.best_trial
             log.info(
-                "Best trial %d: %s=%.4f %s", best.number, self.s.metric, best.value, best.params
+                "Best trial %d: %s=%.4f %s",
+                best.number,
+                self.sweeper.metric,
+                best.value,
+                best.params,
             )
-        if failures < self.s.max_failures or done >= self.n_trials:
+        if failures < self.sweeper.max_failures or done >= self.n_trials:
             from src.tracking.store import done_line
 
             parent = self.study.user_attrs.get(runs.PARENT_ATTR)  # the study's MLflow run
-            log.info(done_line(parent, self.sweep_dir, (self.s.mlflow or {}).get("tracking_uri")))
-        if failures >= self.s.max_failures and done < self.n_trials:
+            log.info(
+                done_line(parent, self.sweep_dir, (self.sweeper.mlflow or {}).get("tracking_uri"))
+            )
+        if failures >= self.sweeper.max_failures and done < self.n_trials:
             raise RuntimeError(
-                f"Study {self.s.study_name}: {failures} failed trials reached "
-                f"hydra.sweeper.max_failures={self.s.max_failures}; stopped after {done} of "
+                f"Study {self.sweeper.study_name}: {failures} failed trials reached "
+                f"hydra.sweeper.max_failures={self.sweeper.max_failures}; stopped after {done} of "
                 f"{self.n_trials} trials. See each trial's user attr fail_reason."
             )
 

@@ -7,23 +7,7 @@ runs.py and tables.py."""
 from __future__ import annotations
 
 import subprocess
-from importlib import import_module
 from pathlib import Path
-
-# Names that lived here before the split, found in their modules on first use.
-_MOVED = {
-    "RunArtifacts": "callbacks",
-    "SameConfigOnEveryRank": "callbacks",
-    "log_run_metadata": "loggers",
-    "mlflow_loggers": "loggers",
-    "record_failure": "loggers",
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(import_module(f"src.tracking.{_MOVED[name]}"), name)
-    raise AttributeError(f"module 'src.tracking' has no attribute {name!r}")
 
 
 def git_state(root: str | Path = ".") -> dict[str, str]:

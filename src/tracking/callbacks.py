@@ -66,7 +66,10 @@ class GroupLearningRates(L.Callback):
     One metric per stage (`z_lr/stem`, ..., `z_lr/head`): a group's norms-and-biases twin
     (`<group>_no_wd`) always shares its rate, so it is not logged twice. The `z_` prefix sorts the
     rates after `test/`, `train/` and `val/` in the MLflow UI, where a run's charts open on what
-    it scored. Values are Python floats already: no device sync in the training step."""
+    it scored. Values are Python floats already: no device sync in the training step.
+
+    Not Lightning's LearningRateMonitor: it logs each `_no_wd` twin again and names keys
+    `lr-<Optimizer>/<group>`, sorted before the scores in the MLflow UI; ours is one `z_lr/<stage>` each."""
 
     PREFIX = "z_lr/"
 
@@ -82,6 +85,8 @@ class GroupLearningRates(L.Callback):
                 name = stage_of(group.get("name") or f"group{number}")
                 key = f"{self.PREFIX}{f'{index}/' if several else ''}{name}"
                 rates.setdefault(key, float(group["lr"]))
+        # The step Lightning's own self.log uses (its logger connector reads this counter; no
+        # public property holds it), so the rates line up with the metrics of the same step.
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         for logger in trainer.loggers:
             logger.log_metrics(rates, step=step)

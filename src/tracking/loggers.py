@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from src.tracking.store import PATH_KEY
 
@@ -17,11 +19,26 @@ def mlflow_loggers(loggers: list[Logger]) -> list[MLFlowLogger]:
     return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
 
 
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat params, keys joined by '/', exactly as Lightning's loggers flatten
+    what they log (a list of mappings is numbered; an empty list, being one, vanishes), so a
+    config's params compare equal to those a run logged."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name))
+        elif isinstance(value, list) and all(isinstance(item, Mapping) for item in value):
+            for index, item in enumerate(value):
+                flat.update(flatten_params(item, f"{name}/{index}"))
+        else:
+            flat[name] = value
+    return flat
+
+
 def split_paths(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """(params, path tags) of a nested config, flattened with '/' as Lightning's loggers do."""
-    from lightning.fabric.utilities.logger import _flatten_dict
-
-    flat = _flatten_dict(params, delimiter="/")
+    flat = flatten_params(params)
     paths = {key: str(value) for key, value in flat.items() if PATH_KEY.search(key)}
     return {key: value for key, value in flat.items() if key not in paths}, paths
 
@@ -38,6 +55,7 @@ def log_run_metadata(
         for key, value in {**paths, **tags}.items():
             logger.experiment.set_tag(logger.run_id, key, str(value)[:5000])
         logger.experiment.log_artifact(logger.run_id, str(config_file))
+        # _tracking_uri: the URI it was given; MLFlowLogger keeps it in no public attribute.
         log.info("MLflow run %s in %s", logger.run_id, logger._tracking_uri)
 
 
@@ -87,26 +105,65 @@ def record_failure(loggers: list[Logger], error: BaseException) -> None:
     else:
         tag = ("error", f"{type(error).__name__}: {error}")
     for logger in mlflow_loggers(loggers):
-        if logger._initialized:
+        if logger._initialized:  # no public flag says whether its run was ever created
             logger.experiment.set_tag(logger.run_id, tag[0], tag[1][:5000])
             logger.experiment.set_terminated(logger.run_id, status)
 
 
+class TrainingMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger for one training job's run (conf/logger/mlflow.yaml), with what a
+    job needs beyond it, as methods rather than patches:
+
+    - `skip_recorded`: a resumed run logs only points it lacks. MLflow cannot delete a point; a
+      step already recorded keeps its first value (a deterministic resume computes the same one),
+      so every metric has one point per step (src/tracking/resume.py's reopen sets it).
+    - `hold_success` / `finish`: Lightning ends the run FINISHED when fit ends, before the test; a
+      job killed in its test would leave a FINISHED run without test scores, which resume=auto
+      never continues. "success" waits for `finish()`; failures still go through at once."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recorded: dict[str, set[int]] = {}
+        self.success_held = False
+
+    def skip_recorded(self, recorded: dict[str, set[int]]) -> None:
+        self.recorded = recorded
+
+    def hold_success(self) -> None:
+        self.success_held = True
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        fresh = {
+            k: v for k, v in metrics.items() if step is None or step not in self.recorded.get(k, ())
+        }
+        if fresh:
+            super().log_metrics(fresh, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if status == "success" and self.success_held:
+            return  # the job calls finish() once its test ran
+        super().finalize(status)
+
+    def finish(self) -> None:
+        self.success_held = False
+        self.finalize("success")
+
+
 def finish_at_the_end(loggers: list[Logger]):
-    """Lightning ends an MLflow run FINISHED when fit ends, before the test: a job killed during
-    its test would leave a FINISHED run without test scores, which resume=auto never continues.
-    The run's "success" is held back until `finish()`, which the job calls once everything ran
-    (failures still go through at once). Returns finish."""
-    held = []
-    for logger in mlflow_loggers(loggers):
-        finalize = logger.finalize
-        held.append(finalize)
-        logger.finalize = lambda status="success", _f=finalize: (
-            None if status == "success" else _f(status)
-        )
+    """Hold back each training-run logger's "success" until the returned finish() (see
+    TrainingMLFlowLogger); a plain MLFlowLogger ends its run when fit ends, as Lightning does."""
+    mlflow = mlflow_loggers(loggers)
+    held = [logger for logger in mlflow if isinstance(logger, TrainingMLFlowLogger)]
+    for logger in mlflow:
+        if logger not in held:
+            log.warning("%s ends its run FINISHED before the test", type(logger).__name__)
+    for logger in held:
+        logger.hold_success()
 
     def finish() -> None:
-        for finalize in held:
-            finalize("success")
+        for logger in held:
+            logger.finish()
 
     return finish

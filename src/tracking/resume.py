@@ -295,20 +295,9 @@ def reopen(logger, point: ResumePoint) -> None:
     recorded = {
         key: {m.step for m in client.get_metric_history(run_id, key)} for key in run.data.metrics
     }
-    logger.log_metrics = _new_points_only(logger.log_metrics, recorded)
+    if hasattr(logger, "skip_recorded"):  # src.tracking.loggers.TrainingMLFlowLogger
+        logger.skip_recorded(recorded)
+    else:
+        log.warning("%s may log a step of the resumed run twice", type(logger).__name__)
     client.update_run(run_id, status="RUNNING")
     log.info("Resuming MLflow run %s from %s", run_id, point.checkpoint)
-
-
-def _new_points_only(log_metrics, recorded: dict[str, set[int]]):
-    """MLflow cannot delete a point: a step already recorded keeps its first value (a
-    deterministic resume computes the same one), so every metric has one point per step."""
-
-    def log_new(metrics, step=None):
-        fresh = {
-            k: v for k, v in metrics.items() if step is None or step not in recorded.get(k, ())
-        }
-        if fresh:
-            log_metrics(fresh, step)
-
-    return log_new

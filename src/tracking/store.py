@@ -122,6 +122,7 @@ def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> No
 
     where = f"{key}='{tracking_uri}' (or MLFLOW_TRACKING_URI)"
     scheme = urlparse(tracking_uri).scheme
+    # _registry: the schemes MLflow can open, plugins included; no public call lists them.
     schemes = sorted(s for s in _tracking_store_registry._registry if s not in ("", "file"))
     if scheme in ("", "file"):
         raise ValueError(

@@ -18,7 +18,6 @@ from src.errors import SIGTERM_EXIT, Terminated, is_sigterm, sigterm_raises
 from src.tracking.claim import RunLock, loadable_checkpoint
 from src.tracking.resume import (
     ResumePoint,
-    _new_points_only,
     config_difference,
     find_resume_point,
     reopen,
@@ -65,13 +64,20 @@ def test_a_run_lock_is_held_by_one_process_and_freed_when_it_dies(tmp_path):
     lock.release()
 
 
-def test_a_resumed_run_logs_only_steps_it_does_not_have():
-    logged = []
-    log = _new_points_only(lambda metrics, step: logged.append((metrics, step)), {"val/acc": {9}})
-    log({"val/acc": 0.5, "val/loss": 1.0}, 9)
-    log({"val/acc": 0.6}, 19)
-    log({"epoch": 1.0}, None)
-    assert logged == [({"val/loss": 1.0}, 9), ({"val/acc": 0.6}, 19), ({"epoch": 1.0}, None)]
+def test_a_resumed_run_logs_only_steps_it_does_not_have(tmp_path):
+    from src.tracking.loggers import TrainingMLFlowLogger
+
+    logger = TrainingMLFlowLogger("x", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    logger.skip_recorded({"val/acc": {9}})
+    logger.log_metrics({"val/acc": 0.5, "val/loss": 1.0}, 9)
+    logger.log_metrics({"val/acc": 0.6}, 19)
+    logger.log_metrics({"epoch": 1.0}, None)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    history = {
+        key: [(m.step, m.value) for m in client.get_metric_history(logger.run_id, key)]
+        for key in ("val/acc", "val/loss", "epoch")
+    }
+    assert history == {"val/acc": [(19, 0.6)], "val/loss": [(9, 1.0)], "epoch": [(0, 1.0)]}
 
 
 def test_config_difference_names_the_keys():
@@ -92,14 +98,10 @@ def test_reopen_clears_the_interruption_tags(tmp_path):
     client.log_metric(run_id, "val/acc", 0.5, step=3)
     client.set_terminated(run_id, "KILLED")
 
-    class Logger:
-        experiment = client
+    from src.tracking.loggers import TrainingMLFlowLogger
 
-        def log_metrics(self, metrics, step=None):
-            for key, value in metrics.items():
-                client.log_metric(run_id, key, value, step=step)
-
-    logger = Logger()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = TrainingMLFlowLogger("x", tracking_uri=uri, run_id=run_id)
     reopen(logger, ResumePoint(run_id, tmp_path, tmp_path / "last.ckpt"))
     logger.log_metrics({"val/acc": 0.9}, 3)
     logger.log_metrics({"val/acc": 0.7}, 6)
@@ -138,11 +140,9 @@ def test_sigterm_outside_lightning_raises_terminated_and_exits_143():
 def test_a_run_is_not_finished_before_its_test_has_run(tmp_path):
     """Lightning ends the MLflow run FINISHED after fit; killed during the test, it would stay
     FINISHED without test scores. The job finishes it itself, at the end."""
-    from lightning.pytorch.loggers import MLFlowLogger
+    from src.tracking.loggers import TrainingMLFlowLogger, finish_at_the_end
 
-    from src.tracking.loggers import finish_at_the_end
-
-    logger = MLFlowLogger("x", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    logger = TrainingMLFlowLogger("x", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     logger.log_metrics({"val/acc": 0.5}, step=1)
     finish = finish_at_the_end([logger])
     logger.finalize("success")  # what Lightning does when fit ends

@@ -1,5 +1,7 @@
-"""The on-disk cache that feature_extract's features and the prefix cache's activations share:
-one file per identity (weights, input size, data, split), written atomically."""
+"""The one cache of computed tensors: feature_extract's pooled features (src/pipelines/features.py)
+and the prefix cache's activations (src/caching/prefix.py) are the same idea. One key (cache_key of
+an identity: architecture, weights, structure, data, split, transform), one state-dict fingerprint
+(state_fingerprint), one store (TensorCache: a file per identity, written atomically, one writer)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 
 def cache_key(identity: dict) -> str:
@@ -50,3 +55,39 @@ def save_cache(path: Path, tensors: dict, identity: dict) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({**tensors, "identity": json.dumps(identity)}, tmp)
     os.replace(tmp, path)  # atomic: a parallel run never reads half a file
+
+
+def state_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Hash of named tensors (a state dict's items): what a cached output depends on in weights."""
+    digest = hashlib.sha1()
+    for key, tensor in tensors:
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class TensorCache:
+    """One folder of cached tensors, one file per identity (cache_key). Under `locked`, one
+    process computes and saves, the others (DDP ranks started by torchrun or srun, parallel sweep
+    workers) wait for it and read its file; a shared file system gives one lock per cluster."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, identity: dict) -> Path:
+        return self.folder / f"{cache_key(identity)}.pt"
+
+    @contextmanager
+    def locked(self, identity: dict) -> Iterator[None]:
+        with FileLock(str(self.path(identity).with_suffix(".lock"))):
+            yield
+
+    def load(self, identity: dict) -> dict | None:
+        path = self.path(identity)
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    def save(self, identity: dict, tensors: dict) -> Path:
+        path = self.path(identity)
+        save_cache(path, tensors, identity)
+        return path
