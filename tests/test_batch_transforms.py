@@ -106,7 +106,8 @@ def test_image_files_cross_as_uint8_squares_when_on_device(tmp_path, tiny_overri
     for label in ("a", "b"):
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(6):  # non-square, so the short-side resize and centre crop matter
-            Image.new("RGB", (40, 30), (40 * i, 0, 0)).save(
+            green = 100 if label == "b" else 0  # no byte-identical copy under two labels
+            Image.new("RGB", (40, 30), (40 * i, green, 0)).save(
                 tmp_path / "images" / label / f"{i}.png"
             )
     cfg = compose_train(
