@@ -79,10 +79,13 @@ class OptunaSweeper(Sweeper):
 
     # --- the sweep ------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> list:
-        fixed = self._fixed_overrides(arguments)
-        if TRIAL_ENV in os.environ and os.environ.get("LOCAL_RANK", "0") != "0":
-            return self._follow(fixed)
-        self._check_keys()
+        from src.errors import refuse_bad_input
+
+        with refuse_bad_input():  # bad input: one line and exit 2 (src/cli.py), before any trial
+            fixed = self._fixed_overrides(arguments)
+            if TRIAL_ENV in os.environ and os.environ.get("LOCAL_RANK", "0") != "0":
+                return self._follow(fixed)
+            self._check_keys()
         from src.sweeps.worker import Worker
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
