@@ -116,9 +116,14 @@ def run_jobs(jobs: list[StudyJob], out_dir: Path, worker: int) -> int:
         began, ran = time.time(), ran + 1
         status = run_one(job, out_dir)
         log.info(
-            "[worker %d] job %d/%d %s: %s in %.0f s", worker, index, len(jobs), job.name, status,
+            "[worker %d] job %d/%d %s: %s in %.0f s",
+            worker,
+            index,
+            len(jobs),
+            job.name,
+            status,
             time.time() - began,
-        )  # fmt: skip
+        )
         if status.startswith("failed"):
             failed.append(f"{job.name} ({status})")
     log.info("[worker %d] %d jobs in %.1f min", worker, ran, (time.time() - start) / 60)

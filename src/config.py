@@ -148,7 +148,9 @@ def build_data(cfg: DictConfig):
 def _averaging(cfg: DictConfig) -> str:
     """none | ema | swa, from the averaging node's class when no group choice names it."""
     target = str((cfg.get("averaging") or {}).get("_target_", ""))
-    return "none" if not target or target.endswith("no_averaging") else target.rsplit(".")[-1].lower()
+    return (
+        "none" if not target or target.endswith("no_averaging") else target.rsplit(".")[-1].lower()
+    )
 
 
 def run_tags(cfg: DictConfig, choices: Mapping[str, str] | None) -> dict[str, str]:

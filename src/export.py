@@ -71,7 +71,8 @@ def export_run(cfg: DictConfig) -> dict[str, str]:
 
 
 @entry_point(
-    "export", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None}
+    "export",
+    stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None},
 )
 def main(cfg: DictConfig) -> None:
     from src.tracking.store import done_line

@@ -82,7 +82,8 @@ def explain_predictions(model, cfg: DictConfig, names: list[str]):
 
 
 @entry_point(
-    "predict", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None}
+    "predict",
+    stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri if cfg.run_id else None},
 )
 def main(cfg: DictConfig) -> None:
     from src.tracking.store import done_line

@@ -10,13 +10,27 @@ import sys
 from collections.abc import Iterable
 
 
-def progress(iterable: Iterable | None = None, *, desc: str, total: int | None = None,
-             unit: str = "it", leave: bool = False, initial: int = 0):  # fmt: skip
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    desc: str,
+    total: int | None = None,
+    unit: str = "it",
+    leave: bool = False,
+    initial: int = 0,
+):
     """A tqdm bar like Lightning's; iterate it, or call .update() / .set_postfix_str()."""
     from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
     return Tqdm(
-        iterable, desc=desc, total=total, unit=unit, leave=leave, initial=initial,
-        dynamic_ncols=True, file=sys.stdout, smoothing=0,
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        leave=leave,
+        initial=initial,
+        dynamic_ncols=True,
+        file=sys.stdout,
+        smoothing=0,
         disable=os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
-    )  # fmt: skip
+    )

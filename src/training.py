@@ -83,9 +83,15 @@ def build_parts(cfg: DictConfig) -> Parts:
     fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
     optimizer = build(cfg.optimizer)
     return Parts(
-        datamodule, regularisation, backbone, task, strategy, pipeline_for(strategy), optimizer,
+        datamodule,
+        regularisation,
+        backbone,
+        task,
+        strategy,
+        pipeline_for(strategy),
+        optimizer,
         fingerprint,
-    )  # fmt: skip
+    )
 
 
 def check_parts(cfg: DictConfig, parts: Parts) -> None:
@@ -125,9 +131,12 @@ def claim_resume_target(cfg: DictConfig, fingerprint: str) -> Claim:
     point = None
     if cfg.get("resume"):
         point = resume_point(
-            str(cfg.resume), cfg.paths.tracking_uri, cfg.experiment_name, fingerprint,
+            str(cfg.resume),
+            cfg.paths.tracking_uri,
+            cfg.experiment_name,
+            fingerprint,
             flat_params(cfg),
-        )  # fmt: skip
+        )
     if point is not None and point.checkpoint is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(point.output_dir)

@@ -59,12 +59,20 @@ def test_the_merged_checkpoint_is_a_plain_model_predicting_as_the_adapted_one(tm
     saved = torch.load(trainer.checkpoint_callback.last_model_path, weights_only=True)
     assert not any(".lora_" in k or "base_layer" in k for k in saved["state_dict"])
     plain = timm.create_model("test_resnet", num_classes=10)
-    plain.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()
-                           if k.startswith("model.")})  # fmt: skip
+    plain.load_state_dict(
+        {
+            k.removeprefix("model."): v
+            for k, v in saved["state_dict"].items()
+            if k.startswith("model.")
+        }
+    )
     module.model.load_state_dict(
-        {k.removeprefix("model."): v for k, v in saved["adapter_state_dict"].items()
-         if k.startswith("model.")}
-    )  # fmt: skip
+        {
+            k.removeprefix("model."): v
+            for k, v in saved["adapter_state_dict"].items()
+            if k.startswith("model.")
+        }
+    )
     images = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         adapted, merged = module.model.eval()(images), plain.eval()(images)
@@ -97,5 +105,6 @@ def test_a_crashed_run_resumes_exactly(case, tmp_path):
         run(tmp_path / "b", [CrashAt(epoch=2, batch=1)])
     actual, actual_file = run(tmp_path / "b", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
     assert all(torch.equal(actual[k], v) for k, v in expected.items())
-    assert all(torch.equal(actual_file["state_dict"][k], v)
-               for k, v in expected_file["state_dict"].items())  # fmt: skip
+    assert all(
+        torch.equal(actual_file["state_dict"][k], v) for k, v in expected_file["state_dict"].items()
+    )

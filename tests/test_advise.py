@@ -24,10 +24,13 @@ from tests.helpers.jobs import ROOT, tiny
 
 # The tiny job; the data set and the epochs are the advisor's to set.
 TRAIN = tiny(
-    "logger.mlflow.log_model=false", "dataset.num_workers=0", "dataset.samples_per_class=10",
-    "dataset.batch_size=16", "trainer.limit_train_batches=2",
+    "logger.mlflow.log_model=false",
+    "dataset.num_workers=0",
+    "dataset.samples_per_class=10",
+    "dataset.batch_size=16",
+    "trainer.limit_train_batches=2",
     without=("dataset", "trainer.max_epochs"),
-)  # fmt: skip
+)
 
 
 def advice(tmp_path: Path, budget: str) -> list[str]:
@@ -136,8 +139,11 @@ def test_bad_input_is_refused_before_any_run(tmp_path, override, message):
 def test_unknown_dataset_exits_2_with_one_line(tmp_path):
     done = subprocess.run(
         advise_command(["dataset=nope", "budget=5m", f"paths.root_dir={tmp_path}"]),
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "dataset='nope'" in done.stderr
 

@@ -131,9 +131,25 @@ def test_help_lists_groups_and_options():
 
 @pytest.mark.parametrize(
     "value",
-    ["finetune", "/data/my images", "it's", "true", "NaN", "1e-3", "a=b", "${x}", "", 0.1, 3,
-     True, None, [64, 64], {"root": "/d", "fraction": 0.5}, ["inf", 1.0]],
-)  # fmt: skip
+    [
+        "finetune",
+        "/data/my images",
+        "it's",
+        "true",
+        "NaN",
+        "1e-3",
+        "a=b",
+        "${x}",
+        "",
+        0.1,
+        3,
+        True,
+        None,
+        [64, 64],
+        {"root": "/d", "fraction": 0.5},
+        ["inf", 1.0],
+    ],
+)
 def test_override_value_reads_back_as_the_same_value(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

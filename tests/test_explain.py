@@ -119,9 +119,17 @@ def test_malformed_unknown_and_model_less_run_ids_are_refused(tmp_path):
 
 # --- every strategy, a multi-label run, a ViT -------------------------------------------------
 STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
-SMALL = ["backbone=timm", "backbone.name=test_resnet", "backbone.pretrained=false",
-         "dataset.test_samples_per_class=3", "trainer.max_epochs=2", "trainer.limit_train_batches=1",
-         "trainer.limit_val_batches=1", "logger.mlflow.log_model=false", "dataset.num_workers=0"]  # fmt: skip
+SMALL = [
+    "backbone=timm",
+    "backbone.name=test_resnet",
+    "backbone.pretrained=false",
+    "dataset.test_samples_per_class=3",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "logger.mlflow.log_model=false",
+    "dataset.num_workers=0",
+]
 EXTRA = {
     "feature_extract": ["strategy.classifier=svm"],
     "lp_ft": ["strategy.probe_epochs=1"],
@@ -142,8 +150,11 @@ def tiny_run(root: Path, case: str) -> str:
 
         write_medmnist_npz(root / "medmnist", "chestmnist")
         overrides = [o for o in overrides if not o.startswith(("dataset=", "dataset.test_samples"))]
-        overrides += ["dataset=chestmnist", f"dataset.source.root={root / 'medmnist'}",
-                      "monitor.metric=val/auroc"]  # fmt: skip
+        overrides += [
+            "dataset=chestmnist",
+            f"dataset.source.root={root / 'medmnist'}",
+            "monitor.metric=val/auroc",
+        ]
     train(compose_train(root, overrides))
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -342,10 +353,20 @@ def test_the_command_line_exits_2_without_a_traceback(tmp_path):
     from tests.helpers.jobs import ROOT, child_env
 
     done = subprocess.run(
-        [sys.executable, "-m", "src.explain", "run_id=not-a-run", f"paths.root_dir={tmp_path}",
-         f"hydra.run.dir={tmp_path}/hydra"],
-        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "src.explain",
+            "run_id=not-a-run",
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/hydra",
+        ],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     output = done.stdout + done.stderr
     assert "run_id=not-a-run: not an MLflow run id" in output and "Traceback" not in output

@@ -33,8 +33,14 @@ def test_only_clean_runs_removes_the_tracking_store_and_it_asks_first():
 def test_clean_runs_deletes_nothing_without_a_yes(tmp_path):
     (tmp_path / "mlflow.db").write_text("runs")
     (tmp_path / "Makefile").write_text((ROOT / "Makefile").read_text())
-    result = subprocess.run(["make", "-s", "clean-runs", "STAMP="], cwd=tmp_path, input="n\n",
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["make", "-s", "clean-runs", "STAMP="],
+        cwd=tmp_path,
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "Nothing deleted" in result.stdout
     assert (tmp_path / "mlflow.db").read_text() == "runs"
 

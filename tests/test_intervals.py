@@ -60,9 +60,12 @@ def test_perfectly_ordered_backbones_have_tau_1_and_r_near_1():
     # A score recomputed on resampled training images: here always the same ranking.
     calls = []
     rescored = correlation_interval(
-        qualities, cells, "weighted_tau", rescore=lambda rng: calls.append(1) or qualities,
+        qualities,
+        cells,
+        "weighted_tau",
+        rescore=lambda rng: calls.append(1) or qualities,
         resamples=50,
-    )  # fmt: skip
+    )
     assert len(calls) == 50 and rescored.low == pytest.approx(1.0, abs=1e-12)
 
 

@@ -49,8 +49,12 @@ def run(module: str, *overrides: str, timeout: int = 900) -> tuple[str, float]:
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", module, *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{module} {overrides}\n{output[-4000:]}"
     assert "Traceback" not in output, output[-4000:]
@@ -58,9 +62,12 @@ def run(module: str, *overrides: str, timeout: int = 900) -> tuple[str, float]:
 
 
 TRAIN = [
-    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "dataset.num_workers=0", "dataset.batch_size=16", "backbone.input_size=[3,48,48]",
-]  # fmt: skip
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "dataset.num_workers=0",
+    "dataset.batch_size=16",
+    "backbone.input_size=[3,48,48]",
+]
 
 
 @pytest.mark.slow
@@ -77,23 +84,36 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
 
     # 1. Which pretrained model? src.similarity ranks the offline backbones on the folder.
     out, seconds = run(
-        "src.similarity", "-m", "backbone=efficientnet_lite0,mobilenetv2", *data, *where,
-        "max_per_class=8", "backbone.input_size=[3,48,48]",
+        "src.similarity",
+        "-m",
+        "backbone=efficientnet_lite0,mobilenetv2",
+        *data,
+        *where,
+        "max_per_class=8",
+        "backbone.input_size=[3,48,48]",
         f"hydra.sweep.dir={tmp_path}/similarity",
-    )  # fmt: skip
+    )
     ranking = (tmp_path / "similarity" / "ranking.md").read_text()
     assert "efficientnet_lite0" in ranking and "mobilenetv2" in ranking
     steps["similarity"] = f"ranked 2 backbones in {seconds:.0f}s"
 
     # 2. The advisor, with a small budget of training runs.
     out, seconds = run(
-        "src.advise", *data, "budget=4t", *where, f"paths.output_dir={tmp_path}/advise-hydra",
-        "candidates=[mobilenetv2,efficientnet_lite0]", "top_k=1", "rank.max_per_class=6",
-        "search.max_epochs=1", "search.enqueue=[feature_extract,linear_probe]",
+        "src.advise",
+        *data,
+        "budget=4t",
+        *where,
+        f"paths.output_dir={tmp_path}/advise-hydra",
+        "candidates=[mobilenetv2,efficientnet_lite0]",
+        "top_k=1",
+        "rank.max_per_class=6",
+        "search.max_epochs=1",
+        "search.enqueue=[feature_extract,linear_probe]",
         "search.params.strategy.choices=[feature_extract,linear_probe]",
-        "data.fractions=[0.5,1.0]", "data.seeds=[0]",
+        "data.fractions=[0.5,1.0]",
+        "data.seeds=[0]",
         "train_overrides=[" + ",".join(f"'{o}'" for o in TRAIN) + "]",
-    )  # fmt: skip
+    )
     advice = json.loads(
         (tmp_path / "outputs" / "advise" / "imagefolder" / "advice.json").read_text()
     )
@@ -118,9 +138,15 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
     picked = [files[0], files[PER_CLASS + 1], files[-1]]  # a PNG, a JPEG, another class
     table = tmp_path / "predictions.csv"
     out, seconds = run(
-        "src.predict", f"run_id={winner}", f"images=[{','.join(map(str, picked))}]",
-        "top_k=2", f"csv={table}", "explain=true", *where, f"hydra.run.dir={tmp_path}/predict",
-    )  # fmt: skip
+        "src.predict",
+        f"run_id={winner}",
+        f"images=[{','.join(map(str, picked))}]",
+        "top_k=2",
+        f"csv={table}",
+        "explain=true",
+        *where,
+        f"hydra.run.dir={tmp_path}/predict",
+    )
     rows = table.read_text().splitlines()
     assert len(rows) == 1 + 3 * 2 and all(row.split(",")[2] in PHOTOS for row in rows[1:])
     assert len(list((tmp_path / "explain").glob("*.npy"))) == 3  # a heatmap per file, beside
@@ -139,19 +165,28 @@ def test_from_a_photo_folder_to_a_shipped_model(tmp_path):
 
     exports = tmp_path / "export"
     out, seconds = run(
-        "src.export", f"run_id={winner}", "formats=[torchscript,onnx]", f"output_dir={exports}",
-        *where, f"hydra.run.dir={tmp_path}/export-hydra",
-    )  # fmt: skip
+        "src.export",
+        f"run_id={winner}",
+        "formats=[torchscript,onnx]",
+        f"output_dir={exports}",
+        *where,
+        f"hydra.run.dir={tmp_path}/export-hydra",
+    )
     check_exports(exports, winner, store, picked)
     steps["export"] = f"torchscript + onnx equal the checkpoint's logits, in {seconds:.0f}s"
 
     # 4. A report table over the runs.
     out, seconds = run(
-        "src.report", "experiments=[advise]", "kind=advise_data", "rows=[backbone]",
+        "src.report",
+        "experiments=[advise]",
+        "kind=advise_data",
+        "rows=[backbone]",
         "columns=[strategy]",
-        f"tracking_uri={store}", f"output_dir={tmp_path}/report", *where,
+        f"tracking_uri={store}",
+        f"output_dir={tmp_path}/report",
+        *where,
         f"hydra.run.dir={tmp_path}/report-hydra",
-    )  # fmt: skip
+    )
     assert "|" in (tmp_path / "report" / "table.md").read_text()
     steps["report"] = f"table.md in {seconds:.0f}s"
 

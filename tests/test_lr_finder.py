@@ -29,12 +29,17 @@ def test_a_bad_lr_find_is_refused_before_the_run(tmp_path):
 @pytest.mark.slow
 def test_the_suggestion_is_logged_and_used(tmp_path):
     overrides = tiny(  # 16 range-test steps of 16 images, from 1e-4: enough points to suggest
-        "lr_find=use", "callbacks.lr_finder.num_training_steps=16",
-        "callbacks.lr_finder.min_lr=1e-4", "+callbacks.lr_finder.early_stop_threshold=null",
-        "dataset.batch_size=16", "dataset.num_workers=0",
+        "lr_find=use",
+        "callbacks.lr_finder.num_training_steps=16",
+        "callbacks.lr_finder.min_lr=1e-4",
+        "+callbacks.lr_finder.early_stop_threshold=null",
+        "dataset.batch_size=16",
+        "dataset.num_workers=0",
         "scheduler.warmup_fraction=0",  # step 0 runs at the full lr
-        "trainer.max_epochs=1", "test=false", "logger.mlflow.log_model=false",
-    )  # fmt: skip
+        "trainer.max_epochs=1",
+        "test=false",
+        "logger.mlflow.log_model=false",
+    )
     train(compose_train(tmp_path, overrides))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]

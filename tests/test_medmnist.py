@@ -189,10 +189,20 @@ def test_command_line_offline_without_files_exits_2_with_the_path(tmp_path):
     # HOME points medmnist's default cache (~/.medmnist) at an empty folder.
     env = child_env(HOME=str(tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "src.train", "dataset=pathmnist",
-         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "dataset=pathmnist",
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     assert f"MedMNIST file not found: {tmp_path}/.medmnist/pathmnist.npz" in output

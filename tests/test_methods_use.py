@@ -31,10 +31,17 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str, dict]]:
     made = {}
     for kind, overrides in KINDS.items():
         root = tmp_path_factory.mktemp(kind)
-        metrics = train(compose_train(root, tiny(
-            *overrides, "trainer.limit_test_batches=1.0", "logger.mlflow.log_model=false",
-            "dataset.num_workers=0",
-        )))  # fmt: skip
+        metrics = train(
+            compose_train(
+                root,
+                tiny(
+                    *overrides,
+                    "trainer.limit_test_batches=1.0",
+                    "logger.mlflow.log_model=false",
+                    "dataset.num_workers=0",
+                ),
+            )
+        )
         client = MlflowClient(f"sqlite:///{root}/mlflow.db")
         run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
         made[kind] = (root, run.info.run_id, metrics)
@@ -58,19 +65,26 @@ def test_eval_scores_what_the_run_tested_and_exports_match(runs, kind, tmp_path)
     assert not any("lora" in type(m).__name__.lower() for m in model.modules())
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(made["torchscript"])(images), model(images),
-                                   atol=1e-4, rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            torch.jit.load(made["torchscript"])(images), model(images), atol=1e-4, rtol=0
+        )
     state = load_checkpoint(trained.checkpoint)
     params = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data.params
-    own = {k: v for k, v in state.get(ADAPTER_STATE, state["state_dict"]).items()
-           if k.startswith("model.")}  # fmt: skip
+    own = {
+        k: v
+        for k, v in state.get(ADAPTER_STATE, state["state_dict"]).items()
+        if k.startswith("model.")
+    }
     trains = (lambda k: ".lora_" in k) if kind == "lora_ema" else (lambda k: k.endswith(".bias"))
     expected = sum(v.numel() for k, v in own.items() if trains(k) or ".classifier." in k)
     assert int(params["strategy/trained_parameters"]) == expected
     if kind == "lora_ema":  # shipped: the average (merged), not the raw weights next to it
         average, raw = state[ADAPTER_STATE], state["current_model_state"]
-        assert any(not torch.equal(v, raw[k]) for k, v in average.items()
-                   if k.startswith("model.") and v.is_floating_point())  # fmt: skip
+        assert any(
+            not torch.equal(v, raw[k])
+            for k, v in average.items()
+            if k.startswith("model.") and v.is_floating_point()
+        )
         assert adapted_logits(trained, state, images) == pytest.approx(
             model(images).detach(), abs=1e-4
         )
@@ -84,8 +98,13 @@ def adapted_logits(trained, state: dict, images: torch.Tensor) -> torch.Tensor:
 
     model = build(OmegaConf.create(trained.config["backbone"]), num_classes=10, pretrained=False)
     build(OmegaConf.create(trained.config["strategy"])).add_adapters(model)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state[ADAPTER_STATE].items()
-                           if k.startswith("model.")})  # fmt: skip
+    model.load_state_dict(
+        {
+            k.removeprefix("model."): v
+            for k, v in state[ADAPTER_STATE].items()
+            if k.startswith("model.")
+        }
+    )
     with torch.no_grad():
         return model.eval()(images)
 

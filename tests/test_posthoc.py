@@ -104,8 +104,10 @@ def test_every_method_config_instantiates(name):
     from tests.helpers.compose import CONF_DIR, compose_raw
 
     assert sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")) == [
-        "calibrate", "soup", "wise_ft"
-    ]  # fmt: skip
+        "calibrate",
+        "soup",
+        "wise_ft",
+    ]
     method = build(compose_raw("posthoc", [f"method={name}"]).method)
     assert method.kind == {"calibrate": "calibrated"}.get(name, name)
 
@@ -144,10 +146,16 @@ def test_tta_names_and_flip_sensitive_data_sets_are_checked():
     with pytest.raises(InvalidInput, match="dataset=digits declares that a flip changes the label"):
         check_tta(["hflip"], True, "digits")
     assert check_tta(["five_crop"], True, "digits") == ["five_crop"]
-    flags = {name: compose_raw("train", [f"dataset={name}"]).dataset.flip_changes_label
-             for name in ("digits", "mnist", "digits_corrupted", "fashion_mnist")}  # fmt: skip
-    assert flags == {"digits": True, "mnist": True, "digits_corrupted": True,
-                     "fashion_mnist": False}  # fmt: skip
+    flags = {
+        name: compose_raw("train", [f"dataset={name}"]).dataset.flip_changes_label
+        for name in ("digits", "mnist", "digits_corrupted", "fashion_mnist")
+    }
+    assert flags == {
+        "digits": True,
+        "mnist": True,
+        "digits_corrupted": True,
+        "fashion_mnist": False,
+    }
 
 
 @pytest.mark.slow  # a Python process of its own: the imports take seconds
@@ -157,10 +165,18 @@ def test_the_command_refuses_bad_input_with_exit_2_and_one_line(tmp_path):
 
     from tests.helpers.jobs import ROOT, child_env
 
-    command = [sys.executable, "-m", "src.posthoc", "method=soup", "run_ids=[abc]",
-               f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'out'}"]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "src.posthoc",
+        "method=soup",
+        "run_ids=[abc]",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     errors = [line for line in (done.stdout + done.stderr).splitlines() if "Invalid input" in line]
     assert len(errors) == 1 and "run_id=abc: no MLflow store" in errors[0]
@@ -175,9 +191,16 @@ def runs(tmp_path_factory) -> dict:
     ids = {}
     for name, lr in (("a", "1e-3"), ("b", "3e-3")):
         calibrate = f"callbacks.calibrate.enabled={name == 'a'}"  # run a: calibrated at its end
-        overrides = tiny(calibrate, "dataset.num_workers=0", f"optimizer.lr={lr}", "trainer.max_epochs=1",
-                         "test=false", "dataset.test_samples_per_class=10", "dataset.fraction=0.3",
-                         "logger.mlflow.log_model=false")  # fmt: skip
+        overrides = tiny(
+            calibrate,
+            "dataset.num_workers=0",
+            f"optimizer.lr={lr}",
+            "trainer.max_epochs=1",
+            "test=false",
+            "dataset.test_samples_per_class=10",
+            "dataset.fraction=0.3",
+            "logger.mlflow.log_model=false",
+        )
         train(compose_config("train", root, overrides, output_dir=root / name))
         client = MlflowClient(f"sqlite:///{root}/mlflow.db")
         (run,) = client.search_runs(
@@ -302,8 +325,9 @@ def test_wise_ft_end_point_runs_are_their_sources_to_the_bit(runs):
 
 @pytest.mark.slow
 def test_wise_ft_with_a_fitted_probe_chooses_alpha_on_validation(runs):
-    run_id, metrics = posthoc(runs, "wise", f"run_id={runs['a']}", "method=wise_ft",
-                              "method.alphas=[0.0,0.5,1.0]")  # fmt: skip
+    run_id, metrics = posthoc(
+        runs, "wise", f"run_id={runs['a']}", "method=wise_ft", "method.alphas=[0.0,0.5,1.0]"
+    )
     history = MlflowClient(f"sqlite:///{runs['root']}/mlflow.db").get_metric_history(
         run_id, "wise_ft/val_acc"
     )

@@ -193,8 +193,9 @@ def test_each_preset_changes_what_it_states(tmp_path, preset):
     assert ("RandomResizedCrop" in train_transform) == augments
     if stated["mixup_alpha"] or stated["cutmix_alpha"]:
         assert (module.mixup.mixup_alpha, module.mixup.cutmix_alpha) == (
-            stated["mixup_alpha"], stated["cutmix_alpha"],
-        )  # fmt: skip
+            stated["mixup_alpha"],
+            stated["cutmix_alpha"],
+        )
         assert module.mixup.label_smoothing == stated["label_smoothing"]
     else:
         assert module.mixup is None

@@ -27,12 +27,19 @@ EXPERIMENT = "fixture_study"
 PLOTS = ("learning_curves.png", "similarity_vs_gain.png")
 # (dataset, strategy, seed) -> test/acc of the finished runs in study "demo".
 VALUES = {
-    ("digits", "finetune", 0): 0.80, ("digits", "finetune", 1): 0.83, ("digits", "finetune", 2): 0.84,
-    ("digits", "lp_ft", 0): 0.81, ("digits", "lp_ft", 1): 0.83, ("digits", "lp_ft", 2): 0.85,
-    ("digits", "scratch", 0): 0.50, ("digits", "scratch", 1): 0.60,  # one seed missing
-    ("mnist", "finetune", 0): 0.90, ("mnist", "finetune", 1): 0.91, ("mnist", "finetune", 2): 0.92,
+    ("digits", "finetune", 0): 0.80,
+    ("digits", "finetune", 1): 0.83,
+    ("digits", "finetune", 2): 0.84,
+    ("digits", "lp_ft", 0): 0.81,
+    ("digits", "lp_ft", 1): 0.83,
+    ("digits", "lp_ft", 2): 0.85,
+    ("digits", "scratch", 0): 0.50,
+    ("digits", "scratch", 1): 0.60,  # one seed missing
+    ("mnist", "finetune", 0): 0.90,
+    ("mnist", "finetune", 1): 0.91,
+    ("mnist", "finetune", 2): 0.92,
     ("mnist", "scratch", 0): 0.70,  # mnist x lp_ft: no run at all
-}  # fmt: skip
+}
 # What the table must print (x100, 2 digits, sample std), worked out by hand.
 EXPECTED = {
     ("digits", "finetune"): "82.33 ± 2.08",
@@ -68,8 +75,17 @@ def add_run(client, experiment_id, tags, acc, start_time, status="FINISHED", cur
 
 
 def tags_of(dataset, strategy, seed, study="demo", fraction="0.1"):
-    return {"pretrained": str(strategy != "scratch"), "study": study, "dataset": dataset, "strategy": strategy, "seed": str(seed),
-            "fraction": fraction, "backbone": "tf_efficientnet_lite0", "dataset_key": dataset, "weights": "package"}  # fmt: skip
+    return {
+        "pretrained": str(strategy != "scratch"),
+        "study": study,
+        "dataset": dataset,
+        "strategy": strategy,
+        "seed": str(seed),
+        "fraction": fraction,
+        "backbone": "tf_efficientnet_lite0",
+        "dataset_key": dataset,
+        "weights": "package",
+    }
 
 
 def build_store(root: Path) -> str:
@@ -96,9 +112,15 @@ def store(tmp_path_factory) -> tuple[str, Path]:
 def compose_report(uri: str, out: Path, overrides: list[str] = ()):
     return compose_raw(
         "report",
-        [f"tracking_uri={uri}", f"output_dir={out}", f"paths.artifact_location={out}/art",
-         f"experiments=[{EXPERIMENT}]", "+filters.study=demo", *overrides],
-    )  # fmt: skip
+        [
+            f"tracking_uri={uri}",
+            f"output_dir={out}",
+            f"paths.artifact_location={out}/art",
+            f"experiments=[{EXPERIMENT}]",
+            "+filters.study=demo",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +196,9 @@ def latex_problems(tex: str) -> list[str]:
         problems.append(f"booktabs rules {rules}")
     for line in (line for line in body if line.endswith("\\\\")):
         cells = re.split(r"(?<!\\)&", line)
-        spans = [int(m.group(1)) if (m := re.search(r"\\multicolumn\{(\d+)\}", c)) else 1
-                 for c in cells]  # fmt: skip
+        spans = [
+            int(m.group(1)) if (m := re.search(r"\\multicolumn\{(\d+)\}", c)) else 1 for c in cells
+        ]
         problems += [f"{sum(spans)} cells for {len(spec)} columns: {line}"] * (
             sum(spans) != len(spec)
         )
@@ -198,9 +221,17 @@ def test_latex_is_booktabs_and_well_formed(report):
 def compile_latex(document: Path, out: Path) -> str:
     """pdflatex's log of the document; the test fails on a LaTeX error."""
     result = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"-output-directory={out}", str(document)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "pdflatex",
+            "-interaction=nonstopmode",
+            "-halt-on-error",
+            f"-output-directory={out}",
+            str(document),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout[-2000:]
     return result.stdout
 
@@ -248,8 +279,15 @@ def test_data_efficiency_points_are_the_table_cells(store):
 
 def test_rows_and_columns_are_any_tag_or_param_and_filters_take_lists(store, tmp_path):
     uri, _ = store
-    overrides = ["rows=[strategy]", "columns=[params.optimizer/lr]", "formats=[csv]", "plots=null",
-                 "+filters.dataset=[mnist]", "scale=1", "digits=4"]  # fmt: skip
+    overrides = [
+        "rows=[strategy]",
+        "columns=[params.optimizer/lr]",
+        "formats=[csv]",
+        "plots=null",
+        "+filters.dataset=[mnist]",
+        "scale=1",
+        "digits=4",
+    ]
     paths = write_report(report_from_config(compose_report(uri, tmp_path, overrides)))
     rows = {r["row"]: r for r in csv.DictReader(paths[0].open())}
     assert set(rows) == {"finetune", "scratch"} and rows["finetune"]["column"] == "0.001"
@@ -299,8 +337,14 @@ def test_a_sweep_in_the_experiment_leaves_the_plain_runs_cell_alone(tmp_path):
         tags = tags_of("digits", "finetune", 0) | {"optuna.trial.number": str(number)}
         if number < 3:  # trial 3 was logged before runs had a kind tag: found by its trial number
             tags["kind"] = "sweep_trial"
-        add_run(client, experiment, tags, acc, 5_000 + number,
-                params={"optimizer/lr": str(lr), "trainer/max_epochs": "3"})  # fmt: skip
+        add_run(
+            client,
+            experiment,
+            tags,
+            acc,
+            5_000 + number,
+            params={"optimizer/lr": str(lr), "trainer/max_epochs": "3"},
+        )
     client.create_run(experiment, tags={"kind": "sweep", "study": "demo"})  # the study's parent
     overrides = ["rows=[backbone]", "columns=[strategy]", "formats=[csv,md]", "plots=null"]
 
@@ -310,8 +354,9 @@ def test_a_sweep_in_the_experiment_leaves_the_plain_runs_cell_alone(tmp_path):
     assert int(cell["n"]) == 3 and cell["best"] == "False"  # one cell: nothing to be best of
     assert "**" not in paths[1].read_text()
 
-    paths = write_report(report_from_config(
-        compose_report(uri, tmp_path / "b", [*overrides, "kind=sweep_trial"])))  # fmt: skip
+    paths = write_report(
+        report_from_config(compose_report(uri, tmp_path / "b", [*overrides, "kind=sweep_trial"]))
+    )
     cells = csv_cells(paths)  # one row per learning rate: trials differ in it, not by seed
     assert sorted(float(c["mean"]) for c in cells.values()) == sorted(a for _, a in trials)
     assert "Rows also split by learning rate" in paths[1].read_text()
@@ -320,11 +365,23 @@ def test_a_sweep_in_the_experiment_leaves_the_plain_runs_cell_alone(tmp_path):
 def test_params_that_differ_split_a_cell_or_are_named_in_the_caption(tmp_path):
     uri, client, experiment = fresh_store(tmp_path)
     for seed, epochs, acc in [(0, "5", 0.9), (1, "5", 0.92), (2, "3", 0.7)]:  # epochs differ
-        add_run(client, experiment, tags_of("digits", "finetune", seed), acc, 2_000 + seed,
-                params={"trainer/max_epochs": epochs})  # fmt: skip
+        add_run(
+            client,
+            experiment,
+            tags_of("digits", "finetune", seed),
+            acc,
+            2_000 + seed,
+            params={"trainer/max_epochs": epochs},
+        )
     for seed in range(2):  # another cell, constant inside, other epochs than its neighbours
-        add_run(client, experiment, tags_of("digits", "lp_ft", seed), 0.8, 2_000,
-                params={"trainer/max_epochs": "10", "strategy/probe_epochs": "2"})  # fmt: skip
+        add_run(
+            client,
+            experiment,
+            tags_of("digits", "lp_ft", seed),
+            0.8,
+            2_000,
+            params={"trainer/max_epochs": "10", "strategy/probe_epochs": "2"},
+        )
     overrides = ["rows=[dataset]", "columns=[strategy]", "formats=[csv,md,tex]", "plots=null"]
     paths = write_report(report_from_config(compose_report(uri, tmp_path / "r", overrides)))
     cells = csv_cells(paths)
@@ -346,8 +403,13 @@ def test_two_column_keys_get_a_grouped_header_and_the_table_fits_the_page(tmp_pa
                 for seed in range(2):
                     tags = tags_of(dataset, strategy, seed, fraction=fraction)
                     add_run(client, experiment, tags, 0.5 + 0.1 * seed, 2_000)
-    overrides = ["rows=[strategy]", "columns=[dataset,fraction]", "formats=[tex]", "plots=null",
-                 "title='Transfer from ImageNet'"]  # fmt: skip
+    overrides = [
+        "rows=[strategy]",
+        "columns=[dataset,fraction]",
+        "formats=[tex]",
+        "plots=null",
+        "title='Transfer from ImageNet'",
+    ]
     paths = write_report(report_from_config(compose_report(uri, tmp_path / "r", overrides)))
     document = next(p for p in paths if p.name == "table_document.tex")
     tex = document.read_text()
@@ -397,10 +459,14 @@ def test_plots_take_the_title_and_skip_single_point_panels(store, tmp_path, monk
 
 @pytest.mark.parametrize(
     "override, message",
-    [("experiments=[nope]", "No MLflow experiment named"), ("formats=[docx]", "unknown"),
-     ("mode=best", "mode="), ("++filters.study=absent", "No run matched"),
-     ("rows=[stratgy]", r"rows/columns \['stratgy'\]: no run has such a tag")],
-)  # fmt: skip
+    [
+        ("experiments=[nope]", "No MLflow experiment named"),
+        ("formats=[docx]", "unknown"),
+        ("mode=best", "mode="),
+        ("++filters.study=absent", "No run matched"),
+        ("rows=[stratgy]", r"rows/columns \['stratgy'\]: no run has such a tag"),
+    ],
+)
 def test_bad_input_is_refused_before_a_report_run(store, tmp_path, override, message):
     uri, _ = store
     with pytest.raises(InvalidInput, match=message):
@@ -409,8 +475,9 @@ def test_bad_input_is_refused_before_a_report_run(store, tmp_path, override, mes
 
 def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=data,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{endpoint}", data=data, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
@@ -426,11 +493,15 @@ def server(store) -> str:
 @pytest.mark.slow
 def test_mlflow_server_finds_a_study_with_its_params_and_metrics(server):
     experiment = rest(server, f"experiments/get-by-name?experiment_name={EXPERIMENT}")["experiment"]
-    found = rest(server, "runs/search", {
-        "experiment_ids": [experiment["experiment_id"]],
-        "filter": "tags.study = 'demo' and attributes.status = 'FINISHED'",
-        "max_results": 100,
-    })["runs"]  # fmt: skip
+    found = rest(
+        server,
+        "runs/search",
+        {
+            "experiment_ids": [experiment["experiment_id"]],
+            "filter": "tags.study = 'demo' and attributes.status = 'FINISHED'",
+            "max_results": 100,
+        },
+    )["runs"]
     assert len(found) == len(VALUES) + 1  # the older rerun of a seed is a run of the study too
     for run in found:
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}

@@ -231,8 +231,11 @@ def test_ranking_orders_backbones_within_each_data_set():
     ]
     table = ranking(rows)
     assert [(r["dataset"], r["backbone"], r["rank (logme)"]) for r in table] == [
-        ("x", "b", 1), ("x", "a", 2), ("y", "a", 1), ("y", "b", 2),
-    ]  # fmt: skip
+        ("x", "b", 1),
+        ("x", "a", 2),
+        ("y", "a", 1),
+        ("y", "b", 2),
+    ]
 
 
 def test_a_sweep_writes_its_ranking_table_and_logs_it(tmp_path):

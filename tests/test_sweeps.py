@@ -292,8 +292,10 @@ def test_a_plain_grid_gets_a_parent_run_and_names_that_tell_its_points_apart(
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {r.data.tags["kind"] for r in children} == {"train"}
     names = sorted(r.info.run_name for r in children)
-    assert names == ["finetune-digits-tf_efficientnet_lite0-s42-lr=0.001",
-                     "finetune-digits-tf_efficientnet_lite0-s42-lr=0.01"]  # fmt: skip
+    assert names == [
+        "finetune-digits-tf_efficientnet_lite0-s42-lr=0.001",
+        "finetune-digits-tf_efficientnet_lite0-s42-lr=0.01",
+    ]
     assert not (tmp_path / "outputs" / "optuna.db").exists()
     records = [line for line in capfd.readouterr().out.splitlines() if line.startswith("[")]
     assert f"Grid finished: MLflow parent run {parent.info.run_id}" in records[-1]

@@ -123,8 +123,13 @@ def test_the_returned_objective_is_the_kept_checkpoints_not_the_last_epochs(tmp_
     tested and exported. A learning rate far too high makes val/loss best early, worst last."""
     from tests.helpers.jobs import tiny
 
-    overrides = tiny("trainer.max_epochs=3", "monitor.metric=val/loss", "monitor.mode=min",
-                     "optimizer.lr=5.0", "scheduler=step")  # fmt: skip
+    overrides = tiny(
+        "trainer.max_epochs=3",
+        "monitor.metric=val/loss",
+        "monitor.mode=min",
+        "optimizer.lr=5.0",
+        "scheduler=step",
+    )
     cfg = compose_train(tmp_path, [*overrides, "test=false", "logger.mlflow.log_model=false"])
     returned = train(cfg)["val/loss"]
     client = MlflowClient(cfg.logger.mlflow.tracking_uri)

@@ -21,9 +21,18 @@ RUN_NAME = "finetune-digits-tf_efficientnet_lite0-s42"
 
 def rendered_text(url: str, profile) -> str:
     """The page's text after its scripts ran (--dump-dom), tags and styles stripped."""
-    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               f"--user-data-dir={profile}", "--window-size=1600,1000",
-               "--virtual-time-budget=30000", "--dump-dom", url]  # fmt: skip
+    command = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        url,
+    ]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=240, check=True).stdout
     text = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))

@@ -272,8 +272,9 @@ def test_multilabel_predict_uses_sigmoid_and_stored_thresholds(tmp_path):
     images.mkdir()
     write_digit_images(images, 3)
     table = tmp_path / "labels.csv"
-    cfg = compose_entry("predict", tmp_path, [f"ckpt_path={checkpoint}", f"images={images}",
-                                              f"csv={table}"])  # fmt: skip
+    cfg = compose_entry(
+        "predict", tmp_path, [f"ckpt_path={checkpoint}", f"images={images}", f"csv={table}"]
+    )
     tops = predict_images(cfg)
     rows = list(csv.DictReader(table.open()))
     names = [n for n in rows[0] if n not in ("file", "labels")]
@@ -293,8 +294,11 @@ def test_the_users_dataset_node_becomes_overrides_of_every_job():
     from src.advise.jobs import node_overrides
 
     default = {"source": {"root": "???", "test_root": None}, "fraction": 1.0, "tags": [1]}
-    given = {"source": {"root": "/data/my crops", "test_root": None, "x": True},
-             "fraction": 0.5, "tags": [1, 2]}  # fmt: skip
+    given = {
+        "source": {"root": "/data/my crops", "test_root": None, "x": True},
+        "fraction": 0.5,
+        "tags": [1, 2],
+    }
     assert node_overrides("dataset", given, default) == [
         "dataset.source.root='/data/my crops'",
         "+dataset.source.x=true",

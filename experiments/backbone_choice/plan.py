@@ -53,7 +53,7 @@ def jobs() -> list[StudyJob]:
                 "experiment_name=backbone_choice_scores",
             ),
             "similarity",
-        )  # fmt: skip
+        )
         for t, b in pairs
     ]
     # Fixed features on the full training set (10 % of it to choose C), one seed: L-BFGS on the
@@ -71,7 +71,7 @@ def jobs() -> list[StudyJob]:
                 "seed=0",
                 *EXTRA,
             ),
-        )  # fmt: skip
+        )
         for t, b in pairs
     ]
     plan += [
@@ -85,7 +85,7 @@ def jobs() -> list[StudyJob]:
                 f"trainer.max_epochs={EPOCHS}",
                 *EXTRA,
             ),
-        )  # fmt: skip
+        )
         for seed in SEEDS.split(",")
         for t, b in pairs
     ]

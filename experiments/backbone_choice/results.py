@@ -220,16 +220,22 @@ def main() -> None:
     write_report(
         Report(
             Query(uri, (EXPERIMENT,), {}, "FINISHED"),
-            Layout(rows=("backbone",), columns=("dataset", "strategy"), metric="test/acc",
-                   row_order=BACKBONES),
-            output_dir=REPORT, stem="table",
+            Layout(
+                rows=("backbone",),
+                columns=("dataset", "strategy"),
+                metric="test/acc",
+                row_order=BACKBONES,
+            ),
+            output_dir=REPORT,
+            stem="table",
             title="Test accuracy (%) per backbone: fixed features and fully fine-tuned",
             plots={"imagenet_vs_transfer": {"line": "strategy", "panel": "dataset", "top1": top1}},
-            experiment="reports", run_name=f"report-{EXPERIMENT}",
+            experiment="reports",
+            run_name=f"report-{EXPERIMENT}",
             artifact_location=str(out / "mlartifacts"),
             labels={"feature_extract": "fixed features", "finetune": "fine-tuned", **SHORT},
         )
-    )  # fmt: skip
+    )
     lines += [
         "Mean ± std table: [table.md](table.md) ([LaTeX](table.tex), [CSV](table.csv)).",
         "",

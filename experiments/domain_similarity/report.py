@@ -38,8 +38,11 @@ def plot(frame, path: Path) -> None:
 
 
 def source_accuracy() -> str:
-    runs = mlflow.search_runs(experiment_names=[f"{EXPERIMENT}_source"], max_results=1,
-                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    runs = mlflow.search_runs(
+        experiment_names=[f"{EXPERIMENT}_source"],
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     return "unknown" if runs.empty else f"{runs['metrics.test/acc'].iloc[0]:.3f}"
 
 

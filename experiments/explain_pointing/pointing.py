@@ -25,8 +25,19 @@ from src.explain.cams import Explainer, peak, stage_names  # noqa: E402
 from src.inference.trained import data_config, load_model, locate  # noqa: E402
 
 EXPERIMENT = "explain_pointing"
-METHODS = ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam",
-           "eigengradcam", "scorecam", "ablationcam", "fullgrad", "randomcam"]  # fmt: skip
+METHODS = [
+    "gradcam",
+    "gradcam++",
+    "hirescam",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+    "scorecam",
+    "ablationcam",
+    "fullgrad",
+    "randomcam",
+]
 SLOW = {"scorecam", "ablationcam"}  # one forward pass per channel: a subset of the images
 SLOW_IMAGES = 32
 STAGES = (-3, -2, -1)
@@ -105,13 +116,20 @@ def main() -> None:
                 np.mean([quadrant(h) == y for h, y in zip(t, labels, strict=False)])
                 for t in trained_maps
             ]
-            rows.append({
-                "method": method, "layer": f"{stages[stage]} ({stage})", "images": n,
-                "pointing_s0": hits[0], "pointing_s1": hits[1] if len(hits) > 1 else float("nan"),
-                "rho_random": spearman(trained_maps[0], random_maps),
-                "rho_seeds": spearman(trained_maps[0], trained_maps[1]) if len(hits) > 1 else float("nan"),
-                "seconds": time.time() - start,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "layer": f"{stages[stage]} ({stage})",
+                    "images": n,
+                    "pointing_s0": hits[0],
+                    "pointing_s1": hits[1] if len(hits) > 1 else float("nan"),
+                    "rho_random": spearman(trained_maps[0], random_maps),
+                    "rho_seeds": spearman(trained_maps[0], trained_maps[1])
+                    if len(hits) > 1
+                    else float("nan"),
+                    "seconds": time.time() - start,
+                }
+            )
             print(rows[-1], flush=True)
     ids = [run.info.run_id for run in found]
     table = {"rows": rows, "accuracy": accuracy, "n": len(labels), "runs": ids}

@@ -15,7 +15,9 @@ PRESETS = ["none", "default", "l2sp"]
 
 def main() -> None:
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT}/mlflow.db"))
-    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="attributes.status = 'FINISHED'")
+    runs = mlflow.search_runs(
+        experiment_names=[EXPERIMENT], filter_string="attributes.status = 'FINISHED'"
+    )
     runs = runs.dropna(subset=["metrics.test/acc"])
     stats = (
         runs.groupby(["tags.fraction", "tags.regularisation"])["metrics.test/acc"]

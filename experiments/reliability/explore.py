@@ -24,11 +24,16 @@ from src.errors import InvalidInput  # noqa: E402
 from tests.helpers.compose import compose_train, train  # noqa: E402
 
 TINY = [
-    "dataset=digits", "backbone.input_size=[3,32,32]", "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    "dataset=digits",
+    "backbone.input_size=[3,32,32]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
     "logger.mlflow.log_model=false",
-]  # fmt: skip
+]
 REFUSE, RUN = "refuse", "run"
 
 

@@ -63,11 +63,16 @@ def jobs() -> list[StudyJob]:
                                 *strategy_overrides(strategy, int(epochs)),
                                 *EXTRA,
                             ),
-                        )  # fmt: skip
+                        )
                     )
     if FULL:  # all 60,000 training images (54,000 train + 6,000 validation)
-        full = ("experiment=transfer_table", "experiment_name=transfer_table_full",
-                "dataset=fashion_mnist", "dataset.samples_per_class=null", *EXTRA)  # fmt: skip
+        full = (
+            "experiment=transfer_table",
+            "experiment_name=transfer_table_full",
+            "dataset=fashion_mnist",
+            "dataset.samples_per_class=null",
+            *EXTRA,
+        )
         for seed in SEEDS.split(","):
             for strategy in filter(None, FULL_STRATEGIES.split(",")):
                 plan.append(
@@ -79,7 +84,7 @@ def jobs() -> list[StudyJob]:
                             "trainer.max_epochs=6",
                             *strategy_overrides(strategy, 6),
                         ),
-                    )  # fmt: skip
+                    )
                 )
         # One fully fine-tuned model on all of it: the costliest job (about 1.5 h on one core),
         # so it goes first and runs beside the short ones on the other core.

@@ -43,12 +43,16 @@ TITLE = "Transfer from ImageNet: EfficientNet-Lite0 by strategy on 1%, 10% and 1
 FULL_EXPERIMENT = "transfer_table_full"
 FULL_STRATEGIES = ("linear_probe", "feature_extract", "finetune")
 FULL_TITLE = "EfficientNet-Lite0 on all 60,000 Fashion-MNIST training images"
-FULL_LAYOUT = Layout(rows=("strategy",), columns=("dataset",), metric="test/acc",
-                     row_order=FULL_STRATEGIES)  # fmt: skip
+FULL_LAYOUT = Layout(
+    rows=("strategy",), columns=("dataset",), metric="test/acc", row_order=FULL_STRATEGIES
+)
 LAYOUT = Layout(
-    rows=("strategy",), columns=("dataset", "fraction"), metric="test/acc", row_order=STRATEGIES,
+    rows=("strategy",),
+    columns=("dataset", "fraction"),
+    metric="test/acc",
+    row_order=STRATEGIES,
     column_order=tuple(f"{d} / {f}" for d in ("fashion_mnist", "mnist") for f in FRACTIONS),
-)  # fmt: skip
+)
 # What differs between cells by protocol (run.sh): epochs follow the fraction, LP-FT probes a third.
 PROTOCOL = {"trainer/max_epochs": ["6", "15", "30"], "strategy/probe_epochs": ["2", "5", "10"]}
 
@@ -115,11 +119,18 @@ def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
     )
     query = Query(uri, (experiment,), {}, "FINISHED")
     report = Report(
-        query, layout, output_dir=REPORT, stem=stem, title=title,
-        plots={"data_efficiency": {"x": "fraction", "line": "strategy", "panel": "dataset"}} if pool else {},
-        experiment="reports", run_name=f"report-{experiment}",
+        query,
+        layout,
+        output_dir=REPORT,
+        stem=stem,
+        title=title,
+        plots={"data_efficiency": {"x": "fraction", "line": "strategy", "panel": "dataset"}}
+        if pool
+        else {},
+        experiment="reports",
+        run_name=f"report-{experiment}",
         artifact_location=str(artifacts_beside(uri)),
-    )  # fmt: skip
+    )
     selection = select(search(query), layout)
     if selection.split_by:  # the headline reads cells by strategy: a split row has another name
         raise SystemExit(
@@ -130,9 +141,15 @@ def from_runs(uri: str, experiment: str = EXPERIMENT) -> tuple[Grid, int, str]:
     grid = aggregate(selection.frame, selection.layout)
     if pool:
         plots.learning_curves(
-            selection.frame, REPORT / "learning_curves.png", "val/acc", MlflowClient(uri),
-            line="strategy", panel="dataset", keys=("fraction",), title=TITLE,
-        )  # fmt: skip
+            selection.frame,
+            REPORT / "learning_curves.png",
+            "val/acc",
+            MlflowClient(uri),
+            line="strategy",
+            panel="dataset",
+            keys=("fraction",),
+            title=TITLE,
+        )
     where = uri.split("///")[-1].replace(str(ROOT) + "/", "")
     return grid, len(selection.frame), f"MLflow experiment `{experiment}` (store `{where}`)"
 
@@ -143,18 +160,27 @@ def from_csv(path: Path) -> tuple[Grid, int, str]:
     pool = path.stem == "table"
     layout, title = (LAYOUT, TITLE) if pool else (FULL_LAYOUT, FULL_TITLE)
     rows = list(csv.DictReader(path.open()))
-    cells = {(r["row"], r["column"]): Cell(float(r["mean"]), float(r["std"] or "nan"), int(r["n"]))
-             for r in rows if r["mean"]}  # fmt: skip
+    cells = {
+        (r["row"], r["column"]): Cell(float(r["mean"]), float(r["std"] or "nan"), int(r["n"]))
+        for r in rows
+        if r["mean"]
+    }
     columns = layout.column_order or sorted({k[1] for k in cells})
     grid = Grid(
-        layout, [s for s in STRATEGIES if any(k[0] == s for k in cells)],
-        [c for c in columns if any(k[1] == c for k in cells)], cells, set(),
+        layout,
+        [s for s in STRATEGIES if any(k[0] == s for k in cells)],
+        [c for c in columns if any(k[1] == c for k in cells)],
+        cells,
+        set(),
         max(cell.n for cell in cells.values()),
-    )  # fmt: skip
+    )
     grid.best = best_cells(grid)
     notes = {"differ": PROTOCOL} if pool else {}
-    texts = {"md": render.markdown(grid, title, notes), "tex": render.latex(grid, title, notes=notes),
-             "csv": render.csv_text(grid)}  # fmt: skip
+    texts = {
+        "md": render.markdown(grid, title, notes),
+        "tex": render.latex(grid, title, notes=notes),
+        "csv": render.csv_text(grid),
+    }
     for fmt, text in texts.items():
         (REPORT / f"{path.stem}.{fmt}").write_text(text)
     (REPORT / f"{path.stem}_document.tex").write_text(render.latex_document(texts["tex"]))
@@ -162,14 +188,29 @@ def from_csv(path: Path) -> tuple[Grid, int, str]:
     source = f"`{path.name}` (the MLflow store of these runs is not in the repository)"
     if not pool:
         return grid, runs, source
-    stats = pd.DataFrame([
-        {"panel": col.split(" / ")[0], "x": float(col.split(" / ")[1]),
-         "line": plots.value_label("strategy", row), "mean": cell.mean, "std": cell.std}
-        for (row, col), cell in cells.items()
-    ])  # fmt: skip
+    stats = pd.DataFrame(
+        [
+            {
+                "panel": col.split(" / ")[0],
+                "x": float(col.split(" / ")[1]),
+                "line": plots.value_label("strategy", row),
+                "mean": cell.mean,
+                "std": cell.std,
+            }
+            for (row, col), cell in cells.items()
+        ]
+    )
     axes = (key_label("fraction"), metric_label(LAYOUT.metric, LAYOUT.scale), "dataset")
-    plots.stats_panels(stats, REPORT / "data_efficiency.png", axes, LAYOUT.scale, "log",
-                       plots.bounds(LAYOUT.metric, LAYOUT.scale), TITLE, percent_x=True)  # fmt: skip
+    plots.stats_panels(
+        stats,
+        REPORT / "data_efficiency.png",
+        axes,
+        LAYOUT.scale,
+        "log",
+        plots.bounds(LAYOUT.metric, LAYOUT.scale),
+        TITLE,
+        percent_x=True,
+    )
     (REPORT / "learning_curves.png").unlink(missing_ok=True)  # needs the runs' histories
     return grid, runs, source
 
@@ -206,19 +247,33 @@ def main() -> None:
         full, full_runs, full_source = from_csv(REPORT / "table_full.csv")
     datasets = sorted({col.split(" / ")[0] for col in grid.column_labels})
     curves = (
-        ["Validation accuracy by epoch, per strategy, data set and fraction (mean ± std over seeds):",
-         "", "![learning curves](learning_curves.png)", ""]
+        [
+            "Validation accuracy by epoch, per strategy, data set and fraction (mean ± std over seeds):",
+            "",
+            "![learning curves](learning_curves.png)",
+            "",
+        ]
         if (REPORT / "learning_curves.png").is_file()
-        else ["Learning curves need the runs' metric histories: `bash experiments/transfer_table/run.sh`"
-              " makes them (`learning_curves.png`).", ""]
-    )  # fmt: skip
+        else [
+            "Learning curves need the runs' metric histories: `bash experiments/transfer_table/run.sh`"
+            " makes them (`learning_curves.png`).",
+            "",
+        ]
+    )
     full_table = (
-        ["## All 60,000 training images", "",
-         f"{full_runs} finished runs, read from {full_source}. Same test images as above; "
-         "54,000 training + 6,000 validation images, 6 epochs. Also as [LaTeX](table_full.tex) "
-         "and [CSV](table_full.csv).", "", (REPORT / "table_full.md").read_text().strip(), ""]
-        if full is not None else []
-    )  # fmt: skip
+        [
+            "## All 60,000 training images",
+            "",
+            f"{full_runs} finished runs, read from {full_source}. Same test images as above; "
+            "54,000 training + 6,000 validation images, 6 epochs. Also as [LaTeX](table_full.tex) "
+            "and [CSV](table_full.csv).",
+            "",
+            (REPORT / "table_full.md").read_text().strip(),
+            "",
+        ]
+        if full is not None
+        else []
+    )
     lines = [
         "# Transfer table: results",
         "",

@@ -64,7 +64,7 @@ def data_section(advice: Advice) -> list[str]:
                 }
                 for r in projections(advice)
             ]
-        ),  # fmt: skip
+        ),
     ]
     if advice.target_acc is not None:
         n, low, high = curve.images_for(advice.target_acc, advice.band)

@@ -68,11 +68,15 @@ def projections(advice: Advice) -> list[dict]:
     rows = []
     for times in (1, 2, 5):
         low, high = advice.curve.band(full * times, advice.band)
-        rows.append({
-            "data": f"{times}x", "train_images": full * times,
-            "expected_acc": float(advice.curve(full * times)), "low": float(low[0]),
-            "high": float(high[0]),
-        })  # fmt: skip
+        rows.append(
+            {
+                "data": f"{times}x",
+                "train_images": full * times,
+                "expected_acc": float(advice.curve(full * times)),
+                "low": float(low[0]),
+                "high": float(high[0]),
+            }
+        )
     return rows
 
 
@@ -92,12 +96,22 @@ def plot(advice: Advice, path: Path) -> Path | None:
         (line,) = ax.plot(grid, advice.curve(grid) * 100, label=curve_label(advice.curve))
         low, high = advice.curve.band(grid, advice.band)
         if np.all(np.isfinite(low)):
-            ax.fill_between(grid, low * 100, high * 100, color=line.get_color(), alpha=0.2,
-                            label=f"{advice.band:.0%} band")  # fmt: skip
+            ax.fill_between(
+                grid,
+                low * 100,
+                high * 100,
+                color=line.get_color(),
+                alpha=0.2,
+                label=f"{advice.band:.0%} band",
+            )
         for times in (2, 5):
             ax.axvline(n.max() * times, color="grey", ls=":", lw=1)
-    ax.set(xscale="log", xlabel="training images", ylabel="test accuracy (%)",
-           title=f"{advice.dataset}: data efficiency of the recommendation")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="training images",
+        ylabel="test accuracy (%)",
+        title=f"{advice.dataset}: data efficiency of the recommendation",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -132,16 +132,18 @@ def trial_rows(backbone: str, trials: list) -> list[dict]:
             if trial.datetime_complete and trial.datetime_start
             else None
         )
-        rows.append({
-            "backbone": backbone,
-            "trial": trial.number,
-            "state": trial.state.name,
-            "strategy": trial.params.get("strategy", ""),
-            "params": {k: v for k, v in trial.params.items() if k != "strategy"},
-            "val_acc": trial.value,
-            "seconds": seconds,
-            "run_id": trial.user_attrs.get(RUN_ATTR, ""),
-        })  # fmt: skip
+        rows.append(
+            {
+                "backbone": backbone,
+                "trial": trial.number,
+                "state": trial.state.name,
+                "strategy": trial.params.get("strategy", ""),
+                "params": {k: v for k, v in trial.params.items() if k != "strategy"},
+                "val_acc": trial.value,
+                "seconds": seconds,
+                "run_id": trial.user_attrs.get(RUN_ATTR, ""),
+            }
+        )
     return rows
 
 

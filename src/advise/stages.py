@@ -56,12 +56,20 @@ class Stages:
     def rank(self, until: float) -> list[dict]:
         cfg = self.cfg
         job = RankJob(
-            self.client, self.parent, self.key, cfg.dataset_name, cfg.experiment_name,
-            [f"max_per_class={cfg.rank.max_per_class}", f"knn_k={cfg.rank.knn_k}",
-             f"seed={cfg.seed}", *(o for o in self.where if o.startswith("paths.")),
-             *self.data_overrides],
+            self.client,
+            self.parent,
+            self.key,
+            cfg.dataset_name,
+            cfg.experiment_name,
+            [
+                f"max_per_class={cfg.rank.max_per_class}",
+                f"knn_k={cfg.rank.knn_k}",
+                f"seed={cfg.seed}",
+                *(o for o in self.where if o.startswith("paths.")),
+                *self.data_overrides,
+            ],
             self.out,
-        )  # fmt: skip
+        )
         return rank(job, list(cfg.candidates), cfg.rank.score, cfg.top_k, self.budget, until)
 
     # --- 2. search ----------------------------------------------------------------------------
@@ -112,9 +120,14 @@ class Stages:
     def data(self, best: dict, overrides: list[str]) -> list[dict]:
         cfg, budget = self.cfg, self.budget
         job = data_stage.DataJob(
-            self.client, self.parent, self.key, cfg.experiment_name,
-            [*overrides, *self.where], self.out, best["seconds"] or 0.0,
-        )  # fmt: skip
+            self.client,
+            self.parent,
+            self.key,
+            cfg.experiment_name,
+            [*overrides, *self.where],
+            self.out,
+            best["seconds"] or 0.0,
+        )
         units = data_stage.plan(list(cfg.data.fractions), list(cfg.data.seeds))
         quota = (
             None
@@ -137,12 +150,22 @@ class Stages:
         except (ValueError, RuntimeError) as error:  # too few sizes, or the fit did not converge
             note = str(error)
         advice = Advice(
-            dataset=self.cfg.dataset_name, budget=str(self.cfg.budget), parent_run=self.parent,
-            ranking=ranking, trials=trials, best=best,
-            command=self.command(overrides), winner=winner(best, data_rows),
-            data=data_rows, curve=curve, curve_note=note, target_acc=self.cfg.target_acc,
-            band=self.cfg.data.band, elapsed=self.budget.describe(), skipped=self.budget.skipped,
-        )  # fmt: skip
+            dataset=self.cfg.dataset_name,
+            budget=str(self.cfg.budget),
+            parent_run=self.parent,
+            ranking=ranking,
+            trials=trials,
+            best=best,
+            command=self.command(overrides),
+            winner=winner(best, data_rows),
+            data=data_rows,
+            curve=curve,
+            curve_note=note,
+            target_acc=self.cfg.target_acc,
+            band=self.cfg.data.band,
+            elapsed=self.budget.describe(),
+            skipped=self.budget.skipped,
+        )
         files = write(advice, self.out)
         for path in files:
             self.client.log_artifact(self.parent, str(path))
@@ -157,9 +180,12 @@ class Stages:
 
     def log_metrics(self, advice: Advice) -> None:
         mean, std, seeds = accuracy(advice.data)
-        values = {"advise/test_acc_mean": mean, "advise/test_acc_std": std,
-                  "advise/elapsed_min": self.budget.elapsed() / 60,
-                  "advise/skipped": len(advice.skipped)}  # fmt: skip
+        values = {
+            "advise/test_acc_mean": mean,
+            "advise/test_acc_std": std,
+            "advise/elapsed_min": self.budget.elapsed() / 60,
+            "advise/skipped": len(advice.skipped),
+        }
         for row in projections(advice):
             values[f"advise/expected_acc_{row['data']}"] = row["expected_acc"]
         for row in kendall(advice.ranking, advice.trials):

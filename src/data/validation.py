@@ -63,8 +63,9 @@ def check_range(
 # on, or never be scored) or warned about, by name, with the settings that would work.
 
 
-def check_pool(classes: list[str], pool_targets: np.ndarray, samples_per_class: int | None,
-               carved_test: bool) -> None:  # fmt: skip
+def check_pool(
+    classes: list[str], pool_targets: np.ndarray, samples_per_class: int | None, carved_test: bool
+) -> None:
     """Before splitting: each class needs 2 labelled images (one train, one val) after the test
     split, and samples_per_class at most the smallest class."""
     counts = np.bincount(pool_targets, minlength=len(classes))
@@ -85,8 +86,13 @@ def check_pool(classes: list[str], pool_targets: np.ndarray, samples_per_class: 
         )
 
 
-def check_splits(classes: list[str], counts: dict[str, np.ndarray], val_fraction: float | None,
-                 test_fraction: float | None, samples_per_class: int | None) -> None:  # fmt: skip
+def check_splits(
+    classes: list[str],
+    counts: dict[str, np.ndarray],
+    val_fraction: float | None,
+    test_fraction: float | None,
+    samples_per_class: int | None,
+) -> None:
     """After splitting (counts per class of train, val, test): refuse a class with no training
     image; warn when a class's val or test share (None: an official split) is far from the one
     asked for, as rounding on a small class makes it."""

@@ -70,9 +70,11 @@ class LRFinder(LearningRateFinder):
             )
             trainer.strategy.setup_optimizers(trainer)  # the LR schedule starts from it too
         log.info(
-            "LR finder: suggestion %s over %d steps; %s", self.suggestion,
-            len(self.optimal_lr.results["lr"]), "training at it" if used else "not used",
-        )  # fmt: skip
+            "LR finder: suggestion %s over %d steps; %s",
+            self.suggestion,
+            len(self.optimal_lr.results["lr"]),
+            "training at it" if used else "not used",
+        )
         self._log(trainer, used)
 
     def _log(self, trainer, used: bool) -> None:

@@ -116,9 +116,11 @@ def _load_or_extract(model, datamodule, split: str, device, store, identities: l
     start = time.perf_counter()
     batch, channels_last = inference_setup(datamodule, device)
     batches = progress(
-        datamodule.eval_batches(split, device, batch), desc=f"Features ({split})", unit="batch",
+        datamodule.eval_batches(split, device, batch),
+        desc=f"Features ({split})",
+        unit="batch",
         total=len(datamodule.eval_loader(split, batch)),
-    )  # fmt: skip
+    )
     tensors = extract(model, batches, device, len(identities) > 1, channels_last)
     return tensors, time.perf_counter() - start
 

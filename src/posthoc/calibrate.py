@@ -85,10 +85,13 @@ class Calibrate:
         test_logits, test_labels = split_logits(source.model, datamodule, "test")
         metrics |= calibration_metrics("test", test_logits, test_labels, temperature)
         log.info(
-            "T = %.4f: val NLL %.4f -> %.4f, val ECE %.4f -> %.4f", temperature,
-            metrics["val/nll_uncalibrated"], metrics["val/nll"],
-            metrics["val/ece_uncalibrated"], metrics["val/ece"],
-        )  # fmt: skip
+            "T = %.4f: val NLL %.4f -> %.4f, val ECE %.4f -> %.4f",
+            temperature,
+            metrics["val/nll_uncalibrated"],
+            metrics["val/nll"],
+            metrics["val/ece_uncalibrated"],
+            metrics["val/ece"],
+        )
         figure = output_dir / "reliability_val.png"
         plot_reliability(logits, labels, temperature, figure, self.bins)
         params = {"method": "temperature_scaling", "temperature": temperature, "fit_split": "val"}
@@ -152,7 +155,11 @@ def plot_reliability(
         shown = count > 0
         ax.bar(centres[shown], acc[shown], width=1 / bins, edgecolor="black", alpha=0.7)
         ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
-               title=f"{title}: ECE {ece(scaled, labels):.3f}")  # fmt: skip
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence",
+            title=f"{title}: ECE {ece(scaled, labels):.3f}",
+        )
     axes[0].set_ylabel("accuracy")
     return _save(fig, path)

@@ -34,10 +34,16 @@ class CalibrateAfterTraining(L.Callback):
             return
         run_id, uri = loggers[0].run_id, loggers[0]._tracking_uri
         try:
-            made, metrics = derive(Calibrate(self.max_iter), [run_id], uri, "best", None,
-                                   self.output_dir)  # fmt: skip
+            made, metrics = derive(
+                Calibrate(self.max_iter), [run_id], uri, "best", None, self.output_dir
+            )
         except InvalidInput as error:  # e.g. an SVM head: the training run itself stays intact
             log.warning("callbacks.calibrate: not calibrated: %s", error)
             return
-        log.info("Calibrated child run %s: T = %.3f, val NLL %.4f -> %.4f", made,
-                 metrics["temperature"], metrics["val/nll_uncalibrated"], metrics["val/nll"])  # fmt: skip
+        log.info(
+            "Calibrated child run %s: T = %.3f, val NLL %.4f -> %.4f",
+            made,
+            metrics["temperature"],
+            metrics["val/nll_uncalibrated"],
+            metrics["val/nll"],
+        )

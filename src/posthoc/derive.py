@@ -9,9 +9,14 @@ from src.errors import InvalidInput
 
 
 def derive(
-    method, run_ids: list[str], tracking_uri: str, checkpoint: str, seed: int | None,
-    output_dir: str | Path, parent_run_id: str | None = None,
-) -> tuple[str, dict[str, float]]:  # fmt: skip
+    method,
+    run_ids: list[str],
+    tracking_uri: str,
+    checkpoint: str,
+    seed: int | None,
+    output_dir: str | Path,
+    parent_run_id: str | None = None,
+) -> tuple[str, dict[str, float]]:
     """Load the runs and their data (every check before any work), apply the method, save the
     new run; returns (its MLflow run id, its metrics)."""
     from src.errors import refuse_bad_input
@@ -20,8 +25,10 @@ def derive(
     # 1. Runs, models and data are checked before anything is computed or written.
     with refuse_bad_input():
         if not run_ids:
-            raise InvalidInput("No run given: run_id=<MLflow run id> (soup: run_ids=[a,b,...] "
-                               "or parent_run_id=<the sweep's parent run>).")  # fmt: skip
+            raise InvalidInput(
+                "No run given: run_id=<MLflow run id> (soup: run_ids=[a,b,...] "
+                "or parent_run_id=<the sweep's parent run>)."
+            )
         sources = load_sources(run_ids, tracking_uri, checkpoint)
         method.check(sources)
         datamodule = source_data(sources[0], seed)

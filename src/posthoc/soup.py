@@ -50,16 +50,28 @@ class Soup:
             chosen, model, acc = greedy(ranked, scores, datamodule)
         else:
             chosen, model, acc = ranked, uniform, uniform_acc
-        log.info("%s soup of %d/%d runs: val acc %.4f (best ingredient %.4f, uniform %.4f)",
-                 self.recipe, len(chosen), len(ranked), acc, scores[ranked[0].run_id],
-                 uniform_acc)  # fmt: skip
-        metrics = {"val/acc": acc, "soup/uniform_val_acc": uniform_acc,
-                   "soup/best_ingredient_val_acc": scores[ranked[0].run_id],
-                   "soup/ingredients": float(len(chosen))}  # fmt: skip
+        log.info(
+            "%s soup of %d/%d runs: val acc %.4f (best ingredient %.4f, uniform %.4f)",
+            self.recipe,
+            len(chosen),
+            len(ranked),
+            acc,
+            scores[ranked[0].run_id],
+            uniform_acc,
+        )
+        metrics = {
+            "val/acc": acc,
+            "soup/uniform_val_acc": uniform_acc,
+            "soup/best_ingredient_val_acc": scores[ranked[0].run_id],
+            "soup/ingredients": float(len(chosen)),
+        }
         metrics |= test_metrics(model, datamodule)  # 3. tested once
-        params = {"recipe": self.recipe, "candidates": [s.run_id for s in ranked],
-                  "ingredients": [s.run_id for s in chosen],
-                  "candidate_val_acc": [round(scores[s.run_id], 6) for s in ranked]}  # fmt: skip
+        params = {
+            "recipe": self.recipe,
+            "candidates": [s.run_id for s in ranked],
+            "ingredients": [s.run_id for s in chosen],
+            "candidate_val_acc": [round(scores[s.run_id], 6) for s in ranked],
+        }
         return Outcome(model, params, metrics, base=ranked[0])
 
 
@@ -76,8 +88,12 @@ def greedy(ranked: list[Source], scores: dict[str, float], datamodule):
     for candidate in ranked[1:]:
         trial = soup_of([*chosen, candidate])
         acc = val_accuracy(trial, datamodule)
-        log.info("  + %s: val acc %.4f (%s)", candidate.run_id, acc,
-                 "kept" if acc >= best else "left out")  # fmt: skip
+        log.info(
+            "  + %s: val acc %.4f (%s)",
+            candidate.run_id,
+            acc,
+            "kept" if acc >= best else "left out",
+        )
         if acc >= best:
             chosen, model, best = [*chosen, candidate], trial, acc
     return chosen, model, best

@@ -29,8 +29,13 @@ class WiseFT:
 
     kind = "wise_ft"
 
-    def __init__(self, alphas=tuple(GRID), start_run_id: str | None = None, C: float = 1.0,
-                 max_iter: int = 1000):  # fmt: skip
+    def __init__(
+        self,
+        alphas=tuple(GRID),
+        start_run_id: str | None = None,
+        C: float = 1.0,
+        max_iter: int = 1000,
+    ):
         self.alphas = [float(a) for a in alphas]
         self.start_run_id, self.C, self.max_iter = start_run_id, C, max_iter
         self.start: Source | None = None
@@ -76,16 +81,25 @@ class WiseFT:
             log.info("alpha %.2f: val acc %.4f, NLL %.4f", alpha, *curve[alpha][:2])
         best = max(self.alphas, key=lambda a: (curve[a][0], -curve[a][1]))  # acc, then NLL
         model = with_weights(source.model, interpolate(theta_0, theta_ft, best))
-        metrics = {"alpha": best, "val/acc": curve[best][0], "val/nll": curve[best][1],
-                   "val/ece": curve[best][2]}  # fmt: skip
+        metrics = {
+            "alpha": best,
+            "val/acc": curve[best][0],
+            "val/nll": curve[best][1],
+            "val/ece": curve[best][2],
+        }
         metrics |= test_metrics(model, datamodule)  # 3. the chosen model, tested once
-        params = {"alphas": self.alphas, "alpha": best,
-                  "start": self.start.run_id if self.start else "linear_probe_fitted",
-                  "probe_C": self.C}  # fmt: skip
+        params = {
+            "alphas": self.alphas,
+            "alpha": best,
+            "start": self.start.run_id if self.start else "linear_probe_fitted",
+            "probe_C": self.C,
+        }
         figure = plot_curve(curve, best, output_dir / "wise_ft_alpha.png")
         # Per alpha, step = 100 * alpha: the MLflow UI draws the validation curve.
-        series = {f"wise_ft/val_{name}": [(round(100 * a), curve[a][i]) for a in self.alphas]
-                  for i, name in enumerate(("acc", "nll", "ece"))}  # fmt: skip
+        series = {
+            f"wise_ft/val_{name}": [(round(100 * a), curve[a][i]) for a in self.alphas]
+            for i, name in enumerate(("acc", "nll", "ece"))
+        }
         return Outcome(model, params, metrics, [figure], series=series)
 
 

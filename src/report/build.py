@@ -128,17 +128,27 @@ def write_report(report: Report) -> list[Path]:
             f"filter={report.query.filter_string()!r})."
         )
     shape = (len(grid.row_labels), len(grid.column_labels))
-    log.info("%d runs of kind %s, %d counted, %d cells in a %d x %d table", len(frame),
-             report.query.kind or "*", len(selection.frame), len(grid.cells), *shape)  # fmt: skip
+    log.info(
+        "%d runs of kind %s, %d counted, %d cells in a %d x %d table",
+        len(frame),
+        report.query.kind or "*",
+        len(selection.frame),
+        len(grid.cells),
+        *shape,
+    )
     # 2. The files (table and plots from the one selection), then the run that records them.
     report.output_dir.mkdir(parents=True, exist_ok=True)
     paths = table_files(grid, report, selection)
     paths += plot_files(MlflowClient(report.query.tracking_uri), selection, report)
     tags = {"kind": KIND, "metric": report.layout.metric}
     with mlflow_run(
-        report.query.tracking_uri, report.experiment, report.artifact_location, report.run_name,
-        tags, report.params(),
-    ) as (client, run_id):  # fmt: skip
+        report.query.tracking_uri,
+        report.experiment,
+        report.artifact_location,
+        report.run_name,
+        tags,
+        report.params(),
+    ) as (client, run_id):
         for path in paths:
             client.log_artifact(run_id, str(path))
         client.set_tag(run_id, "runs", str(len(selection.frame)))

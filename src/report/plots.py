@@ -35,8 +35,16 @@ def seed_stats(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     return stats
 
 
-def draw_lines(ax, stats: pd.DataFrame, x: str, line: str, scale: float, limits=None,
-               legend: bool = True, colors: dict | None = None) -> None:  # fmt: skip
+def draw_lines(
+    ax,
+    stats: pd.DataFrame,
+    x: str,
+    line: str,
+    scale: float,
+    limits=None,
+    legend: bool = True,
+    colors: dict | None = None,
+) -> None:
     """One line per `line` value, mean with a ±std band (clipped to `limits`); `colors` keeps a
     line's colour the same in every panel."""
     for name in natural_order(stats[line].astype(str)):
@@ -62,8 +70,9 @@ def save(plt, fig, path: Path, title: str = "") -> Path:
     return path
 
 
-def line_labels(frame: pd.DataFrame, line: str, keys: tuple[str, ...], within: list[str],
-                labels=None) -> pd.Series:  # fmt: skip
+def line_labels(
+    frame: pd.DataFrame, line: str, keys: tuple[str, ...], within: list[str], labels=None
+) -> pd.Series:
     """The legend entry of each run: its `line` value, plus the value of every other table key
     that varies among the runs of one plotted point (`within`: the columns that place a point),
     so two backbones are two lines, never one average."""
@@ -79,40 +88,68 @@ def line_labels(frame: pd.DataFrame, line: str, keys: tuple[str, ...], within: l
 
 
 def curve_data(
-    frame: pd.DataFrame, metric: str, keys: dict[str, str], others: tuple[str, ...] = (),
+    frame: pd.DataFrame,
+    metric: str,
+    keys: dict[str, str],
+    others: tuple[str, ...] = (),
     labels: dict | None = None,
-) -> pd.DataFrame | None:  # fmt: skip
+) -> pd.DataFrame | None:
     """Columns x, line, panel and value, one row per selected run; `others` (the table's keys
     besides x, line and panel) join the line's label where they vary."""
     columns = {name: column(frame, key) for name, key in keys.items()}
     if f"metrics.{metric}" not in frame or not all(c in frame for c in columns.values()):
         return None
     lines = line_labels(frame, keys["line"], others, list(columns.values()), labels)
-    data = pd.DataFrame({
-        "x": frame[columns["x"]], "panel": frame[columns["panel"]].astype(str),
-        "line": lines, "value": frame[f"metrics.{metric}"],
-    }).dropna(subset=["value"])  # fmt: skip
+    data = pd.DataFrame(
+        {
+            "x": frame[columns["x"]],
+            "panel": frame[columns["panel"]].astype(str),
+            "line": lines,
+            "value": frame[f"metrics.{metric}"],
+        }
+    ).dropna(subset=["value"])
     return data
 
 
-def panels(data: pd.DataFrame, path: Path, axes_labels: tuple[str, str, str], scale: float,
-           xscale: str, limits=None, title: str = "", percent_x: bool = False) -> Path | None:  # fmt: skip
+def panels(
+    data: pd.DataFrame,
+    path: Path,
+    axes_labels: tuple[str, str, str],
+    scale: float,
+    xscale: str,
+    limits=None,
+    title: str = "",
+    percent_x: bool = False,
+) -> Path | None:
     """One panel per data["panel"] value, one line per data["line"], mean ± std over seeds; a
     panel with fewer than 2 x values is left out (noted in the log); None if none is left."""
     stats = seed_stats(data, ["panel", "line", "x"], "value")
     return stats_panels(stats, path, axes_labels, scale, xscale, limits, title, percent_x)
 
 
-def stats_panels(stats: pd.DataFrame, path: Path, axes_labels: tuple[str, str, str], scale: float,
-                 xscale: str, limits=None, title: str = "", percent_x: bool = False) -> Path | None:  # fmt: skip
+def stats_panels(
+    stats: pd.DataFrame,
+    path: Path,
+    axes_labels: tuple[str, str, str],
+    scale: float,
+    xscale: str,
+    limits=None,
+    title: str = "",
+    percent_x: bool = False,
+) -> Path | None:
     """panels() from statistics already made: columns panel, line, x, mean, std."""
     xlabel, ylabel, panel_key = axes_labels
     names = []
     for name in natural_order(stats["panel"]):
         points = stats[stats["panel"] == name]["x"].nunique()
         if points < 2:
-            log.info("%s: panel %s left out: %d point(s) on its x-axis (%s)",
-                     path.name, name, points, xlabel)  # fmt: skip
+            log.info(
+                "%s: panel %s left out: %d point(s) on its x-axis (%s)",
+                path.name,
+                name,
+                points,
+                xlabel,
+            )
         else:
             names.append(name)
     if not names:
@@ -137,8 +174,14 @@ def stats_panels(stats: pd.DataFrame, path: Path, axes_labels: tuple[str, str, s
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(text, handle)
     texts = natural_order(handles)
-    fig.legend([handles[t] for t in texts], texts, loc="center left", bbox_to_anchor=(1.0, 0.5),
-               fontsize=8, frameon=False)  # fmt: skip
+    fig.legend(
+        [handles[t] for t in texts],
+        texts,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=8,
+        frameon=False,
+    )
     return save(plt, fig, path, title)
 
 
@@ -151,10 +194,17 @@ def percent_axis(ax, ticks: list[float]) -> None:
 
 
 def data_efficiency(
-    frame: pd.DataFrame, path: Path, metric: str, x: str = "fraction", line: str = "strategy",
-    panel: str = "dataset", scale: float = 100.0, keys: tuple[str, ...] = (), title: str = "",
+    frame: pd.DataFrame,
+    path: Path,
+    metric: str,
+    x: str = "fraction",
+    line: str = "strategy",
+    panel: str = "dataset",
+    scale: float = 100.0,
+    keys: tuple[str, ...] = (),
+    title: str = "",
     labels: dict | None = None,
-) -> Path | None:  # fmt: skip
+) -> Path | None:
     """Metric against the training fraction, one line per strategy, one panel per data set."""
     data = curve_data(frame, metric, {"x": x, "line": line, "panel": panel}, keys, labels)
     if data is None:
@@ -168,10 +218,18 @@ def data_efficiency(
 
 
 def imagenet_vs_transfer(
-    frame: pd.DataFrame, path: Path, metric: str, top1: dict[str, float], line: str = "strategy",
-    panel: str = "dataset", backbone: str = "backbone", scale: float = 100.0,
-    keys: tuple[str, ...] = (), title: str = "", labels: dict | None = None,
-) -> Path | None:  # fmt: skip
+    frame: pd.DataFrame,
+    path: Path,
+    metric: str,
+    top1: dict[str, float],
+    line: str = "strategy",
+    panel: str = "dataset",
+    backbone: str = "backbone",
+    scale: float = 100.0,
+    keys: tuple[str, ...] = (),
+    title: str = "",
+    labels: dict | None = None,
+) -> Path | None:
     """ImageNet top-1 of each backbone's weights against transfer accuracy (Kornblith et al.
     2019), one line per strategy, one panel per data set; backbones without a top-1 are left out,
     and so are runs from random weights (tag pretrained=False: ImageNet did not shape them)."""
@@ -200,10 +258,17 @@ def histories(client: MlflowClient, frame: pd.DataFrame, metric: str) -> pd.Data
 
 
 def learning_curves(
-    frame: pd.DataFrame, path: Path, metric: str, client: MlflowClient, line: str = "strategy",
-    panel: str = "dataset", scale: float = 100.0, keys: tuple[str, ...] = (), title: str = "",
+    frame: pd.DataFrame,
+    path: Path,
+    metric: str,
+    client: MlflowClient,
+    line: str = "strategy",
+    panel: str = "dataset",
+    scale: float = 100.0,
+    keys: tuple[str, ...] = (),
+    title: str = "",
     labels: dict | None = None,
-) -> Path | None:  # fmt: skip
+) -> Path | None:
     """A metric's history by epoch (e.g. val/acc), one line per strategy (mean over seeds, std
     band), one panel per data set. Epochs, not optimizer steps: runs with other data sizes take
     other steps per epoch."""
@@ -214,20 +279,26 @@ def learning_curves(
         return None
     panel_column = column(frame, panel)
     within = [c for c in (column(frame, line), panel_column) if c in frame]
-    runs = pd.DataFrame({
-        "run_id": frame["run_id"],
-        "line": line_labels(frame, line, keys, within, labels),
-        "panel": frame[panel_column].astype(str) if panel_column in frame else "all",
-    })  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "run_id": frame["run_id"],
+            "line": line_labels(frame, line, keys, within, labels),
+            "panel": frame[panel_column].astype(str) if panel_column in frame else "all",
+        }
+    )
     data = values.merge(runs, on="run_id").rename(columns={"epoch": "x"})
     axes = ("Epoch", metric_label(metric, scale, labels), panel)
     return panels(data, path, axes, scale, "linear", bounds(metric, scale), title)
 
 
 def transferability(
-    frame: pd.DataFrame, path: Path, score: str = "domain_similarity", outcome: str = "gain",
-    scale: float = 100.0, title: str = "",
-) -> Path | None:  # fmt: skip
+    frame: pd.DataFrame,
+    path: Path,
+    score: str = "domain_similarity",
+    outcome: str = "gain",
+    scale: float = 100.0,
+    title: str = "",
+) -> Path | None:
     """A similarity or transferability score (metric `similarity/<score>`, attached to training
     runs) against transfer gain: test/acc over the scratch runs on the same images, one point per
     backbone x target x strategy (mean over seeds); Pearson r and weighted Kendall tau in the legend."""
@@ -254,4 +325,3 @@ def transferability(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save(plt, fig, path, title)
-

@@ -36,8 +36,13 @@ def reliability(
             acc = [v for _, v in curves[run_id][f"calibration/val_accuracy{suffix}"]]
             ax.plot(conf, acc, marker="o", label=label)
         ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Confidence", ylabel="Accuracy",
-               title=run_label(frame, run_id))  # fmt: skip
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="Confidence",
+            ylabel="Accuracy",
+            title=run_label(frame, run_id),
+        )
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     if title:

@@ -15,10 +15,21 @@ from src.report.labels import key_label, metric_label, value_label
 from src.report.table import MISSING, Grid
 
 LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "×": r"$\times$", "—": "---", "–": "--",
-}  # fmt: skip
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "—": "---",
+    "–": "--",
+}
 SIDEWAYS_COLUMNS = 10  # more data columns than this: a sidewaystable (package rotating)
 SEP = " / "
 
@@ -49,8 +60,10 @@ def caption(
         names = ", ".join(key_label(k, labels) for k in notes["split_by"])
         text += f" Rows also split by {names}, which differed among runs of one cell."
     if notes.get("differ"):
-        described = [f"{key_label(k, labels)} ({', '.join(v[:6])}{', …' if len(v) > 6 else ''})"
-                     for k, v in notes["differ"].items()]  # fmt: skip
+        described = [
+            f"{key_label(k, labels)} ({', '.join(v[:6])}{', …' if len(v) > 6 else ''})"
+            for k, v in notes["differ"].items()
+        ]
         text += f" Cells also differ in: {'; '.join(described)}."
     return f"{title.rstrip('.')}. {text}" if title else text
 
@@ -107,9 +120,14 @@ def header_lines(grid: Grid, labels: dict | None) -> list[str]:
         start += span
     sub_keys = layout.columns[1:] or layout.columns
     below = [latex_escape(key_label(k, labels)) for k in layout.rows]
-    below += [latex_escape(SEP.join(value_label(k, v, labels) for k, v in
-                                    zip(sub_keys, rest.split(SEP), strict=False)))
-              for _, rest in split]  # fmt: skip
+    below += [
+        latex_escape(
+            SEP.join(
+                value_label(k, v, labels) for k, v in zip(sub_keys, rest.split(SEP), strict=False)
+            )
+        )
+        for _, rest in split
+    ]
     return [" & ".join(cells) + r" \\", " ".join(rules), " & ".join(below) + r" \\"]
 
 
@@ -129,16 +147,21 @@ def body_lines(grid: Grid, labels: dict | None) -> list[str]:
     return lines
 
 
-def latex(grid: Grid, title: str = "", label: str = "tab:report", notes: dict | None = None,
-          labels: dict | None = None) -> str:  # fmt: skip
+def latex(
+    grid: Grid,
+    title: str = "",
+    label: str = "tab:report",
+    notes: dict | None = None,
+    labels: dict | None = None,
+) -> str:
     """A table environment for \\input; needs booktabs and graphicx (and rotating when it is
     a sidewaystable) in the preamble."""
     columns = grid.column_labels
     environment = "sidewaystable" if len(columns) > SIDEWAYS_COLUMNS else "table"
     spec = "l" * len(grid.layout.rows) + "r" * len(columns)
     lines = [
-        r"% Needs \usepackage{booktabs,graphicx}" + (r" and \usepackage{rotating}." if
-                                                     environment != "table" else "."),
+        r"% Needs \usepackage{booktabs,graphicx}"
+        + (r" and \usepackage{rotating}." if environment != "table" else "."),
         rf"\begin{{{environment}}}[t]",
         r"\centering",
         rf"\caption{{{latex_escape(caption(grid, title, notes, labels))}}}",
@@ -154,17 +177,25 @@ def latex(grid: Grid, title: str = "", label: str = "tab:report", notes: dict | 
         r"\bottomrule",
         r"\end{tabular}}",
         rf"\end{{{environment}}}",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
 def latex_document(table: str) -> str:
     """A document that compiles as-is around the table (pdflatex, with booktabs)."""
-    return "\n".join([
-        r"\documentclass{article}", r"\usepackage[utf8]{inputenc}",
-        r"\usepackage{booktabs,graphicx,rotating}",
-        r"\begin{document}", table.rstrip("\n"), r"\end{document}",
-    ]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                r"\documentclass{article}",
+                r"\usepackage[utf8]{inputenc}",
+                r"\usepackage{booktabs,graphicx,rotating}",
+                r"\begin{document}",
+                table.rstrip("\n"),
+                r"\end{document}",
+            ]
+        )
+        + "\n"
+    )
 
 
 def csv_text(grid: Grid) -> str:

@@ -92,8 +92,12 @@ class Grid:
 
 def label(frame: pd.DataFrame, keys: tuple[str, ...]) -> pd.Series:
     """Row or column labels: the keys' values joined by ' / ' (a run lacking a key reads '?')."""
-    parts = [frame[column(frame, key)].fillna("?").astype(str) if column(frame, key) in frame
-             else pd.Series("?", index=frame.index) for key in keys]  # fmt: skip
+    parts = [
+        frame[column(frame, key)].fillna("?").astype(str)
+        if column(frame, key) in frame
+        else pd.Series("?", index=frame.index)
+        for key in keys
+    ]
     return parts[0].str.cat(parts[1:], sep=" / ") if len(parts) > 1 else parts[0]
 
 
@@ -139,13 +143,15 @@ def per_seed(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     metric = f"metrics.{layout.metric}"
     if metric not in frame:
         return pd.DataFrame(columns=["row", "col", "seed", "value"])
-    values = pd.DataFrame({
-        "row": label(frame, layout.rows),
-        "col": label(frame, layout.columns),
-        "seed": seed_of(frame, layout.seed),
-        "value": frame[metric],
-        "start_time": frame["start_time"],
-    }).dropna(subset=["value"])  # fmt: skip
+    values = pd.DataFrame(
+        {
+            "row": label(frame, layout.rows),
+            "col": label(frame, layout.columns),
+            "seed": seed_of(frame, layout.seed),
+            "value": frame[metric],
+            "start_time": frame["start_time"],
+        }
+    ).dropna(subset=["value"])
     values = values.sort_values("start_time").drop_duplicates(["row", "col", "seed"], keep="last")
     return values.drop(columns="start_time")
 
@@ -165,10 +171,13 @@ def config_params(frame: pd.DataFrame, layout: Layout) -> list[str]:
     """The params columns that describe a configuration (not a run's seed, name or paths)."""
     keys = {column(frame, k) for k in (*layout.rows, *layout.columns, layout.seed)}
     return [
-        name for name in frame.columns
-        if name.startswith("params.") and name not in keys
-        and not PER_RUN.search(name[7:]) and not PATH_KEY.search(name[7:])
-    ]  # fmt: skip
+        name
+        for name in frame.columns
+        if name.startswith("params.")
+        and name not in keys
+        and not PER_RUN.search(name[7:])
+        and not PATH_KEY.search(name[7:])
+    ]
 
 
 def varying_within(frame: pd.DataFrame, cells: pd.Series, params: list[str]) -> list[str]:
@@ -254,8 +263,11 @@ def best_cells(grid: Grid) -> set[tuple[str, str]]:
     pick = max if grid.layout.mode == "max" else min
     best = set()
     for col in grid.column_labels:
-        shown = {row: float(grid.number(grid.cells[row, col].mean))
-                 for row in grid.row_labels if (row, col) in grid.cells}  # fmt: skip
+        shown = {
+            row: float(grid.number(grid.cells[row, col].mean))
+            for row in grid.row_labels
+            if (row, col) in grid.cells
+        }
         if len(shown) > 1:
             top = pick(shown.values())
             best |= {(row, col) for row, value in shown.items() if value == top}

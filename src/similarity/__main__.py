@@ -107,9 +107,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         {**tags, **git_state(PROJECT_ROOT)},
         params,
     ) as (client, run_id):
-        scores = m.transferability(
-            model, target, cfg.cache_dir, cfg.knn_k, cfg.seed, estimators
-        )
+        scores = m.transferability(model, target, cfg.cache_dir, cfg.knn_k, cfg.seed, estimators)
         if source is not None:
             scores.update(m.domain(model, target, source, cfg.cache_dir, cfg.seed))
         log_scores(client, run_id, scores)

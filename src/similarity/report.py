@@ -26,9 +26,20 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 log = logging.getLogger(__name__)
 
 SCORES = (
-    "logme", "leep", "nce", "hscore", "knn_acc", "linear_acc", "nleep", "parc", "sfda",
-    "domain_similarity", "emd", "frechet", "mmd",
-)  # fmt: skip
+    "logme",
+    "leep",
+    "nce",
+    "hscore",
+    "knn_acc",
+    "linear_acc",
+    "nleep",
+    "parc",
+    "sfda",
+    "domain_similarity",
+    "emd",
+    "frechet",
+    "mmd",
+)
 GROUP = ["backbone", "weights", "target", "data", "strategy"]
 # Smaller is closer: weighted τ must weigh their small end (the likely winners), so it ranks the
 # negated distance, then flips the sign back to read like Pearson's r (negative: closer is better).
@@ -55,7 +66,7 @@ def correlations(frame: pd.DataFrame, outcome: str) -> list[dict]:
                 "pearson_r": float(r),
                 "p_value": float(p),
                 "weighted_tau": float(tau),
-            }  # fmt: skip
+            }
         )
     return rows
 
@@ -98,14 +109,22 @@ def training_frame(runs: pd.DataFrame) -> pd.DataFrame:
     frame = frame.merge(scratch.rename(columns={"acc": "scratch_acc"}), on=same_data, how="left")
     frame["gain"] = frame["acc"] - frame["scratch_acc"]
     grouped = frame[frame.strategy != "scratch"].groupby(GROUP, dropna=False)
-    return grouped.agg({**{c: "mean" for c in ["acc", "scratch_acc", "gain", *SCORES]},
-                        "dataset_key": "size"}).rename(columns={"dataset_key": "runs"}).reset_index()  # fmt: skip
+    return (
+        grouped.agg(
+            {**{c: "mean" for c in ["acc", "scratch_acc", "gain", *SCORES]}, "dataset_key": "size"}
+        )
+        .rename(columns={"dataset_key": "runs"})
+        .reset_index()
+    )
 
 
 def report(frame: pd.DataFrame) -> str:
     """Markdown: the table of predictions beside outcomes, then the correlations."""
-    shown = [c for c in [*GROUP, "runs", "acc", "scratch_acc", "gain", *SCORES]
-             if c in frame and not frame[c].isna().all()]  # fmt: skip
+    shown = [
+        c
+        for c in [*GROUP, "runs", "acc", "scratch_acc", "gain", *SCORES]
+        if c in frame and not frame[c].isna().all()
+    ]
     rows = (
         frame[shown].assign(weights=frame["weights"].map(lambda w: Path(w).name)).to_dict("records")
     )

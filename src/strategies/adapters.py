@@ -51,8 +51,13 @@ class ParamSubset(Strategy):
         params = list(module.model.parameters())
         trained = sum(p.numel() for p in params if p.requires_grad)
         total = sum(p.numel() for p in params)
-        log.info("%s: %d of %d parameters train (%.2f%%)", type(self).__name__, trained, total,
-                 100 * trained / total)  # fmt: skip
+        log.info(
+            "%s: %d of %d parameters train (%.2f%%)",
+            type(self).__name__,
+            trained,
+            total,
+            100 * trained / total,
+        )
         counts = {"strategy/trained_parameters": trained, "strategy/total_parameters": total}
         for logger in trainer.loggers:
             logger.log_hyperparams(counts)
@@ -116,9 +121,11 @@ class LoRA(ParamSubset):
         candidates = lora_targets(model)
         targets = candidates if self.target_modules is None else self.target_modules
         config = LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
             target_modules=list(targets) if not isinstance(targets, str) else targets,
-        )  # fmt: skip
+        )
         try:
             inject_adapter_in_model(config, model)
         except ValueError as error:

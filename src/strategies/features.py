@@ -16,7 +16,9 @@ class FeatureExtract(Strategy):
     Lightning with the run's optimizer, schedule and epochs). Training images are not augmented."""
 
     CLASSIFIERS = ("logistic", "linear_svm", "svm", "linear")
-    pipeline = "src.pipelines.fixed_features.FixedFeaturePipeline"  # features once, a classifier on them
+    pipeline = (
+        "src.pipelines.fixed_features.FixedFeaturePipeline"  # features once, a classifier on them
+    )
 
     def __init__(
         self,

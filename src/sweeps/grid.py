@@ -42,14 +42,21 @@ class GridSweeper(BasicSweeper):
             return super().sweep(arguments)
         from src.tracking.runs import mlflow_run
 
-        swept = {o.get_key_element(): ",".join(o.sweep_string_iterator())
-                 for o in parsed if o.is_sweep_override()}  # fmt: skip
+        swept = {
+            o.get_key_element(): ",".join(o.sweep_string_iterator())
+            for o in parsed
+            if o.is_sweep_override()
+        }
         name = "grid-" + "-".join(key.lstrip("+").rsplit(".", 1)[-1] for key in self.swept)
         tags = {"kind": KIND, "sweep": KIND}
         with mlflow_run(
-            self.mlflow["tracking_uri"], self.mlflow["experiment_name"],
-            self.mlflow.get("artifact_location"), name, tags, {"grid": swept},
-        ) as (client, run_id):  # fmt: skip
+            self.mlflow["tracking_uri"],
+            self.mlflow["experiment_name"],
+            self.mlflow.get("artifact_location"),
+            name,
+            tags,
+            {"grid": swept},
+        ) as (client, run_id):
             self.parent_run_id = run_id
             returns = super().sweep(arguments)
             client.log_metric(run_id, "grid/jobs", sum(len(batch) for batch in returns))

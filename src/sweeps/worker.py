@@ -113,8 +113,13 @@ class Worker:
 
         returns = []
         done = count(self.study, tuple(s for s in self.counted if s != TrialState.RUNNING))
-        self.bar = progress(desc=f"Trials ({self.sweeper.study_name})", total=self.n_trials,
-                            unit="trial", leave=True, initial=min(done, self.n_trials))  # fmt: skip
+        self.bar = progress(
+            desc=f"Trials ({self.sweeper.study_name})",
+            total=self.n_trials,
+            unit="trial",
+            leave=True,
+            initial=min(done, self.n_trials),
+        )
         with self.bar:
             while (trial := self._next_trial()) is not None:
                 number, params = trial
@@ -279,8 +284,13 @@ def objective_value(job_return) -> tuple[str, float | None, str]:
         return "PRUNED", None, str(value)
     if job_return.status == JobStatus.FAILED:
         error = value
-        log.warning("Trial failed (overrides %s): %s: %s", job_return.overrides,
-                    type(error).__name__, error, exc_info=error)  # fmt: skip
+        log.warning(
+            "Trial failed (overrides %s): %s: %s",
+            job_return.overrides,
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
         return "FAIL", None, f"{type(error).__name__}: {error}"[:2000]
     if value is None or not math.isfinite(float(value)):
         return "FAIL", None, f"the job returned {value!r} for the monitored metric"

@@ -73,13 +73,19 @@ def log_dataset(loggers: list[Logger], name: str, source: dict, datamodule, subs
     digest = hashlib.sha1(
         json.dumps([datamodule.identity(split) for split in sizes], sort_keys=True).encode()
     ).hexdigest()[:12]
-    profile = {**{f"{split}_images": n for split, n in sizes.items()},
-               "classes": len(datamodule.classes), **subset}  # fmt: skip
+    profile = {
+        **{f"{split}_images": n for split, n in sizes.items()},
+        "classes": len(datamodule.classes),
+        **subset,
+    }
     local = any(key in source for key in ("root", "path"))
     dataset = Dataset(
-        name=name, digest=digest, source_type="local" if local else "code",
-        source=json.dumps(source, sort_keys=True, default=str), profile=json.dumps(profile),
-    )  # fmt: skip
+        name=name,
+        digest=digest,
+        source_type="local" if local else "code",
+        source=json.dumps(source, sort_keys=True, default=str),
+        profile=json.dumps(profile),
+    )
     context = [InputTag("mlflow.data.context", "training")]
     for logger in mlflow_loggers(loggers):
         logger.experiment.log_inputs(logger.run_id, [DatasetInput(dataset, context)])

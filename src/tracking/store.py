@@ -27,9 +27,16 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # URL's viewStateShareKey names) with the scores and the tags that tell runs apart as columns.
 RUNS_VIEW = "runs"
 RUNS_COLUMNS = [
-    "attributes.`Dataset`", "metrics.`val/acc`", "metrics.`test/acc`", "tags.`kind`",
-    "tags.`strategy`", "tags.`dataset`", "tags.`fraction`", "tags.`seed`", "tags.`backbone`",
-]  # fmt: skip
+    "attributes.`Dataset`",
+    "metrics.`val/acc`",
+    "metrics.`test/acc`",
+    "tags.`kind`",
+    "tags.`strategy`",
+    "tags.`dataset`",
+    "tags.`fraction`",
+    "tags.`seed`",
+    "tags.`backbone`",
+]
 
 
 def experiment_tags() -> dict[str, str]:
@@ -146,7 +153,9 @@ def check_tracking_uri(tracking_uri: str, key: str = "paths.tracking_uri") -> No
     else:
         writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
     if not writable:
-        raise ValueError(f"{where}: '{existing}' is not writable (permissions or a read-only disk).")
+        raise ValueError(
+            f"{where}: '{existing}' is not writable (permissions or a read-only disk)."
+        )
     check_free_space(existing if existing.is_dir() else existing.parent, where)
     if existing == database:
         check_sqlite_store(database, where)
@@ -171,7 +180,9 @@ def check_server(tracking_uri: str, where: str) -> None:
             answer.read(64)
     except urllib.error.HTTPError as error:  # it answers, so it is up: MLflow reports the rest
         if error.code >= 500:
-            raise ValueError(f"{where}: the server answers {error.code} ({error.reason}).") from None
+            raise ValueError(
+                f"{where}: the server answers {error.code} ({error.reason})."
+            ) from None
     except (OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise ValueError(

@@ -60,13 +60,21 @@ def cli_train(tmp: Path, name: str, launch_dir: str, extra=()) -> tuple[list[str
     """The command line of a small real job (5 epochs of digits) writing into tmp, and its
     environment. `+callbacks.kill` lets a test stop it where it wants (tests/helpers/faults.py)."""
     command = [
-        sys.executable, "-m", "src.train",
-        *tiny("dataset.num_workers=0", "trainer.max_epochs=5", "test=false",
-              "logger.mlflow.log_model=false"),
-        f"experiment_name={name}", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / launch_dir}",
+        sys.executable,
+        "-m",
+        "src.train",
+        *tiny(
+            "dataset.num_workers=0",
+            "trainer.max_epochs=5",
+            "test=false",
+            "logger.mlflow.log_model=false",
+        ),
+        f"experiment_name={name}",
+        f"paths.root_dir={tmp}",
+        f"hydra.run.dir={tmp / launch_dir}",
         "+callbacks.kill._target_=tests.helpers.faults.KillFromEnv",
         *extra,
-    ]  # fmt: skip
+    ]
     return command, child_env()
 
 

@@ -86,9 +86,19 @@ def mlflow_server(backend_uri: str, artifacts: Path, proxied: bool = True) -> It
     otherwise the server only names that folder as the default root clients write to themselves."""
     port = free_port()
     where = ["--artifacts-destination" if proxied else "--default-artifact-root", str(artifacts)]
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-               backend_uri, *where, "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]  # fmt: skip
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        *where,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = artifacts.parent / f"mlflow-server-{port}.log"
     # No job runner: its worker processes (MLflow's GenAI jobs) only slow a test machine down.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

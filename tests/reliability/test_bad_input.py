@@ -69,10 +69,21 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, overrides, fragment):
 def test_command_line_exits_2_without_a_traceback(tmp_path):
     env = child_env()
     result = subprocess.run(
-        [sys.executable, "-m", "src.train", "dataset=digits", "dataset.fraction=2",
-         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "dataset=digits",
+            "dataset.fraction=2",
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     assert "dataset.fraction=2 is outside the valid range (0.0, 1.0]" in output

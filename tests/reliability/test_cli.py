@@ -33,9 +33,12 @@ def test_hydra_errors_are_one_line_with_exit_2_before_anything(
 ):
     result = subprocess.run(
         [sys.executable, "-m", module, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert result.returncode == 2, lines
     assert len(lines) == 1 and lines[0].startswith("Invalid input: ") and fragment in lines[0]
@@ -53,9 +56,12 @@ def test_hydra_errors_are_one_line_with_exit_2_before_anything(
 def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, override, fragment):
     result = subprocess.run(
         [sys.executable, "-m", module, override, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     errors = [line for line in output.splitlines() if "Invalid input" in line]
@@ -246,9 +252,12 @@ def test_a_run_folder_under_a_file_is_one_line(tmp_path):
     (tmp_path / "notes.txt").write_text("keep")
     result = subprocess.run(
         [sys.executable, "-m", "src.train", f"hydra.run.dir={tmp_path / 'notes.txt' / 'run'}"],
-        cwd=ROOT, env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "Traceback" not in output, output[-2000:]
     assert "Invalid input: hydra.run.dir / hydra.sweep.dir: [Errno 20] Not a directory" in output
@@ -278,9 +287,18 @@ def test_report_layout_knobs_are_ranged(tmp_path, digits, scale, fragment):
     from src.report.table import Layout
 
     layout = Layout(rows=("a",), columns=("b",), metric="test/acc", digits=digits, scale=scale)
-    report = Report(Query(f"sqlite:///{tmp_path}/m.db", (), {}, "FINISHED", "train"), layout,
-                    output_dir=tmp_path, stem="t", formats=("md",), title="", plots={},
-                    experiment="reports", run_name="r", artifact_location=None)  # fmt: skip
+    report = Report(
+        Query(f"sqlite:///{tmp_path}/m.db", (), {}, "FINISHED", "train"),
+        layout,
+        output_dir=tmp_path,
+        stem="t",
+        formats=("md",),
+        title="",
+        plots={},
+        experiment="reports",
+        run_name="r",
+        artifact_location=None,
+    )
     with pytest.raises(InvalidInput, match=fragment):
         report.check()
 

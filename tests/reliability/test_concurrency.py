@@ -38,7 +38,7 @@ def test_four_concurrent_jobs_on_one_sqlite_store(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for seed in range(4)
     ]
     for job in jobs:

@@ -25,23 +25,38 @@ pytestmark = pytest.mark.slow
 
 def command(tmp: Path, launch: str, extra=()) -> list[str]:
     return [
-        sys.executable, "-m", "src.train",
-        "dataset=digits", "backbone.input_size=[3,32,32]", "dataset.num_workers=0",
-        f"trainer.max_epochs={EPOCHS}", "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", "logger.mlflow.log_model=false",
-        "experiment_name=faults", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / launch}",
+        sys.executable,
+        "-m",
+        "src.train",
+        "dataset=digits",
+        "backbone.input_size=[3,32,32]",
+        "dataset.num_workers=0",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "logger.mlflow.log_model=false",
+        "experiment_name=faults",
+        f"paths.root_dir={tmp}",
+        f"hydra.run.dir={tmp / launch}",
         "+callbacks.kill._target_=tests.helpers.faults.KillFromEnv",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def start(tmp: Path, launch: str, extra=(), **faults: str) -> subprocess.Popen:
     return subprocess.Popen(
-        command(tmp, launch, extra), cwd=ROOT, env=child_env(OMP_NUM_THREADS="1", **faults),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
-    )  # fmt: skip
+        command(tmp, launch, extra),
+        cwd=ROOT,
+        env=child_env(OMP_NUM_THREADS="1", **faults),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_signals,
+    )
 
 
 def finish(job: subprocess.Popen) -> tuple[int, str]:
@@ -65,7 +80,7 @@ CASES = {
         ],
         {"TRANSFERLAB_KILL_IN_FEATURES": "1"},
         -9,
-    ),  # fmt: skip
+    ),
     "sigterm_mid_epoch": (
         [],
         {"TRANSFERLAB_KILL_AT": "1:1", "TRANSFERLAB_KILL_SIGNAL": "TERM"},
@@ -87,7 +102,7 @@ CASES = {
         ],
         {"TRANSFERLAB_KILL_IN_FEATURES": "1", "TRANSFERLAB_KILL_SIGNAL": "TERM"},
         143,
-    ),  # fmt: skip
+    ),
 }
 
 

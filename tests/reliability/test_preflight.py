@@ -58,7 +58,7 @@ BY_MODEL = [
             "strategy.milestones=[1,2,3,4,5,6,7,8,9,10,11,12]",
         ],
         "at most",
-    ),  # fmt: skip
+    ),
     (["monitor.metric=val/bogus"], "monitor.metric=val/bogus is not logged"),
     (["trainer.precision=bogus"], "trainer: "),
     (["trainer.accelerator=tpu"], "trainer: "),
@@ -233,11 +233,21 @@ def test_command_line_refusals_exit_2_with_one_line(tmp_path, case):
         MLFLOW_TRACKING_URI=f"sqlit:///{tmp_path}/x.db" if bad_uri else f"sqlite:///{tmp_path}/m.db"
     )
     result = subprocess.run(
-        [sys.executable, "-m", *arguments, f"paths.root_dir={tmp_path}",
-         f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            *arguments,
+            f"paths.root_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
         preexec_fn=default_signals,
-    )  # fmt: skip
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     errors = [line for line in output.splitlines() if "Invalid input" in line]

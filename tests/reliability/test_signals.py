@@ -36,13 +36,25 @@ def runs(database: Path) -> list[tuple[str, str, str | None, str | None]]:
 def test_sigterm_to_a_similarity_multirun_ends_every_run_killed(tmp_path):
     database = tmp_path / "mlflow.db"
     command = [
-        sys.executable, "-m", "src.similarity", "-m", "dataset=digits", "seed=1,2",
-        "max_per_class=20", f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "src.similarity",
+        "-m",
+        "dataset=digits",
+        "seed=1,2",
+        "max_per_class=20",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     child = subprocess.Popen(
-        command, cwd=ROOT, env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{database}"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_signals,
-    )  # fmt: skip
+        command,
+        cwd=ROOT,
+        env=child_env(MLFLOW_TRACKING_URI=f"sqlite:///{database}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_signals,
+    )
     try:
         deadline = time.monotonic() + 240
         while not any(kind == "similarity" and s == "RUNNING" for _, s, kind, _ in runs(database)):
