@@ -33,23 +33,12 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"experiment_name={cfg.get('experiment_name')!r}: a non-empty name.")
     check_trainer(cfg.trainer, testing=bool(cfg.get("test")))
     check_monitor(cfg.monitor.metric, cfg.monitor.mode)
-    check_callbacks(cfg.get("callbacks") or {}, ("averaging", "lr_finder"))
     for key, logger in (cfg.get("logger") or {}).items():
         if "MLFlow" in logger.get("_target_", ""):
             check_tracking_uri(logger.tracking_uri, f"logger.{key}.tracking_uri")
     resume = cfg.get("resume")
     if resume is not None and resume != "auto" and not RUN_ID.match(str(resume)):
         raise ValueError(f"resume={resume}: choose null, auto or an MLflow run id (32 hex digits).")
-
-
-def check_callbacks(callbacks: DictConfig, names: tuple[str, ...]) -> None:
-    """Build these callbacks once (their constructors only check their values: averaging.decay,
-    lr_find), so a bad value is refused before the run, not when the trainer is built."""
-    from src.config import build
-
-    for name in names:
-        if callbacks.get(name) is not None:
-            build(callbacks[name])
 
 
 def check_seed(seed: Any) -> None:

@@ -48,7 +48,7 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
                 return finished_metrics(cfg, point.run_id)  # completed by the process we waited for
             with refuse_bad_input():
                 module = build_module(cfg, parts)  # 4
-                trainer = build_trainer(cfg, parts.fingerprint)
+                trainer = build_trainer(cfg, parts.fingerprint, parts.regularisation)
             return open_fit_test_ship(cfg, choices, parts, module, trainer, claim, sigterm)  # 5-8
         finally:
             claim.release()
@@ -81,7 +81,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     log.info("Strategy: %s", type(strategy).__name__)
     # Unresolved: ${paths.output_dir} differs per launch, the choices behind it do not.
     fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
-    optimizer = build(cfg.optimizer)
+    optimizer = regularisation.optimizer(build(cfg.optimizer))  # its weight decay: the preset's
     return Parts(
         datamodule,
         regularisation,
@@ -160,16 +160,22 @@ def build_module(cfg: DictConfig, parts: Parts):
     )
 
 
-def build_trainer(cfg: DictConfig, fingerprint: str):
+def build_trainer(cfg: DictConfig, fingerprint: str, regularisation):
     """4. The Trainer and its callbacks, no logger yet (phase 5 attaches them): the Trainer's own
     argument checks (precision, accelerator, devices, strategy) refuse bad values here."""
     from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar
 
     from src.config import build
     from src.tracking.callbacks import SameConfigOnEveryRank
 
     built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    # Each group's own callback: averaging=none|ema|swa, the preset's early stopping.
+    built.append(build(cfg.averaging) if cfg.get("averaging") else None)
+    built.append(regularisation.early_stopper(cfg.monitor.metric, cfg.monitor.mode))
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(SameConfigOnEveryRank(fingerprint))
     try:
         return build(cfg.trainer, callbacks=callbacks, logger=False)

@@ -45,6 +45,37 @@ def test_shared_bases_live_outside_the_groups():
     assert not bases, f"move {bases} to conf/ (include it as /<name>@_here_)"
 
 
+# The groups a run composes from; paths (where things go) and monitor (the one metric) are shared.
+OWNED = {"backbone", "strategy", "dataset", "regularisation", "optimizer", "scheduler"}
+OWNED |= {"trainer", "logger", "callbacks", "averaging"}
+
+
+def test_each_group_owns_its_keys():
+    """No group file reads another group's keys through ${...}: weight decay and early stopping
+    reach the optimizer and the trainer from the regularisation preset in code, the averaging
+    callback from its own group; a key has one owner."""
+    import re
+
+    borrowed = []
+    for group in sorted(OWNED):
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            for other in re.findall(r"\$\{([a-z_]+)[.}]", path.read_text()):
+                if other in OWNED and other != group:
+                    borrowed.append(f"{group}/{path.name} reads {other}")
+    assert not borrowed, borrowed
+
+
+def test_weight_decay_is_the_presets_and_one_owner(tmp_path):
+    """regularisation.weight_decay reaches every decayed group; optimizer.weight_decay is refused."""
+    from src.training import build_parts
+
+    cfg = compose_train(tmp_path, ["regularisation=strong", "logger=none"])
+    parts = build_parts(cfg)
+    assert parts.optimizer.keywords["weight_decay"] == cfg.regularisation.weight_decay == 0.05
+    with pytest.raises(ValueError, match="regularisation.weight_decay"):
+        parts.regularisation.optimizer(parts.optimizer)
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_config_composes_and_instantiates(group, option, tmp_path):
     overrides = [f"{group}={option}"]

@@ -165,7 +165,6 @@ def test_each_preset_changes_what_it_states(tmp_path, preset):
     build phase: weight decay in the optimizer's decayed groups, dropout and drop path in the
     backbone, augmentation in the training transform, smoothing and mixup in the loss, L2-SP in the
     penalties, patience in early stopping."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
     from timm.data import resolve_model_data_config
 
@@ -202,7 +201,7 @@ def test_each_preset_changes_what_it_states(tmp_path, preset):
         assert module.criterion.label_smoothing == stated["label_smoothing"]
     penalties = parts.regularisation.penalties(model, None)
     assert ("l2sp" in penalties) == bool(stated["l2sp_alpha"] or stated["l2sp_beta"])
-    stopper = instantiate(cfg.callbacks.early_stopping)
+    stopper = parts.regularisation.early_stopper(cfg.monitor.metric, cfg.monitor.mode)
     patience = stated["early_stopping_patience"]
     assert (stopper is None) if patience is None else stopper.patience == patience
 
@@ -212,13 +211,15 @@ def test_early_stopping_follows_the_monitored_metric_and_is_off_without_patience
     from lightning.pytorch.callbacks import EarlyStopping
 
     cfg = compose_train(tmp_path, ["regularisation=strong"])
-    stopper = instantiate(cfg.callbacks.early_stopping)
+    stopper = instantiate(cfg.regularisation).early_stopper(cfg.monitor.metric, cfg.monitor.mode)
     assert (
         isinstance(stopper, EarlyStopping)
         and stopper.monitor == "val/acc"
         and stopper.patience == 5
     )
     assert (
-        instantiate(compose_train(tmp_path, ["regularisation=default"]).callbacks.early_stopping)
+        instantiate(
+            compose_train(tmp_path, ["regularisation=default"]).regularisation
+        ).early_stopper("val/acc", "max")
         is None
     )

@@ -106,7 +106,7 @@ def raw_speed(overrides: list[str], steps: int, warmup: int) -> float:
     datamodule, regularisation, model = build_data(cfg)
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
     strategy = build(cfg.strategy)
-    optimizer = build_optimizer(build(cfg.optimizer), strategy, model)
+    optimizer = build_optimizer(regularisation.optimizer(build(cfg.optimizer)), strategy, model)
     strategy.apply(model, optimizer.param_groups, epoch=0)
     speed = cfg.callbacks.speed
     model.to(device)

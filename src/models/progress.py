@@ -20,11 +20,6 @@ def is_logging_step(trainer: L.Trainer) -> bool:
     return (bool(every) and trainer.global_step % every == 0) or trainer.should_stop
 
 
-def progress_bar(enabled: bool, refresh_rate: int = 1) -> TQDMProgressBar | None:
-    """The bar for `trainer.enable_progress_bar` (None when off: Lightning refuses a bar then)."""
-    return LossProgressBar(refresh_rate) if enabled else None
-
-
 class LossProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, plus the training loss of the last logging step: count and speed
     move every batch, the loss is read where Lightning logs it."""

@@ -1,13 +1,14 @@
 """Regularisation: one object per preset (conf/regularisation/*.yaml), each knob overridable.
 
 head_dropout and drop_path_rate reach the backbone as it is built (backbone_arguments, timm's
-drop_rate / drop_path_rate); weight_decay the optimizer through config interpolation; this object
-owns the data augmentation,
-mixup/cutmix, the loss and the penalties (L2-SP, BSS), and the early-stopping patience.
+drop_rate / drop_path_rate); weight_decay reaches the optimizer as it is built (optimizer); this
+object owns the data augmentation, mixup/cutmix, the loss and the penalties (L2-SP, BSS), and the
+early stopping (early_stopper). No other config group interpolates these keys: one owner.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,20 @@ class Regularisation:
             if getattr(self, key) < 0:
                 raise ValueError(f"regularisation.{key}={getattr(self, key)}: must be >= 0.")
         self.l2sp: L2SP | None = None
+
+    def optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> functools.partial:
+        """The optimizer factory (conf/optimizer: the update rule) with this preset's weight decay:
+        the L2 penalty is a regulariser, stated once here."""
+        if "weight_decay" in getattr(factory, "keywords", {}):
+            raise ValueError(
+                "optimizer.weight_decay: weight decay is set by regularisation.weight_decay "
+                "(its one owner); set that instead."
+            )
+        return functools.partial(factory, weight_decay=self.weight_decay)
+
+    def early_stopper(self, monitor: str, mode: str):
+        """Early stopping on the run's monitored metric with this preset's patience, or None."""
+        return early_stopping(monitor, mode, self.early_stopping_patience)
 
     def backbone_arguments(self) -> dict[str, float]:
         """Dropout before the classifier and stochastic depth, as timm's model constructor takes
