@@ -315,5 +315,9 @@ def open_run(cfg: DictConfig, choices, parts: Parts, loggers, point, config_file
         subset = {key: tags[key] for key in ("fraction", "samples_per_class")}
         source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
         log_dataset(loggers, tags["dataset"], source, parts.datamodule, subset)
+    if not point:  # a strategy's own counts (LoRA, BitFit: the parameters that train)
+        counts = parts.strategy.trained_parameters(parts.backbone)
+        for logger in loggers if counts else ():
+            logger.log_hyperparams(counts)
     if cfg.get("attach_similarity"):  # opt-in: the scores measured before training
         attach_similarity(loggers, similarity_key(cfg, choices))

@@ -36,12 +36,22 @@ def build_optimizer(
     return optimizer
 
 
+def factory_keywords(factory: Callable) -> dict:
+    """The arguments a (nested) partial will pass: Hydra's `_partial_` factory wrapped by
+    functools.partial (the preset's weight decay) keeps its own keywords one level down."""
+    inner = getattr(factory, "func", None)
+    return {
+        **(factory_keywords(inner) if inner is not None else {}),
+        **getattr(factory, "keywords", {}),
+    }
+
+
 def check_optimizer(
     factory: Callable[..., torch.optim.Optimizer],
 ) -> Callable[..., torch.optim.Optimizer]:
     """Build it once on a dummy parameter, so torch's own checks (lr, betas, eps, weight decay)
     refuse bad values before any work, with the keys they concern."""
-    keywords = getattr(factory, "keywords", {})
+    keywords = factory_keywords(factory)
     lr = keywords.get("lr")
     if lr is not None and lr <= 0:  # torch accepts 0, which trains nothing
         raise ValueError(f"optimizer.lr={lr}: must be > 0.")

@@ -74,7 +74,7 @@ class Regularisation:
     def optimizer(self, factory: Callable[..., torch.optim.Optimizer]) -> functools.partial:
         """The optimizer factory (conf/optimizer: the update rule) with this preset's weight decay:
         the L2 penalty is a regulariser, stated once here."""
-        if "weight_decay" in getattr(factory, "keywords", {}):
+        if "weight_decay" in getattr(factory, "keywords", {}):  # +optimizer.weight_decay=...
             raise ValueError(
                 "optimizer.weight_decay: weight decay is set by regularisation.weight_decay "
                 "(its one owner); set that instead."

@@ -45,10 +45,10 @@ class ParamSubset(Strategy):
                 learns = any(p.requires_grad for _, p in own)
                 module.train(self.bn == "train" and learns)
 
-    def fit(self, trainer, module, datamodule, ckpt_path=None) -> None:
-        """Logs how many parameters train (the point of these strategies), then fits."""
-        self.apply(module.model, [], epoch=0)  # as the run starts (configure_model does it again)
-        params = list(module.model.parameters())
+    def trained_parameters(self, model: nn.Module) -> dict[str, int]:
+        """How many parameters train (the point of these strategies): the run logs it."""
+        self.apply(model, [], epoch=0)  # as the run starts (configure_model does it again)
+        params = list(model.parameters())
         trained = sum(p.numel() for p in params if p.requires_grad)
         total = sum(p.numel() for p in params)
         log.info(
@@ -58,10 +58,7 @@ class ParamSubset(Strategy):
             total,
             100 * trained / total,
         )
-        counts = {"strategy/trained_parameters": trained, "strategy/total_parameters": total}
-        for logger in trainer.loggers:
-            logger.log_hyperparams(counts)
-        super().fit(trainer, module, datamodule, ckpt_path=ckpt_path)
+        return {"strategy/trained_parameters": trained, "strategy/total_parameters": total}
 
 
 class BitFit(ParamSubset):

@@ -96,6 +96,10 @@ class Strategy:
             )
         return index
 
+    def trained_parameters(self, model: nn.Module) -> dict[str, int]:
+        """Parameter counts worth logging (LoRA, BitFit: how few train); none by default."""
+        return {}
+
     def apply(self, model: nn.Module, groups: Sequence[dict], epoch: int) -> None:
         """Set requires_grad and BatchNorm modes for `epoch`; called at every train epoch start."""
         bn_param_ids = {
