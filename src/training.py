@@ -163,13 +163,12 @@ def build_module(cfg: DictConfig, parts: Parts):
 def build_trainer(cfg: DictConfig, fingerprint: str, regularisation):
     """4. The Trainer and its callbacks, no logger yet (phase 5 attaches them): the Trainer's own
     argument checks (precision, accelerator, devices, strategy) refuse bad values here."""
-    from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ProgressBar
 
     from src.config import build
     from src.tracking.callbacks import SameConfigOnEveryRank
 
-    built = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    built = [build(c) for c in (cfg.get("callbacks") or {}).values()]  # a bad value: its own error
     # Each group's own callback: averaging=none|ema|swa, the preset's early stopping.
     built.append(build(cfg.averaging) if cfg.get("averaging") else None)
     built.append(regularisation.early_stopper(cfg.monitor.metric, cfg.monitor.mode))
