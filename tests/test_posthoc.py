@@ -83,6 +83,20 @@ def test_soups_of_different_architectures_or_classes_are_refused():
         Soup().check([a, fake_source("test_efficientnet", 4, "d")])
 
 
+def test_soups_of_runs_on_other_data_splits_are_refused():
+    """A seed sweep's runs were souped on the first run's validation split, which the others had
+    partly trained on (found by the new user's walk)."""
+    a, b = fake_source("test_efficientnet", 3, "a"), fake_source("test_efficientnet", 3, "b")
+    a.trained.config["dataset"] = {"seed": 42, "fraction": 1.0, "batch_size": 8}
+    b.trained.config["dataset"] = {"seed": 42, "fraction": 1.0, "batch_size": 64}
+    Soup().check([a, b])  # a loader setting is no split
+    b.trained.config["dataset"]["seed"] = 1
+    with pytest.raises(
+        InvalidInput, match=r"run b was trained on other data splits .* seed 1 vs 42"
+    ):
+        Soup().check([a, b])
+
+
 def test_bad_method_input_is_refused_before_any_work():
     a = fake_source("test_efficientnet", 3, "a")
     with pytest.raises(InvalidInput, match="at least 2 runs, got 1"):
