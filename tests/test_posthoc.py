@@ -117,7 +117,9 @@ def test_every_method_config_instantiates(name):
     from src.config import build
     from tests.helpers.compose import CONF_DIR, compose_raw
 
-    assert sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")) == [
+    assert sorted(
+        p.stem for p in (CONF_DIR.parent / "src" / "posthoc" / "conf" / "method").glob("*.yaml")
+    ) == [
         "calibrate",
         "soup",
         "wise_ft",
@@ -374,3 +376,13 @@ def test_greedy_soup_is_never_below_its_best_ingredient_and_exports(runs, tmp_pa
         compose_entry("export", runs["root"], [f"run_id={run_id}", f"output_dir={tmp_path}"])
     )
     assert Path(made["torchscript"]).is_file()
+
+
+def test_explain_method_is_not_taken_by_posthocs_method_group():
+    """`python -m src.explain method=gradcam` was refused ('method: no such key') once posthoc's
+    method group sat in conf/: Hydra read every `method=` as that group's choice."""
+    from src.config import load, register_resolvers
+
+    register_resolvers()
+    assert load("explain", ["method=gradcam++"]).method == "gradcam++"
+    assert load("posthoc", ["method=soup"]).method._target_ == "src.posthoc.soup.Soup"
