@@ -106,9 +106,15 @@ def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> No
     for key, override in given.items():
         default = _plain(defaults, key)
         value = _plain(OmegaConf.to_container(cfg, resolve=False), key)
+        if value in SWITCH_WORDS.get(key, ()):
+            continue
         wrong = _wrong_kind(default, value)
         if wrong:
             raise InvalidInput(f"{override}: {wrong} (its default is {default!r}).")
+
+
+# Switches (a true/false default) that also take a word; the consumer checks the word itself.
+SWITCH_WORDS = {"lr_find": ("use",), "trainer.deterministic": ("warn",)}
 
 
 def _plain(tree, key: str):

@@ -3,6 +3,7 @@ names the key and what is valid) and exit 2, without a traceback and before any 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,10 +41,15 @@ class Terminated(SystemExit):
 
 
 def is_sigterm(error: BaseException) -> bool:
-    """Ours, or Lightning's SIGTERMException (a SystemExit with code None: exit status 0)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    return isinstance(error, Terminated | SIGTERMException)
+    """Ours, or Lightning's SIGTERMException (a SystemExit with code None: exit status 0).
+    Only a process that imported Lightning can raise the latter: asking never imports it (every
+    `--help` and refusal ends in a SystemExit, and Lightning's import costs seconds)."""
+    if isinstance(error, Terminated):
+        return True
+    lightning_exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return lightning_exceptions is not None and isinstance(
+        error, lightning_exceptions.SIGTERMException
+    )
 
 
 class SigtermSeen:

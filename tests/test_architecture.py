@@ -179,3 +179,29 @@ def test_strategies_are_policies():
     ]
     assert not offenders, offenders
     assert "trainer.fit(" not in (SRC / "training.py").read_text()  # the pipeline fits
+
+
+# `--help` ends in a SystemExit like every refusal: answering it must not import Lightning or
+# torch (was: src.cli asked whether the exit was Lightning's SIGTERMException by importing it,
+# 10-20 s per --help on a shared CPU).
+HELP_IMPORTS = """
+import runpy, sys
+sys.argv = [sys.argv[1], "--help"]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__")
+except SystemExit as stop:
+    print(stop.code, sorted(m for m in ("torch", "lightning") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("module", [m for m in ENTRY_POINTS if m not in ("src.bench",)])
+def test_help_imports_neither_torch_nor_lightning(module):
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS, module],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout[-500:] + done.stderr[-1500:]

@@ -83,6 +83,20 @@ def test_soups_of_different_architectures_or_classes_are_refused():
         Soup().check([a, fake_source("test_efficientnet", 4, "d")])
 
 
+def test_soups_of_runs_on_other_data_splits_are_refused():
+    """A seed sweep's runs were souped on the first run's validation split, which the others had
+    partly trained on (found by the new user's walk)."""
+    a, b = fake_source("test_efficientnet", 3, "a"), fake_source("test_efficientnet", 3, "b")
+    a.trained.config["dataset"] = {"seed": 42, "fraction": 1.0, "batch_size": 8}
+    b.trained.config["dataset"] = {"seed": 42, "fraction": 1.0, "batch_size": 64}
+    Soup().check([a, b])  # a loader setting is no split
+    b.trained.config["dataset"]["seed"] = 1
+    with pytest.raises(
+        InvalidInput, match=r"run b was trained on other data splits .* seed 1 vs 42"
+    ):
+        Soup().check([a, b])
+
+
 def test_bad_method_input_is_refused_before_any_work():
     a = fake_source("test_efficientnet", 3, "a")
     with pytest.raises(InvalidInput, match="at least 2 runs, got 1"):
@@ -103,7 +117,9 @@ def test_every_method_config_instantiates(name):
     from src.config import build
     from tests.helpers.compose import CONF_DIR, compose_raw
 
-    assert sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")) == [
+    assert sorted(
+        p.stem for p in (CONF_DIR.parent / "src" / "posthoc" / "conf" / "method").glob("*.yaml")
+    ) == [
         "calibrate",
         "soup",
         "wise_ft",
@@ -360,3 +376,13 @@ def test_greedy_soup_is_never_below_its_best_ingredient_and_exports(runs, tmp_pa
         compose_entry("export", runs["root"], [f"run_id={run_id}", f"output_dir={tmp_path}"])
     )
     assert Path(made["torchscript"]).is_file()
+
+
+def test_explain_method_is_not_taken_by_posthocs_method_group():
+    """`python -m src.explain method=gradcam` was refused ('method: no such key') once posthoc's
+    method group sat in conf/: Hydra read every `method=` as that group's choice."""
+    from src.config import load, register_resolvers
+
+    register_resolvers()
+    assert load("explain", ["method=gradcam++"]).method == "gradcam++"
+    assert load("posthoc", ["method=soup"]).method._target_ == "src.posthoc.soup.Soup"

@@ -577,3 +577,28 @@ def test_runs_without_a_seed_count_once_each_not_as_one(seed_column):
     selection = select(frame, layout)
     (cell,) = aggregate(selection.frame, selection.layout).cells.values()
     assert cell.n == 3 and cell.mean == pytest.approx(0.6)
+
+
+def test_curve_labels_survive_runs_without_a_key():
+    """pandas 3's astype(str) keeps NaN: `src.report kind=explain` (runs with no dataset/strategy
+    params) died in line_labels with 'expected str instance, float found'."""
+    import numpy as np
+    import pandas as pd
+
+    from src.report.plots import curve_data
+
+    frame = pd.DataFrame(
+        {
+            "params.fraction": [np.nan, "0.5", "0.5"],
+            "params.strategy": [np.nan, "finetune", "finetune"],
+            "params.dataset": [np.nan, "digits", "digits"],
+            "params.backbone": ["a", np.nan, "b"],
+            "metrics.test/acc": [0.5, 0.7, 0.8],
+        }
+    )
+    data = curve_data(
+        frame, "test/acc", {"x": "fraction", "line": "strategy", "panel": "dataset"}, ("backbone",)
+    )
+    lines = data["line"].tolist()
+    assert lines[0].startswith("?") and lines[1].endswith(", ?") and lines[2].endswith(", b")
+    assert len(set(lines)) == 3  # a run without the key is its own line, not a crash

@@ -36,6 +36,7 @@ class Soup:
                 "parent_run_id=<a sweep's parent run with finished children>."
             )
         check_same_architecture(sources)
+        check_same_splits(sources)
 
     def apply(self, sources: list[Source], datamodule, output_dir: Path) -> Outcome:
         # 1. Each ingredient on validation, best first.
@@ -97,6 +98,32 @@ def greedy(ranked: list[Source], scores: dict[str, float], datamodule):
         if acc >= best:
             chosen, model, best = [*chosen, candidate], trial, acc
     return chosen, model, best
+
+
+# What decides a run's train/val split (src/data/datamodule.py); the test split has its own seed.
+SPLIT_KEYS = ("source", "seed", "fraction", "samples_per_class", "val_fraction", "test_fraction")
+
+
+def check_same_splits(sources: list[Source]) -> None:
+    """The soup is chosen and scored on the first run's validation split: an ingredient trained on
+    other splits (another seed) may have trained on those images, and the soup's choice and its
+    val/acc would be silently inflated (a soup over a seed sweep did exactly that)."""
+    first = sources[0]
+    splits_of = [
+        {k: s.trained.config.get("dataset", {}).get(k) for k in SPLIT_KEYS} for s in sources
+    ]
+    for other, splits in zip(sources[1:], splits_of[1:], strict=True):
+        differ = [
+            f"{k} {splits[k]} vs {splits_of[0][k]}"
+            for k in SPLIT_KEYS
+            if splits[k] != splits_of[0][k]
+        ]
+        if differ:
+            raise InvalidInput(
+                f"run {other.run_id} was trained on other data splits than run {first.run_id} "
+                f"(dataset {', '.join(differ)}): its training images may be in the validation "
+                "split the soup is chosen on. Average runs trained with one seed and data set."
+            )
 
 
 def val_accuracy(model, datamodule) -> float:

@@ -76,14 +76,21 @@ def line_labels(
     """The legend entry of each run: its `line` value, plus the value of every other table key
     that varies among the runs of one plotted point (`within`: the columns that place a point),
     so two backbones are two lines, never one average."""
-    parts = [frame[column(frame, line)].astype(str).map(lambda v: value_label(line, v, labels))]
-    point = frame[within].astype(str).agg("|".join, axis=1) if len(frame) else None
+    parts = [
+        frame[column(frame, line)]
+        .fillna("?")
+        .astype(str)
+        .map(lambda v: value_label(line, v, labels))
+    ]
+    point = frame[within].fillna("?").astype(str).agg("|".join, axis=1) if len(frame) else None
     for key in keys:
         name = column(frame, key)
         if name not in frame or name in within or point is None:
             continue
-        if frame[name].astype(str).groupby(point).nunique().max() > 1:
-            parts.append(frame[name].astype(str).map(lambda v, k=key: value_label(k, v, labels)))
+        if frame[name].fillna("?").astype(str).groupby(point).nunique().max() > 1:
+            parts.append(
+                frame[name].fillna("?").astype(str).map(lambda v, k=key: value_label(k, v, labels))
+            )
     return parts[0].str.cat(parts[1:], sep=", ") if len(parts) > 1 else parts[0]
 
 

@@ -150,3 +150,10 @@ def test_a_run_is_not_finished_before_its_test_has_run(tmp_path):
     assert client.get_run(logger.run_id).info.status == "RUNNING"
     finish()
     assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+
+def test_is_sigterm_knows_lightnings_and_no_other_exit():
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    assert is_sigterm(SIGTERMException()) and is_sigterm(Terminated())
+    assert not is_sigterm(SystemExit(0)) and not is_sigterm(SystemExit(2))

@@ -69,6 +69,21 @@ def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, 
     assert not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.parametrize("override", ["lr_find=use", "trainer.deterministic=warn"])
+def test_a_switchs_documented_word_passes_the_kind_check(override):
+    """lr_find=use was refused as "true or false" (the kind check came with #34, `use` with #30)."""
+    from omegaconf import OmegaConf
+
+    from src.cli import check_value_types
+    from src.config import load, register_resolvers
+
+    register_resolvers()
+    cfg = load("train", [override])
+    check_value_types("train", cfg, [override], {})
+    with pytest.raises(InvalidInput, match="true or false"):
+        check_value_types("train", OmegaConf.merge(cfg, {"test": "maybe"}), ["test=maybe"], {})
+
+
 def test_unknown_key_lists_the_keys_beside_it():
     from src.cli import unknown_key_line
 
