@@ -90,6 +90,12 @@ def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool, config_
         if fresh and _only_hydra_files(folder, hydra_cfg.job.name):
             _remove_run_folder(folder, cfg)
         raise SystemExit(2) from None
+    except Exception as error:  # the store failing mid-run: one line here, not Hydra's report
+        fault = store_fault_line(error)
+        if fault is None:
+            raise
+        log.error("Tracking store failed: %s", fault)
+        raise SystemExit(1) from None
 
 
 def _only_hydra_files(folder: Path, job_name: str, log_empty: bool = False) -> bool:
@@ -230,6 +236,7 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
         from src.errors import SIGTERM_EXIT, InvalidInput, is_sigterm
 
         os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+        quiet_store_tracebacks()
         register_resolvers()  # conf/ resolves ${store_dir:...}: here, not at import of src
         try:
             with hydra_errors_raised(), signals_raise():
@@ -259,6 +266,18 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
             raise SystemExit(1) from None
 
     return run
+
+
+def quiet_store_tracebacks() -> None:
+    """MLflow's sqlite store logs each failed commit with its whole traceback before it raises;
+    the raised error reaches the one "Tracking store failed" line, so those records are dropped."""
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(f is _drop_store_error for f in store_log.filters):
+        store_log.addFilter(_drop_store_error)
+
+
+def _drop_store_error(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("SQLAlchemy database error")
 
 
 def _say(line: str) -> None:

@@ -51,6 +51,7 @@ def test_hydra_errors_are_one_line_with_exit_2_before_anything(
         ("src.train", "optimizer.lr=fast", "optimizer.lr=fast: a number (its default is 0.001)"),
         ("src.train", "trainer.enable_progress_bar=maybe", "true or false (its default is True)"),
         ("src.similarity", "knn_k=[3]", "knn_k=[3]: a number (its default is 10)"),
+        ("src.train", "+foo.bar=1", "+foo.bar=1: 'foo' is not a key of train's config"),
     ],
 )
 def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, override, fragment):
@@ -67,6 +68,17 @@ def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, 
     errors = [line for line in output.splitlines() if "Invalid input" in line]
     assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in output
     assert not (tmp_path / "m.db").exists()
+    assert not (tmp_path / "run").exists()  # the folder Hydra made for the job is gone
+
+
+def test_added_keys_are_taken_inside_known_sections_only():
+    from src.cli import check_added_keys
+
+    inside = ["+trainer.accumulate_grad_batches=2", "+callbacks.kill._target_=x.Y", "++kind=trial"]
+    check_added_keys("train", inside, {})
+    with pytest.raises(InvalidInput, match=r"\+\+foo=1: 'foo' is not a key of train's config"):
+        check_added_keys("train", ["++foo=1", "+foo.bar=2"], {})
+    check_added_keys("similarity", ["+source=digits"], {"source": "digits"})  # a group: Hydra's
 
 
 def test_unknown_key_lists_the_keys_beside_it():
