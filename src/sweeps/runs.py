@@ -72,8 +72,8 @@ def check_same_store(study: optuna.Study, tracking_uri: str, run_id: str) -> Non
     if recorded != here:
         raise InvalidInput(
             f"study {study.study_name!r} belongs to {recorded} (its MLflow parent run {run_id}), "
-            f"not to {here}: use that store, or another hydra.sweeper.study_name (or storage) "
-            "for a study in this one."
+            f"not to {here}: use that store, or another study name or Optuna storage for this "
+            "one (a sweep's hydra.sweeper.study_name / .storage, the advisor's search.storage)."
         )
 
 
