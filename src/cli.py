@@ -220,6 +220,11 @@ def check_stores(stores: Mapping[str, str | None]) -> None:
     from src.tracking.store import check_tracking_uri
 
     for key, uri in stores.items():
+        if uri is not None and not str(uri).strip():  # MLFLOW_TRACKING_URI= (set, but empty)
+            raise InvalidInput(
+                f"{key} is empty (MLFLOW_TRACKING_URI set to ''?): unset it for the default "
+                "sqlite store, or give one (sqlite:///mlflow.db, http://host:5000)."
+            )
         if uri:
             try:
                 check_tracking_uri(str(uri), key)

@@ -323,3 +323,11 @@ def test_a_text_file_as_checkpoint_is_named_as_such(tmp_path):
     notes.write_text("not weights")
     with pytest.raises(InvalidInput, match="notes.txt': not a checkpoint"):
         locate(None, str(notes), f"sqlite:///{tmp_path}/m.db")
+
+
+def test_an_empty_tracking_uri_is_refused_not_taken_for_mlflows_file_store():
+    from src.cli import check_stores
+
+    with pytest.raises(InvalidInput, match=r"^paths.tracking_uri is empty \(MLFLOW_TRACKING_URI"):
+        check_stores({"paths.tracking_uri": "  "})
+    check_stores({"paths.tracking_uri": None})  # not used by this entry point: nothing to check
