@@ -331,3 +331,11 @@ def test_an_empty_tracking_uri_is_refused_not_taken_for_mlflows_file_store():
     with pytest.raises(InvalidInput, match=r"^paths.tracking_uri is empty \(MLFLOW_TRACKING_URI"):
         check_stores({"paths.tracking_uri": "  "})
     check_stores({"paths.tracking_uri": None})  # not used by this entry point: nothing to check
+
+
+def test_a_report_status_mlflow_never_sets_is_named():
+    from src.report.query import Query
+
+    with pytest.raises(InvalidInput, match=r"^status=NOPE: one of \['FINISHED', 'FAILED'"):
+        Query("sqlite:///unused.db", status="NOPE")
+    assert Query("sqlite:///unused.db", status=None).filter_string() in ("", None)
