@@ -36,3 +36,23 @@ def test_a_study_without_its_store_recorded_is_refused_where_its_run_is_missing(
     study.set_user_attr(runs.PARENT_ATTR, "0123456789abcdef0123456789abcdef")  # made elsewhere
     with pytest.raises(InvalidInput, match="study 'old' belongs to another tracking store"):
         runs.open_parent(study, mlflow_cfg(tmp_path, "c"), {})
+
+
+def test_a_study_continued_in_the_other_direction_is_one_line(tmp_path):
+    from types import SimpleNamespace
+
+    from src.sweeps.worker import Worker
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    sweeper = SimpleNamespace(
+        pruner_cfg=None,
+        storage=storage,
+        heartbeat=(None, None),
+        max_retries=0,
+        study_name="s",
+        direction="minimize",
+        n_trials=1,
+    )
+    with pytest.raises(InvalidInput, match="was created to maximize; hydra.sweeper.direction=min"):
+        Worker(sweeper, tmp_path)
