@@ -98,7 +98,15 @@ def search(query: Query) -> pd.DataFrame:
         frame = mlflow.search_runs(ids, query.filter_string(), output_format="pandas")
     if "run_id" not in frame:  # no run at all: mlflow returns a frame without columns
         frame = pd.DataFrame(columns=["run_id", "start_time"])
-    return query.keep(frame)
+    kept = query.keep(frame)
+    if kept.empty and query.kind and not frame.empty:  # a kind no run has: name the ones there
+        kinds = sorted(set(run_kind(frame)))
+        if query.kind not in kinds:
+            raise InvalidInput(
+                f"kind={query.kind}: no run of that kind; the runs found are of kinds {kinds} "
+                "(kind=null: every kind)."
+            )
+    return kept
 
 
 def column(frame: pd.DataFrame, key: str) -> str:
