@@ -1,4 +1,4 @@
-"""`python -m src.explain run_id=<id> [split=test] [cam=gradcam] [layer=<module>] [k=8]`:
+"""`python -m src.explain run_id=<id> [split=test] [method=gradcam] [layer=<module>] [k=8]`:
 where a trained model fails and what it looks at, as a child MLflow run of the explained run."""
 
 from __future__ import annotations

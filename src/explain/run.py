@@ -29,17 +29,6 @@ class Job:
     config: dict  # the model's data config (mean, std, input size)
 
 
-def check_cam(cam) -> None:
-    """The CAM method by the key's own name (`cam`: `method` is conf/method/'s group, which Hydra
-    would take `method=gradcam` for)."""
-    from src.errors import InvalidInput
-
-    try:
-        check_method(cam)
-    except InvalidInput as error:
-        raise InvalidInput(f"cam={cam}: {str(error).split(': ', 1)[-1]}") from None
-
-
 def prepare(cfg: DictConfig) -> Job:
     """Every check before any image is scored, then the data with the training's eval transform."""
     from src.config import build
@@ -52,7 +41,7 @@ def prepare(cfg: DictConfig) -> Job:
     with refuse_bad_input():
         check_split(cfg.split)
         A.check_k(cfg.k)
-        check_cam(cfg.cam)  # before the run is looked up
+        check_method(cfg.method)  # before the run is looked up
         check_run(cfg.run_id, cfg.paths.tracking_uri)
         trained = locate(cfg.run_id, None, cfg.paths.tracking_uri, cfg.checkpoint)
         with open_dict(cfg):  # the run's seed and data set unless given: the splits it saw
@@ -62,7 +51,7 @@ def prepare(cfg: DictConfig) -> Job:
                 cfg.dataset.seed = cfg.seed
                 cfg.dataset_name = trained.dataset_name
         model = load_model(trained)
-        explainer = Explainer(model, cfg.cam, cfg.layer)
+        explainer = Explainer(model, cfg.method, cfg.layer)
         asked = check_classes_asked(cfg.classes, trained.class_names)
         datamodule = build(cfg.dataset)
         datamodule.prepare_data()
