@@ -3,7 +3,12 @@ bench): Hydra, `--help`, error handling, signals and exit codes, fixed once here
 
 - Bad input (`InvalidInput`, or Hydra's own: an unknown key, an unknown group option, an override
   it cannot parse; a value of the wrong kind for its default, `optimizer.lr=fast`): one line
-  naming the key and what is valid, exit 2, before any run or store.
+  naming the key and what is valid, exit 2, before any run or store. A refusal removes the run
+  folder Hydra made for the job when it holds nothing but Hydra's own files.
+- `+key=value` (Hydra: add a key the config lacks) is taken inside a section the project reads
+  (`+callbacks.mine._target_=...`, `+trainer.accumulate_grad_batches=2`) and for a config group
+  (`+experiment=...`); a new top-level key (`+foo.bar=1`) is read by no code, so it is refused
+  in one line that lists the top-level keys (check_added_keys).
 - The tracking store is probed before the task (src.tracking.store.check_tracking_uri): a server
   that does not answer, a file that is not an MLflow store, a locked store, a read-only or full
   disk are refused in one line, exit 2, the store untouched. A store failing mid-run: one line,
@@ -68,19 +73,58 @@ def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool, config_
 
     global _task_started
     _task_started = True
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    fresh = _only_hydra_files(folder, hydra_cfg.job.name, log_empty=True)
     try:
-        hydra_cfg = HydraConfig.get()
-        check_value_types(
-            config_name, cfg, list(hydra_cfg.overrides.task), hydra_cfg.runtime.choices
-        )
+        overrides = list(hydra_cfg.overrides.task)
+        check_value_types(config_name, cfg, overrides, hydra_cfg.runtime.choices)
+        check_added_keys(config_name, overrides, hydra_cfg.runtime.choices)
         if stores is not None:
             check_stores(stores(cfg))
         return task(cfg)
     except InvalidInput as error:
-        if in_sweep_fails_job and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_sweep_fails_job and hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # this job fails (its trial FAIL), the others go on
         log.error("Invalid input: %s", error)
+        if fresh and _only_hydra_files(folder, hydra_cfg.job.name):
+            _remove_run_folder(folder, cfg)
         raise SystemExit(2) from None
+    except Exception as error:  # the store failing mid-run: one line here, not Hydra's report
+        fault = store_fault_line(error)
+        if fault is None:
+            raise
+        log.error("Tracking store failed: %s", fault)
+        raise SystemExit(1) from None
+
+
+def _only_hydra_files(folder: Path, job_name: str, log_empty: bool = False) -> bool:
+    """Whether the run folder holds nothing but what Hydra put there (.hydra/, the job's log,
+    empty marker files): a refusal may then remove it. log_empty: the log has no line yet, so
+    the folder is no earlier run's."""
+    log_file = folder / f"{job_name}.log"
+    if log_empty and log_file.exists() and log_file.stat().st_size:
+        return False
+    for child in folder.iterdir() if folder.is_dir() else []:
+        hydra_own = child.name == ".hydra" and child.is_dir() or child == log_file
+        if not hydra_own and not (child.is_file() and child.stat().st_size == 0):
+            return False
+    return True
+
+
+def _remove_run_folder(folder: Path, cfg) -> None:
+    """A refused job leaves no run folder: Hydra's own (and its now empty date folder under
+    paths.log_dir/runs, the default hydra.run.dir) goes; a log line is already on stderr."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        runs = Path(str(cfg.paths.log_dir)).resolve() / "runs"
+    except Exception:  # a config without paths.log_dir (or one that does not resolve)
+        return
+    parent = folder.resolve().parent
+    if parent.is_relative_to(runs) and parent != runs and not any(parent.iterdir()):
+        parent.rmdir()
 
 
 def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> None:
@@ -115,6 +159,34 @@ def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> No
 
 # Switches (a true/false default) that also take a word; the consumer checks the word itself.
 SWITCH_WORDS = {"lr_find": ("use",), "trainer.deterministic": ("warn",)}
+
+
+def check_added_keys(config_name: str, overrides: list[str], groups) -> None:
+    """`+key=value` is Hydra's way to add a key the config lacks. Inside a section the project
+    reads (`+callbacks.mine._target_=...`, `+trainer.accumulate_grad_batches=2`) the new key is
+    used; a new top-level key (`+foo.bar=1`) is read by no code and would be silently ignored,
+    so it is refused. A `+group=option` (a config group, e.g. +experiment=...) is Hydra's own."""
+    from src.errors import InvalidInput
+
+    added = {}
+    for override in overrides:
+        key, equals, _ = override.partition("=")
+        name = key.lstrip("+")
+        if key.startswith("+") and equals and name not in groups and not name.startswith("hydra."):
+            added.setdefault(name.split(".")[0], []).append(override)
+    if not added:
+        return
+    adding = [o for group in added.values() for o in group]
+    kept = [o for o in overrides if o not in adding and not o.startswith("hydra.")]
+    known = _composed(config_name, kept)
+    if known is None:
+        return
+    for top, (override, *_) in added.items():
+        if top not in known:
+            raise InvalidInput(
+                f"{override}: '{top}' is not a key of {config_name}'s config, so nothing would "
+                f"read it; keys at the top level: {', '.join(sorted(map(str, known)))}."
+            )
 
 
 def _plain(tree, key: str):
@@ -154,6 +226,11 @@ def check_stores(stores: Mapping[str, str | None]) -> None:
     from src.tracking.store import check_tracking_uri
 
     for key, uri in stores.items():
+        if uri is not None and not str(uri).strip():  # MLFLOW_TRACKING_URI= (set, but empty)
+            raise InvalidInput(
+                f"{key} is empty (MLFLOW_TRACKING_URI set to ''?): unset it for the default "
+                "sqlite store, or give one (sqlite:///mlflow.db, http://host:5000)."
+            )
         if uri:
             try:
                 check_tracking_uri(str(uri), key)
@@ -170,6 +247,7 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
         from src.errors import SIGTERM_EXIT, InvalidInput, is_sigterm
 
         os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
+        quiet_store_tracebacks()
         register_resolvers()  # conf/ resolves ${store_dir:...}: here, not at import of src
         try:
             with hydra_errors_raised(), signals_raise():
@@ -199,6 +277,18 @@ def guarded(command: Callable[..., Any], config_name: str | None = None) -> Call
             raise SystemExit(1) from None
 
     return run
+
+
+def quiet_store_tracebacks() -> None:
+    """MLflow's sqlite store logs each failed commit with its whole traceback before it raises;
+    the raised error reaches the one "Tracking store failed" line, so those records are dropped."""
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(f is _drop_store_error for f in store_log.filters):
+        store_log.addFilter(_drop_store_error)
+
+
+def _drop_store_error(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("SQLAlchemy database error")
 
 
 def _say(line: str) -> None:

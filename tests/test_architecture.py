@@ -154,7 +154,7 @@ REQUIRED = {
     "src.predict": ["images", "run_id"],
     "src.export": ["run_id", "formats"],
     "src.posthoc": ["method", "run_id", "parent_run_id"],
-    "src.explain": ["run_id", "method", "layer", "split"],
+    "src.explain": ["run_id", "cam", "layer", "split"],
     "src.train": ["dataset", "dataset.source.root"],
     "src.similarity": ["backbone", "dataset"],
 }

@@ -464,6 +464,7 @@ def test_plots_take_the_title_and_skip_single_point_panels(store, tmp_path, monk
         ("formats=[docx]", "unknown"),
         ("mode=best", "mode="),
         ("++filters.study=absent", "No run matched"),
+        ("kind=nosuchkind", r"kind=nosuchkind: no run of that kind; the runs found are of kinds"),
         ("rows=[stratgy]", r"rows/columns \['stratgy'\]: no run has such a tag"),
     ],
 )

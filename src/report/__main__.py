@@ -54,8 +54,13 @@ def report_from_config(cfg: DictConfig):
 
 @entry_point("report", stores=lambda cfg: {"tracking_uri": cfg.tracking_uri})
 def main(cfg: DictConfig) -> None:
+    from src.errors import InvalidInput
     from src.report.build import write_report
+    from src.tracking.store import missing_sqlite_store
 
+    database = missing_sqlite_store(str(cfg.tracking_uri))
+    if database is not None:  # a report reads runs: it never makes an empty store to find none
+        raise InvalidInput(f"tracking_uri: no MLflow store at {database}, so no runs to report.")
     write_report(report_from_config(cfg))  # its last line: the report run and folder
 
 

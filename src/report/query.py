@@ -23,6 +23,7 @@ from src.tracking.kinds import TRAIN, run_kind
 from src.tracking.store import tracking
 
 PREFIXES = ("tags.", "params.", "metrics.")
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")  # MLflow's RunStatus
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class Query:
     filters: dict[str, str | list[str]] = field(default_factory=dict)  # key -> value(s)
     status: str | None = "FINISHED"  # None: runs in any state
     kind: str | None = TRAIN  # the runs' kind (see the module docstring); None: every kind
+
+    def __post_init__(self) -> None:  # a status MLflow never sets would match no run, unexplained
+        if self.status is not None and self.status not in RUN_STATUSES:
+            raise InvalidInput(f"status={self.status}: one of {list(RUN_STATUSES)}, or null (any).")
 
     def as_params(self) -> dict[str, str]:
         """The query as MLflow params of the report run, so a table says what made it."""
@@ -93,7 +98,15 @@ def search(query: Query) -> pd.DataFrame:
         frame = mlflow.search_runs(ids, query.filter_string(), output_format="pandas")
     if "run_id" not in frame:  # no run at all: mlflow returns a frame without columns
         frame = pd.DataFrame(columns=["run_id", "start_time"])
-    return query.keep(frame)
+    kept = query.keep(frame)
+    if kept.empty and query.kind and not frame.empty:  # a kind no run has: name the ones there
+        kinds = sorted(set(run_kind(frame)))
+        if query.kind not in kinds:
+            raise InvalidInput(
+                f"kind={query.kind}: no run of that kind; the runs found are of kinds {kinds} "
+                "(kind=null: every kind)."
+            )
+    return kept
 
 
 def column(frame: pd.DataFrame, key: str) -> str:

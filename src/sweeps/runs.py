@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
+# The tracking store the study's runs are in (password masked): a study belongs to one store.
+STORE_ATTR = "mlflow_tracking_uri"
 
 
 def client(tracking_uri: str):
@@ -31,8 +33,10 @@ def open_parent(study: optuna.Study, mlflow_cfg: dict[str, Any], params: dict[st
     """The study's parent run, created on first use (call under the study lock)."""
     from src.tracking.runs import log_params, reopen, start_run
 
-    mlf = client(mlflow_cfg["tracking_uri"])
     run_id = study.user_attrs.get(PARENT_ATTR)
+    if run_id:
+        check_same_store(study, mlflow_cfg["tracking_uri"], run_id)
+    mlf = client(mlflow_cfg["tracking_uri"])
     if run_id:
         return reopen(mlf, run_id)  # a resumed or second worker's sweep
     run_id = start_run(
@@ -44,8 +48,39 @@ def open_parent(study: optuna.Study, mlflow_cfg: dict[str, Any], params: dict[st
     )
     log_params(mlf, run_id, {key: str(value) for key, value in params.items()})  # not nested
     study.set_user_attr(PARENT_ATTR, run_id)
+    study.set_user_attr(STORE_ATTR, redact(str(mlflow_cfg["tracking_uri"])))
     log.info("MLflow parent run %s for study %s", run_id, study.study_name)
     return run_id
+
+
+def check_same_store(study: optuna.Study, tracking_uri: str, run_id: str) -> None:
+    """A study continued under another tracking store is refused in one line: its trials' runs
+    and its parent run are in the store it was started with (a study from before STORE_ATTR: its
+    parent run must be in this store)."""
+    from mlflow.exceptions import MlflowException
+
+    from src.errors import InvalidInput
+
+    recorded = study.user_attrs.get(STORE_ATTR)
+    here = redact(str(tracking_uri))
+    if recorded is None:
+        try:
+            client(tracking_uri).get_run(run_id)
+            return
+        except MlflowException:
+            recorded = "another tracking store"
+    if recorded != here:
+        raise InvalidInput(
+            f"study {study.study_name!r} belongs to {recorded} (its MLflow parent run {run_id}), "
+            f"not to {here}: use that store, or another study name or Optuna storage for this "
+            "one (a sweep's hydra.sweeper.study_name / .storage, the advisor's search.storage)."
+        )
+
+
+def redact(uri: str) -> str:
+    from src.tracking.secrets import redact as masked
+
+    return masked(uri)
 
 
 def end_interrupted(study: optuna.Study, tracking_uri: str, error: BaseException) -> None:

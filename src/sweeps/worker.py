@@ -51,7 +51,9 @@ class Worker:
                 pruner=pruner,
             )
             if study.direction.name.lower() != sweeper.direction:
-                raise ValueError(
+                from src.errors import InvalidInput  # one line, exit 2 (src/cli.py)
+
+                raise InvalidInput(
                     f"Study {sweeper.study_name!r} in {redact(sweeper.storage)} was created to "
                     f"{study.direction.name.lower()}; "
                     f"hydra.sweeper.direction={sweeper.direction}. Use another study_name."

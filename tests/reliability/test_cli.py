@@ -51,6 +51,8 @@ def test_hydra_errors_are_one_line_with_exit_2_before_anything(
         ("src.train", "optimizer.lr=fast", "optimizer.lr=fast: a number (its default is 0.001)"),
         ("src.train", "trainer.enable_progress_bar=maybe", "true or false (its default is True)"),
         ("src.similarity", "knn_k=[3]", "knn_k=[3]: a number (its default is 10)"),
+        ("src.train", "+foo.bar=1", "+foo.bar=1: 'foo' is not a key of train's config"),
+        ("src.report", "title=x", "tracking_uri: no MLflow store at"),  # nothing to report
     ],
 )
 def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, override, fragment):
@@ -67,6 +69,17 @@ def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, 
     errors = [line for line in output.splitlines() if "Invalid input" in line]
     assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in output
     assert not (tmp_path / "m.db").exists()
+    assert not (tmp_path / "run").exists()  # the folder Hydra made for the job is gone
+
+
+def test_added_keys_are_taken_inside_known_sections_only():
+    from src.cli import check_added_keys
+
+    inside = ["+trainer.accumulate_grad_batches=2", "+callbacks.kill._target_=x.Y", "++kind=trial"]
+    check_added_keys("train", inside, {})
+    with pytest.raises(InvalidInput, match=r"\+\+foo=1: 'foo' is not a key of train's config"):
+        check_added_keys("train", ["++foo=1", "+foo.bar=2"], {})
+    check_added_keys("similarity", ["+source=digits"], {"source": "digits"})  # a group: Hydra's
 
 
 @pytest.mark.parametrize("override", ["lr_find=use", "trainer.deterministic=warn"])
@@ -325,3 +338,19 @@ def test_a_text_file_as_checkpoint_is_named_as_such(tmp_path):
     notes.write_text("not weights")
     with pytest.raises(InvalidInput, match="notes.txt': not a checkpoint"):
         locate(None, str(notes), f"sqlite:///{tmp_path}/m.db")
+
+
+def test_an_empty_tracking_uri_is_refused_not_taken_for_mlflows_file_store():
+    from src.cli import check_stores
+
+    with pytest.raises(InvalidInput, match=r"^paths.tracking_uri is empty \(MLFLOW_TRACKING_URI"):
+        check_stores({"paths.tracking_uri": "  "})
+    check_stores({"paths.tracking_uri": None})  # not used by this entry point: nothing to check
+
+
+def test_a_report_status_mlflow_never_sets_is_named():
+    from src.report.query import Query
+
+    with pytest.raises(InvalidInput, match=r"^status=NOPE: one of \['FINISHED', 'FAILED'"):
+        Query("sqlite:///unused.db", status="NOPE")
+    assert Query("sqlite:///unused.db", status=None).filter_string() in ("", None)
