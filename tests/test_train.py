@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from src.tracking.predictions import run_correctness
 from tests.helpers.compose import artifact_paths, compose_train, train
+from tests.helpers.jobs import tiny
 
 
 def only_run(tmp_path):
@@ -105,15 +106,13 @@ def test_train_runs_with_other_loggers(tmp_path, tiny_overrides, logger):
 
 
 @pytest.mark.slow
-def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
-    overrides = [
-        *tiny_overrides,
+def test_resnet50_from_random_init_runs_offline(tmp_path):
+    overrides = tiny(
         "backbone=resnet50",
         "backbone.pretrained=false",
-        "backbone.input_size=[3,32,32]",
         "trainer.max_epochs=1",
         "logger=none",
-    ]
+    )
     assert "test/acc" in train(compose_train(tmp_path, overrides))
 
 
@@ -121,8 +120,6 @@ def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
 def test_the_returned_objective_is_the_kept_checkpoints_not_the_last_epochs(tmp_path):
     """A sweep ranks trials by what train() returns: the monitored value of the checkpoint that is
     tested and exported. A learning rate far too high makes val/loss best early, worst last."""
-    from tests.helpers.jobs import tiny
-
     overrides = tiny(
         "trainer.max_epochs=3",
         "monitor.metric=val/loss",
