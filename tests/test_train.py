@@ -35,9 +35,9 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
         sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 2
     )
     for key in (
-        "z_lr/stem",
-        "z_lr/stage1",
-        "z_lr/head",
+        "lr/stem",
+        "lr/stage1",
+        "lr/head",
         "val/f1_macro",
         "val/ece",
         "val/acc_top5",
@@ -47,7 +47,7 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     ):
         assert key in run.data.metrics, key
     lrs = run.data.metrics
-    assert lrs["z_lr/stem"] / lrs["z_lr/head"] == pytest.approx(0.1)
+    assert lrs["lr/stem"] / lrs["lr/head"] == pytest.approx(0.1)
     assert not [k for k in lrs if k.endswith("_no_wd") or k.startswith("lr-")]  # one per group
     assert run.data.tags["kind"] == "train"
     # Paths are tags: the compare view plots params, and an output folder is no hyperparameter.
