@@ -34,7 +34,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 
 def test_every_group_file_is_covered():
     on_disk = {p.parent.name for p in CONF_DIR.glob("*/*.yaml")}
-    # method: src.posthoc's group (conf/posthoc.yaml), instantiated in tests/test_posthoc.py
+    # method: src.posthoc's group (conf/posthoc.yaml), instantiated in tests/posthoc/test_posthoc.py
     assert on_disk - {"hydra", "method"} <= set(GROUPS), on_disk
 
 

@@ -175,7 +175,7 @@ def write(rows: list[dict], accuracy: list[float], n: int, runs: list[str]) -> N
         "pointing_ok: mean pointing >= 0.8. random_ok: rho_random < rho_seeds / 2.\n",
         f"Default (the best mean pointing among the random_ok rows, ties: lower rho_random): "
         f"**{chosen['method']} at {chosen['layer']}**, src.explain's default "
-        "(src/explain/cams.py; tests/test_explain.py holds it to >= 0.8).\n",
+        "(src/explain/cams.py; tests/explain/test_explain.py holds it to >= 0.8).\n",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(text))
 

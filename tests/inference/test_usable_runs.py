@@ -21,9 +21,7 @@ from src.pipelines.features import sklearn_classifier
 from src.predict import predict_images
 from src.strategies.heads import KernelSVM, affine
 from tests.helpers.compose import compose_entry, compose_train, train
-from tests.helpers.jobs import WHOLE_SPLITS, tiny
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.jobs import ROOT, WHOLE_SPLITS, tiny
 
 
 # --- the heads equal scikit-learn -----------------------------------------------------------

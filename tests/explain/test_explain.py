@@ -273,7 +273,7 @@ def quadrant_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     with Lite0's mean and std (0.5)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "experiments/explain_pointing/make_data.py"
+    path = Path(__file__).resolve().parents[2] / "experiments/explain_pointing/make_data.py"
     spec = importlib.util.spec_from_file_location("make_data", path)
     make_data = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_data)
