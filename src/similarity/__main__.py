@@ -86,7 +86,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         model = instantiate_node(cfg.backbone, num_classes=None)
         transform = eval_transform(resolve_model_data_config(model))
         for datamodule in filter(None, (target, source)):
-            m.prepare(datamodule, transform, cfg.max_per_class)
+            m.load_subsampled(datamodule, transform, cfg.max_per_class)
         check_knn_k(cfg.knn_k, len(target.splits.train))
     choices = choices or {}
     key = similarity_key(cfg, choices)
