@@ -1,5 +1,5 @@
-"""What every entry point shares: compose conf/ with overrides, build a config node, build the data
-as the backbone wants it, and the tags a run is filtered by.
+"""What every entry point shares: compose conf/ with overrides, instantiate a config node, build
+the data as the backbone wants it, and the tags a run is filtered by.
 
 Only entry points read Hydra's singleton (HydraConfig); everything here takes the job's
 config-group choices (`hydra.runtime.choices`) as an argument.
@@ -105,7 +105,7 @@ def hydra_config_kept() -> Iterator[None]:
         instance.cfg = saved
 
 
-def build(node: DictConfig, **kwargs):
+def instantiate_node(node: DictConfig, **kwargs):
     """hydra's instantiate, re-raising a constructor's own error: Hydra's wrapper prints its repr,
     escaping the newlines of a message written to be read."""
     from hydra.errors import InstantiationException
@@ -128,15 +128,20 @@ def build(node: DictConfig, **kwargs):
         raise wrapped.__cause__ from None
 
 
+# The old name: src/explain and src/posthoc still import it (other branches edit them now).
+# After the merge, rename those imports to instantiate_node and delete this line.
+build = instantiate_node
+
+
 def build_data(cfg: DictConfig):
     """(datamodule, regularisation, backbone): the data ready, preprocessed as the backbone wants."""
     from timm.data import resolve_model_data_config
 
-    datamodule = build(cfg.dataset)
+    datamodule = instantiate_node(cfg.dataset)
     datamodule.prepare_data()
     datamodule.setup()
-    regularisation = build(cfg.regularisation)
-    backbone = build(
+    regularisation = instantiate_node(cfg.regularisation)
+    backbone = instantiate_node(
         cfg.backbone, num_classes=datamodule.num_classes, **regularisation.backbone_arguments()
     )
     data_config = resolve_model_data_config(backbone)

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     """Refuse bad input, rebuild the model from its run, score the split, log into the run."""
-    from src.config import build
+    from src.config import instantiate_node
     from src.data.preprocessing import batch_eval_transform, eval_transform
     from src.errors import refuse_bad_input
     from src.inference.evaluate import (
@@ -38,7 +38,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
                 cfg.dataset.seed = cfg.seed
                 cfg.dataset_name = trained.dataset_name
         model = load_model(trained)
-        datamodule = build(cfg.dataset)
+        datamodule = instantiate_node(cfg.dataset)
         datamodule.prepare_data()
         datamodule.setup()
         check_classes(model, datamodule, cfg.dataset_name, trained)

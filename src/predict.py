@@ -17,7 +17,7 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
     """Per image, the top-k (label, probability): softmax over classes; for a multi-label model
     every label whose sigmoid reaches its stored threshold; for an SVM head its margins (score).
     Printed, and written to cfg.csv when set."""
-    from src.config import build
+    from src.config import instantiate_node
     from src.data.preprocessing import eval_transform
     from src.errors import InvalidInput, refuse_bad_input
     from src.inference import predict as P
@@ -40,7 +40,8 @@ def predict_images(cfg: DictConfig) -> list[list[tuple[str, float]]]:
             trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
             model, names = load_model(trained), trained.class_names
         else:  # num_classes=None keeps the ImageNet head the weights came with
-            model, names = build(cfg.backbone, num_classes=None).eval(), P.imagenet_names()
+            model = instantiate_node(cfg.backbone, num_classes=None).eval()
+            names = P.imagenet_names()
             trained = Trained({}, Path())
         tta = run_views(cfg.get("tta"), trained)
         explaining = explain_predictions(model, cfg, names)  # explain=: method, class checked

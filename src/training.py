@@ -43,9 +43,10 @@ def train(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str
             check_parts(cfg, parts)  # 3
             claim = claim_resume_target(cfg, parts.fingerprint)
         try:
-            point = claim.point
-            if point is not None and point.checkpoint is None:
-                return finished_metrics(cfg, point.run_id)  # completed by the process we waited for
+            resumed = claim.resumed
+            if resumed is not None and resumed.checkpoint is None:
+                # completed by the process we waited for
+                return finished_metrics(cfg, resumed.run_id)
             with refuse_bad_input():
                 module = build_module(cfg, parts)  # 4
                 trainer = build_trainer(cfg, parts.fingerprint, parts.regularisation)
@@ -70,18 +71,19 @@ class Parts:
 
 def build_parts(cfg: DictConfig) -> Parts:
     """2. The data ready and preprocessed as the backbone wants, the strategy and its pipeline."""
-    from src.config import build, build_data
+    from src.config import build_data, instantiate_node
     from src.models.tasks import task_for
     from src.pipelines import pipeline_for
     from src.tracking.resume import config_fingerprint
 
     datamodule, regularisation, backbone = build_data(cfg)
     task = task_for(datamodule.classes, datamodule.multilabel, datamodule.loss_weights)
-    strategy = build(cfg.strategy)
+    strategy = instantiate_node(cfg.strategy)
     log.info("Strategy: %s", type(strategy).__name__)
     # Unresolved: ${paths.output_dir} differs per launch, the choices behind it do not.
     fingerprint = config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
-    optimizer = regularisation.optimizer(build(cfg.optimizer))  # its weight decay: the preset's
+    # its weight decay: the preset's
+    optimizer = regularisation.optimizer(instantiate_node(cfg.optimizer))
     return Parts(
         datamodule,
         regularisation,
@@ -113,10 +115,11 @@ def check_parts(cfg: DictConfig, parts: Parts) -> None:
 
 
 class Claim:
-    """The resume target (None: a fresh run) and the lock of the folder this process writes in."""
+    """The resume target, `resumed` (a ResumePoint; None: a fresh run), and the lock of the folder
+    this process writes in."""
 
-    def __init__(self, point):
-        self.point, self.lock = point, point.lock if point else None
+    def __init__(self, resumed):
+        self.resumed, self.lock = resumed, resumed.lock if resumed else None
 
     def release(self) -> None:
         if self.lock is not None:
@@ -128,19 +131,19 @@ def claim_resume_target(cfg: DictConfig, fingerprint: str) -> Claim:
     on the job writes in that run's folder."""
     from src.tracking.resume import resume_point
 
-    point = None
+    resumed = None
     if cfg.get("resume"):
-        point = resume_point(
+        resumed = resume_point(
             str(cfg.resume),
             cfg.paths.tracking_uri,
             cfg.experiment_name,
             fingerprint,
             flat_params(cfg),
         )
-    if point is not None and point.checkpoint is not None:
+    if resumed is not None and resumed.checkpoint is not None:
         with open_dict(cfg):
-            cfg.paths.output_dir = str(point.output_dir)
-    return Claim(point)
+            cfg.paths.output_dir = str(resumed.output_dir)
+    return Claim(resumed)
 
 
 def build_module(cfg: DictConfig, parts: Parts):
@@ -165,19 +168,19 @@ def build_trainer(cfg: DictConfig, fingerprint: str, regularisation):
     argument checks (precision, accelerator, devices, strategy) refuse bad values here."""
     from lightning.pytorch.callbacks import ProgressBar
 
-    from src.config import build
+    from src.config import instantiate_node
     from src.tracking.callbacks import SameConfigOnEveryRank
 
     built = [build(c) for c in (cfg.get("callbacks") or {}).values()]  # a bad value: its own error
     # Each group's own callback: averaging=none|ema|swa, the preset's early stopping.
-    built.append(build(cfg.averaging) if cfg.get("averaging") else None)
+    built.append(instantiate_node(cfg.averaging) if cfg.get("averaging") else None)
     built.append(regularisation.early_stopper(cfg.monitor.metric, cfg.monitor.mode))
     callbacks = [c for c in built if c is not None]  # a factory may switch its callback off
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(SameConfigOnEveryRank(fingerprint))
     try:
-        return build(cfg.trainer, callbacks=callbacks, logger=False)
+        return instantiate_node(cfg.trainer, callbacks=callbacks, logger=False)
     except Exception as error:  # any failure to build a Trainer from these arguments
         raise ValueError(f"trainer: {type(error).__name__}: {error}") from None
 
@@ -191,15 +194,15 @@ def open_fit_test_ship(
     from src.tracking.loggers import finish_at_the_end, record_failure
     from src.tracking.resume import shared_with_ranks
 
-    point = claim.point
-    trainer.loggers = build_loggers(cfg, point)
+    resumed = claim.resumed
+    trainer.loggers = build_loggers(cfg, resumed)
     finish = finish_at_the_end(trainer.loggers)
     output_dir, config_file = open_folder(cfg, trainer, claim)  # 5
     try:
         if trainer.is_global_zero:
-            open_run(cfg, choices, parts, trainer.loggers, point, config_file)
-        checkpoint = point and str(point.checkpoint)
-        with shared_with_ranks(point):
+            open_run(cfg, choices, parts, trainer.loggers, resumed, config_file)
+        checkpoint = resumed and str(resumed.checkpoint)
+        with shared_with_ranks(resumed):
             parts.pipeline.fit(trainer, module, parts.datamodule, ckpt_path=checkpoint)  # 6
         sigterm.check()
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
@@ -217,8 +220,8 @@ def open_fit_test_ship(
     return metrics
 
 
-def build_loggers(cfg: DictConfig, point) -> list:
-    """The configured loggers; an MLflow logger continues the resumed run (point.run_id)."""
+def build_loggers(cfg: DictConfig, resumed) -> list:
+    """The configured loggers; an MLflow logger continues the resumed run (resumed.run_id)."""
     from hydra.utils import instantiate
 
     from src.tracking.store import prepare_store
@@ -229,7 +232,7 @@ def build_loggers(cfg: DictConfig, point) -> list:
     for c in mlflow_configs:
         prepare_store(c.tracking_uri, c.experiment_name, c.get("artifact_location"))
     return [
-        instantiate(c, **({"run_id": point.run_id} if point and c in mlflow_configs else {}))
+        instantiate(c, **({"run_id": resumed.run_id} if resumed and c in mlflow_configs else {}))
         for c in (cfg.get("logger") or {}).values()
     ]
 
@@ -291,7 +294,7 @@ def open_folder(cfg: DictConfig, trainer, claim: Claim) -> tuple[Path, Path]:
     return output_dir, config_file
 
 
-def open_run(cfg: DictConfig, choices, parts: Parts, loggers, point, config_file: Path) -> None:
+def open_run(cfg: DictConfig, choices, parts: Parts, loggers, resumed, config_file: Path) -> None:
     """5. Rank 0's MLflow run: params, tags, the data set, similarity scores when asked
     (attach_similarity); a resumed run shows RUNNING again and keeps the params it was started
     with (MLflow refuses to change them)."""
@@ -303,14 +306,14 @@ def open_run(cfg: DictConfig, choices, parts: Parts, loggers, point, config_file
 
     tags = {**run_tags(cfg, choices), **process_tags(config_file.parent, parts.fingerprint)}
     tags["skipped_images"] = str(len(parts.datamodule.source.skipped))
-    params = {} if point else redact(OmegaConf.to_container(cfg, resolve=True))
+    params = {} if resumed else redact(OmegaConf.to_container(cfg, resolve=True))
     log_run_metadata(loggers, params, tags, config_file)
     for logger in mlflow_loggers(loggers):
-        if point:
-            reopen(logger, point)
+        if resumed:
+            reopen(logger, resumed)
         else:  # an earlier run of this config that died is not resumed: it ends KILLED
             retire_dead_runs(logger, parts.fingerprint)
-    if not point:  # a resumed run has its input already
+    if not resumed:  # a resumed run has its input already
         subset = {key: tags[key] for key in ("fraction", "samples_per_class")}
         source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
         log_dataset(loggers, tags["dataset"], source, parts.datamodule, subset)

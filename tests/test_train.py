@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from src.tracking.predictions import run_correctness
 from tests.helpers.compose import artifact_paths, compose_train, train
+from tests.helpers.jobs import tiny
 
 
 def only_run(tmp_path):
@@ -34,9 +35,9 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
         sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 2
     )
     for key in (
-        "z_lr/stem",
-        "z_lr/stage1",
-        "z_lr/head",
+        "lr/stem",
+        "lr/stage1",
+        "lr/head",
         "val/f1_macro",
         "val/ece",
         "val/acc_top5",
@@ -46,7 +47,7 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     ):
         assert key in run.data.metrics, key
     lrs = run.data.metrics
-    assert lrs["z_lr/stem"] / lrs["z_lr/head"] == pytest.approx(0.1)
+    assert lrs["lr/stem"] / lrs["lr/head"] == pytest.approx(0.1)
     assert not [k for k in lrs if k.endswith("_no_wd") or k.startswith("lr-")]  # one per group
     assert run.data.tags["kind"] == "train"
     # Paths are tags: the compare view plots params, and an output folder is no hyperparameter.
@@ -105,15 +106,13 @@ def test_train_runs_with_other_loggers(tmp_path, tiny_overrides, logger):
 
 
 @pytest.mark.slow
-def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
-    overrides = [
-        *tiny_overrides,
+def test_resnet50_from_random_init_runs_offline(tmp_path):
+    overrides = tiny(
         "backbone=resnet50",
         "backbone.pretrained=false",
-        "backbone.input_size=[3,32,32]",
         "trainer.max_epochs=1",
         "logger=none",
-    ]
+    )
     assert "test/acc" in train(compose_train(tmp_path, overrides))
 
 
@@ -121,8 +120,6 @@ def test_resnet50_from_random_init_runs_offline(tmp_path, tiny_overrides):
 def test_the_returned_objective_is_the_kept_checkpoints_not_the_last_epochs(tmp_path):
     """A sweep ranks trials by what train() returns: the monitored value of the checkpoint that is
     tested and exported. A learning rate far too high makes val/loss best early, worst last."""
-    from tests.helpers.jobs import tiny
-
     overrides = tiny(
         "trainer.max_epochs=3",
         "monitor.metric=val/loss",

@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))  # this tree's src
 
-from src.config import build  # noqa: E402
+from src.config import instantiate_node  # noqa: E402
 from src.data.preprocessing import eval_transform  # noqa: E402
 from src.explain.cams import Explainer, peak, stage_names  # noqa: E402
 from src.inference.trained import data_config, load_model, locate  # noqa: E402
@@ -57,7 +57,7 @@ def runs(uri: str) -> list:
 
 
 def split(model, trained) -> tuple[torch.Tensor, np.ndarray]:
-    datamodule = build(OmegaConf.create(trained.config["dataset"]))
+    datamodule = instantiate_node(OmegaConf.create(trained.config["dataset"]))
     datamodule.prepare_data()
     datamodule.setup()
     transform = eval_transform(data_config(model))
@@ -103,7 +103,7 @@ def main() -> None:
     # Adebayo's randomised model: the same architecture, every weight at its random init.
     torch.manual_seed(0)
     node = OmegaConf.create(locate(found[0].info.run_id, None, uri).config["backbone"])
-    randomised = build(node, num_classes=4, pretrained=False).eval()
+    randomised = instantiate_node(node, num_classes=4, pretrained=False).eval()
     stages = stage_names(models[0])
     rows = []
     for method in METHODS:
@@ -175,7 +175,7 @@ def write(rows: list[dict], accuracy: list[float], n: int, runs: list[str]) -> N
         "pointing_ok: mean pointing >= 0.8. random_ok: rho_random < rho_seeds / 2.\n",
         f"Default (the best mean pointing among the random_ok rows, ties: lower rho_random): "
         f"**{chosen['method']} at {chosen['layer']}**, src.explain's default "
-        "(src/explain/cams.py; tests/test_explain.py holds it to >= 0.8).\n",
+        "(src/explain/cams.py; tests/explain/test_explain.py holds it to >= 0.8).\n",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(text))
 

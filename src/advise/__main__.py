@@ -35,7 +35,7 @@ def check(cfg: DictConfig) -> None:
     import timm
 
     from src.advise.jobs import backbone_overrides, compose
-    from src.config import build
+    from src.config import instantiate_node
     from src.similarity.ranking import COLUMNS
 
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("[!_]*.yaml"))
@@ -69,7 +69,8 @@ def check(cfg: DictConfig) -> None:
                 f"candidates: {name!r} is neither a conf/backbone ({backbones}) nor a timm model."
             )
         train_cfg = compose("train", [*backbone_overrides(name), f"dataset={cfg.dataset_name}"])
-        build(train_cfg.backbone, num_classes=2)  # weights that cannot be had here: refused now
+        # weights that cannot be had here: refused now
+        instantiate_node(train_cfg.backbone, num_classes=2)
 
 
 def locations(cfg: DictConfig) -> list[str]:

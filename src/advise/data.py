@@ -51,10 +51,10 @@ def fraction_override(overrides: list[str], fraction: float) -> str:
 def train_images(overrides: list[str], fraction_of_users: str) -> int:
     """How many images the training split holds with this dataset.fraction override (the
     curve's n)."""
-    from src.config import build
+    from src.config import instantiate_node
 
     cfg = compose("train", [*overrides, fraction_of_users])
-    return len(build(cfg.dataset).splits.train)
+    return len(instantiate_node(cfg.dataset).splits.train)
 
 
 def plan(fractions: list[float], seeds: list[int]) -> list[tuple[float, int]]:

@@ -97,7 +97,7 @@ def raw_speed(overrides: list[str], steps: int, warmup: int) -> float:
     """Images/s of the loop a researcher writes by hand over the job's own model and data:
     forward, loss, backward, optimizer step."""
     from src.bench.jobs import compose
-    from src.config import build, build_data
+    from src.config import build_data, instantiate_node
     from src.models.module import build_optimizer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,8 +105,10 @@ def raw_speed(overrides: list[str], steps: int, warmup: int) -> float:
     L.seed_everything(cfg.seed)
     datamodule, regularisation, model = build_data(cfg)
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
-    strategy = build(cfg.strategy)
-    optimizer = build_optimizer(regularisation.optimizer(build(cfg.optimizer)), strategy, model)
+    strategy = instantiate_node(cfg.strategy)
+    optimizer = build_optimizer(
+        regularisation.optimizer(instantiate_node(cfg.optimizer)), strategy, model
+    )
     strategy.apply(model, optimizer.param_groups, epoch=0)
     speed = cfg.callbacks.speed
     model.to(device)

@@ -169,7 +169,7 @@ def load_model(trained: Trained) -> nn.Module:
     thresholds and probabilistic."""
     from omegaconf import OmegaConf
 
-    from src.config import build
+    from src.config import instantiate_node
     from src.strategies.heads import KernelSVM, replace_classifier
 
     state = load_checkpoint(trained.checkpoint)
@@ -182,7 +182,7 @@ def load_model(trained: Trained) -> nn.Module:
     backbone_cfg = OmegaConf.create(trained.config["backbone"])
     # No pretrained download: every weight comes from the checkpoint.
     num_classes = len(state.get("class_names") or []) or _head_size(weights)
-    model = build(backbone_cfg, num_classes=num_classes, pretrained=False)
+    model = instantiate_node(backbone_cfg, num_classes=num_classes, pretrained=False)
     head = state.get("head") or {}
     if "kernel_svm" in head:  # feature_extract's RBF SVM in place of the linear classifier
         replace_classifier(model, KernelSVM(head["kernel_svm"]))

@@ -4,7 +4,7 @@ Reading a tensor's value (a loss for the bar, a guard's flag) makes the host wai
 Lightning reads logged values on logging steps (`trainer.log_every_n_steps`) and at epoch ends,
 except values logged with `prog_bar=True` and `on_step=True`, which it reads after every batch.
 So nothing logs a per-step value to the bar, and whatever needs a value waits for a logging step:
-the steps between them never stall a GPU's queue (tests/test_syncs.py counts this).
+the steps between them never stall a GPU's queue (tests/bench/test_syncs.py counts this).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
     """Score the pair; `choices`: the job's config-group choices (the `dataset` and `source` tags)."""
     from timm.data import resolve_model_data_config
 
-    from src.config import build
+    from src.config import instantiate_node
     from src.data.preprocessing import eval_transform
     from src.errors import refuse_bad_input
     from src.outputs import check_output_folder
@@ -80,12 +80,13 @@ def measure(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[s
         if not is_int(cfg.score_resamples) or cfg.score_resamples < 0:
             raise ValueError(f"score_resamples={cfg.score_resamples!r}: an integer >= 0.")
         estimators = m.check_estimators(cfg.estimators)
-        target = build(cfg.dataset)
-        source = build(cfg.source) if cfg.get("source") else None
-        model = build(cfg.backbone, num_classes=None)  # keeps its source head: LEEP, NCE read it
+        target = instantiate_node(cfg.dataset)
+        source = instantiate_node(cfg.source) if cfg.get("source") else None
+        # keeps its source head: LEEP, NCE read it
+        model = instantiate_node(cfg.backbone, num_classes=None)
         transform = eval_transform(resolve_model_data_config(model))
         for datamodule in filter(None, (target, source)):
-            m.prepare(datamodule, transform, cfg.max_per_class)
+            m.load_subsampled(datamodule, transform, cfg.max_per_class)
         check_knn_k(cfg.knn_k, len(target.splits.train))
     choices = choices or {}
     key = similarity_key(cfg, choices)

@@ -1,7 +1,7 @@
 """Transferability from frozen features alone, the three estimators after LogME: NLEEP (Li et al.,
 CVPR 2021), PARC (Bolya et al., NeurIPS 2021) and SFDA (Shao et al., ECCV 2022). Higher means
 "expected to transfer better". Each matches the authors' public code (TencentARC/SFDA,
-`metrics.py`) on fixed arrays; tests/test_similarity.py holds the reference values."""
+`metrics.py`) on fixed arrays; tests/similarity/test_similarity.py holds the reference values."""
 
 from __future__ import annotations
 

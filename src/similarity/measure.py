@@ -73,7 +73,9 @@ def cap_per_class(datamodule, max_per_class: int | None) -> None:
     log.info("Subsample: %d labelled images per class", datamodule.samples_per_class)
 
 
-def prepare(datamodule, transform, max_per_class: int | None) -> None:
+def load_subsampled(datamodule, transform, max_per_class: int | None) -> None:
+    """The data set loaded and split, at most max_per_class images a class, in the backbone's
+    evaluation preprocessing: what every estimator scores."""
     cap_per_class(datamodule, max_per_class)
     datamodule.set_transforms(transform, transform)
     datamodule.prepare_data()

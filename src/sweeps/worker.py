@@ -133,8 +133,8 @@ class Worker:
                 except BaseException as error:  # Ctrl-C, SystemExit: the trial ends with the sweep
                     self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
                     self._tag(number)
-                    if self.s.mlflow and isinstance(error, KeyboardInterrupt | SystemExit):
-                        runs.end_interrupted(self.study, self.s.mlflow["tracking_uri"], error)
+                    if self.sweeper.mlflow and isinstance(error, KeyboardInterrupt | SystemExit):
+                        runs.end_interrupted(self.study, self.sweeper.mlflow["tracking_uri"], error)
                     raise
                 returns.append(job_return)
                 self._tell(number, job_return)

@@ -61,17 +61,17 @@ class RunArtifacts(L.Callback):
 
 
 class GroupLearningRates(L.Callback):
-    """The learning rate of every named parameter group, once per epoch, as `z_lr/<group>`.
+    """The learning rate of every named parameter group, once per epoch, as `lr/<group>`.
 
-    One metric per stage (`z_lr/stem`, ..., `z_lr/head`): a group's norms-and-biases twin
-    (`<group>_no_wd`) always shares its rate, so it is not logged twice. The `z_` prefix sorts the
-    rates after `test/`, `train/` and `val/` in the MLflow UI, where a run's charts open on what
-    it scored. Values are Python floats already: no device sync in the training step.
+    One metric per stage (`lr/stem`, ..., `lr/head`): a group's norms-and-biases twin
+    (`<group>_no_wd`) always shares its rate, so it is not logged twice. Values are Python floats
+    already: no device sync in the training step. Runs logged before the rename hold the same
+    values as `z_lr/<group>` (a prefix that only sorted them last in the MLflow UI).
 
     Not Lightning's LearningRateMonitor: it logs each `_no_wd` twin again and names keys
-    `lr-<Optimizer>/<group>`, sorted before the scores in the MLflow UI; ours is one `z_lr/<stage>` each."""
+    `lr-<Optimizer>/<group>`; ours is one `lr/<stage>` each."""
 
-    PREFIX = "z_lr/"
+    PREFIX = "lr/"
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.loggers:

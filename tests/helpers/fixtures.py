@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from tests.helpers.jobs import TINY
+from tests.helpers.jobs import tiny
 
 
 @pytest.fixture
 def tiny_overrides() -> list[str]:
-    """Seconds-long real training: digits at 32 px, a few batches."""
-    return list(TINY)
+    """The tiny job (tests/helpers/jobs.py tiny()): seconds-long real training, digits at 32 px."""
+    return tiny()
 
 
 @pytest.fixture

@@ -1,4 +1,11 @@
-"""The tiny real job every training test starts from, and the command line that runs it."""
+"""The tiny real job every training test starts from, and the command line that runs it.
+
+One way to build it: `tiny(*changes)` is the override list of a seconds-long real training job
+(the `tiny_overrides` fixture is `tiny()`); compose it with tests.helpers.compose.compose_train or
+hand it to a `python -m src.train` child (cli_train). A test states only what differs from it:
+`tiny("strategy=lp_ft")`, or `tiny(without=WHOLE_SPLITS)` to train and score whole splits. Tests of
+the LightningModule alone, under a bare Lightning Trainer, build its module with
+tests/helpers/tiny_module.py instead."""
 
 from __future__ import annotations
 
@@ -21,15 +28,21 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+# TINY's keys that cut the splits short: without them a job reads every batch of each split.
+WHOLE_SPLITS = tuple(f"trainer.limit_{split}_batches" for split in ("train", "val", "test"))
+# Every trainer key TINY sets: without them the job keeps conf/trainer's epochs, bar and summary.
+TRAINER_SHRINK = tuple(item.split("=", 1)[0] for item in TINY if item.startswith("trainer."))
 
 
 def tiny(*changes: str, without: tuple[str, ...] = ()) -> list[str]:
     """TINY with `changes` applied: a key given again replaces TINY's value in place (one value per
-    key, as a command line a person would write); keys in `without` are left to the caller."""
+    key, as a command line a person would write). TINY's keys in `without` are dropped first and
+    left to conf/ (or to whoever sets them later: the advisor sets the data set and the epochs)."""
     merged = {item.split("=", 1)[0]: item for item in TINY}
+    merged = {key: item for key, item in merged.items() if key not in without}
     for item in changes:
         merged[item.split("=", 1)[0]] = item
-    return [item for key, item in merged.items() if key not in without]
+    return list(merged.values())
 
 
 # A sweep trial in ~2 s: batches of 16, two per epoch, no test, no model upload.

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import torch
 
-from tests.helpers.jobs import ROOT, child_env, default_signals
+from tests.helpers.jobs import ROOT, child_env, default_signals, tiny
 
 EPOCHS = 3
 PER_EPOCH = ("val/acc", "val/loss", "val/f1_macro")
@@ -28,17 +28,15 @@ def command(tmp: Path, launch: str, extra=()) -> list[str]:
         sys.executable,
         "-m",
         "src.train",
-        "dataset=digits",
-        "backbone.input_size=[3,32,32]",
-        "dataset.num_workers=0",
-        f"trainer.max_epochs={EPOCHS}",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "trainer.log_every_n_steps=1",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "logger.mlflow.log_model=false",
+        *tiny(
+            "dataset.num_workers=0",
+            f"trainer.max_epochs={EPOCHS}",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "trainer.log_every_n_steps=1",
+            "logger.mlflow.log_model=false",
+        ),
         "experiment_name=faults",
         f"paths.root_dir={tmp}",
         f"hydra.run.dir={tmp / launch}",

@@ -522,7 +522,7 @@ def test_analysis_notebook_runs_over_the_fixture_store(store, monkeypatch, tmp_p
     import nbformat
 
     uri, _ = store
-    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "analysis.ipynb"
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "analysis.ipynb"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("STUDY", "demo")
     monkeypatch.chdir(notebook.parents[1])

@@ -17,24 +17,22 @@ from src.data.medmnist import medmnist
 from src.errors import AssetUnavailable, InvalidInput
 from src.models.tasks import MultiLabel
 from tests.helpers.compose import compose_train, only_run, train
-from tests.helpers.jobs import ROOT, child_env
+from tests.helpers.jobs import ROOT, WHOLE_SPLITS, child_env, tiny
 from tests.helpers.medmnist_files import write_medmnist_npz
-
-FAST = [
-    "backbone.input_size=[3,32,32]",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
 
 
 def medmnist_job(tmp_path: Path, flag: str, *overrides: str):
     write_medmnist_npz(tmp_path / "medmnist", flag)
     monitor = ["monitor.metric=val/auroc"] if flag == "chestmnist" else []
-    return compose_train(
-        tmp_path,
-        [f"dataset={flag}", f"dataset.source.root={tmp_path / 'medmnist'}", *FAST, *monitor]
-        + list(overrides),
+    # The tiny job on a MedMNIST file, every batch of conf/trainer's epochs.
+    job = tiny(
+        f"dataset={flag}",
+        f"dataset.source.root={tmp_path / 'medmnist'}",
+        *monitor,
+        *overrides,
+        without=(*WHOLE_SPLITS, "trainer.max_epochs"),
     )
+    return compose_train(tmp_path, job)
 
 
 def test_the_loader_reads_the_official_layout(tmp_path):

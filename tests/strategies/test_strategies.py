@@ -12,13 +12,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from timm.data import resolve_model_data_config
 
-from src.data import TransferDataModule
-from src.data.preprocessing import eval_transform
-from src.data.sources import digits
-from src.models.module import TransferModule
-from src.regularisation import Regularisation
 from src.strategies import (
     LPFT,
     Finetune,
@@ -31,24 +25,9 @@ from src.strategies import (
     Surgical,
 )
 from src.strategies.groups import HEAD, stage_groups, stage_of
+from tests.helpers.tiny_module import LR, CrashAt, build_module
 
-LR = 0.02
 STAGES = ["stem", "stage1", "stage2", "stage3", "stage4"]  # test_resnet, from timm's group_matcher
-
-
-def build(strategy, seed=0):
-    torch.manual_seed(seed)
-    model = timm.create_model(
-        "test_resnet", num_classes=10, pretrained_cfg_overlay={"input_size": (3, 32, 32)}
-    )
-    datamodule = TransferDataModule(
-        digits, batch_size=16, num_workers=0, samples_per_class=10, seed=seed
-    )
-    transform = eval_transform(resolve_model_data_config(model))
-    datamodule.set_transforms(transform, transform)
-    optimizer = functools.partial(torch.optim.AdamW, lr=LR, weight_decay=0.01)
-    module = TransferModule(model, strategy, optimizer, None, Regularisation(), datamodule.classes)
-    return module, datamodule
 
 
 class RecordGroups(L.Callback):
@@ -118,7 +97,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_frozen_groups_are_bit_identical_and_trainable_ones_move(case):
     strategy, frozen = CASES[case]
-    module, datamodule = build(strategy)
+    module, datamodule = build_module(strategy)
     before = group_state(module)
     fit(module, datamodule)
     assert changed_groups(before, group_state(module)) == set(before) - frozen
@@ -128,7 +107,7 @@ def test_frozen_groups_are_bit_identical_and_trainable_ones_move(case):
 
 
 def test_frozen_groups_stay_in_the_optimizer_with_zero_lr():
-    module, datamodule = build(Partial(freeze_stages=2, backbone_lr_mult=0.1))
+    module, datamodule = build_module(Partial(freeze_stages=2, backbone_lr_mult=0.1))
     trainer, recorder = fit(module, datamodule)
     names = [g["name"] for g in trainer.optimizers[0].param_groups]
     assert [n for n in names if not n.endswith("_no_wd")] == [*STAGES, "head"]
@@ -142,7 +121,7 @@ def test_frozen_groups_stay_in_the_optimizer_with_zero_lr():
 
 
 def test_layer_decay_scales_follow_timm_and_reach_the_optimizer():
-    module, datamodule = build(LayerDecay(decay=0.5))
+    module, datamodule = build_module(LayerDecay(decay=0.5))
     trainer, recorder = fit(module, datamodule, steps=1)
     groups = trainer.optimizers[0].param_groups
     lrs = recorder.lrs[0]
@@ -158,7 +137,7 @@ def test_gradual_unfreezing_happens_exactly_at_its_milestones():
     strategy = GradualUnfreeze(
         milestones=[1, 3], start_lr_fraction=0.25, ramp_epochs=1.0, backbone_lr_mult=0.5
     )
-    module, datamodule = build(strategy)
+    module, datamodule = build_module(strategy)
     _, recorder = fit(module, datamodule, epochs=5, steps=2)
     assert recorder.trains == {
         0: {"head"},
@@ -175,7 +154,7 @@ def test_gradual_unfreezing_happens_exactly_at_its_milestones():
 
 
 def test_lp_ft_probes_then_fine_tunes():
-    module, datamodule = build(LPFT(probe_epochs=2, backbone_lr_mult=0.1))
+    module, datamodule = build_module(LPFT(probe_epochs=2, backbone_lr_mult=0.1))
     _, recorder = fit(module, datamodule, epochs=3, steps=2)
     assert recorder.trains[0] == recorder.trains[1] == {"head"}
     assert recorder.trains[2] == {*STAGES, "head"}
@@ -183,7 +162,7 @@ def test_lp_ft_probes_then_fine_tunes():
 
 
 def test_freeze_stats_keeps_batchnorm_statistics_while_weights_train():
-    module, datamodule = build(Finetune(bn="freeze_stats"))
+    module, datamodule = build_module(Finetune(bn="freeze_stats"))
     norms = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     stats = [
         (m.running_mean.clone(), m.running_var.clone(), m.weight.detach().clone()) for m in norms
@@ -199,7 +178,7 @@ def test_freeze_stats_keeps_batchnorm_statistics_while_weights_train():
 
 
 def test_bn_frozen_keeps_affine_parameters_too():
-    module, datamodule = build(Finetune(bn="frozen"))
+    module, datamodule = build_module(Finetune(bn="frozen"))
     norms = [m for m in module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     weights = [m.weight.detach().clone() for m in norms]
     conv = module.model.layer1[0].conv1.weight
@@ -234,23 +213,14 @@ def test_schedules_that_cannot_happen_are_refused():
         LPFT(probe_epochs=3).check(max_epochs=3)
 
 
-class CrashAt(L.Callback):
-    """Stand-in for a killed job: dies in the middle of `epoch`."""
-
-    def __init__(self, epoch: int, batch: int):
-        self.epoch, self.batch = epoch, batch
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.slow
 def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def run(directory, extra_callbacks=(), ckpt_path=None):
-        module, datamodule = build(GradualUnfreeze(milestones=[1, 2, 3], start_lr_fraction=0.5))
+        module, datamodule = build_module(
+            GradualUnfreeze(milestones=[1, 2, 3], start_lr_fraction=0.5)
+        )
         checkpoint = ModelCheckpoint(dirpath=directory, save_last=True)
         trainer = L.Trainer(
             accelerator="cpu",
@@ -274,7 +244,7 @@ def test_resume_mid_gradual_unfreeze_matches_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
     assert not torch.equal(
         expected["layer3.0.conv1.weight"],
-        build(Finetune())[0].model.state_dict()["layer3.0.conv1.weight"],
+        build_module(Finetune())[0].model.state_dict()["layer3.0.conv1.weight"],
     )
 
 
@@ -343,11 +313,8 @@ def test_a_new_strategy_is_one_class_and_one_yaml(tmp_path):
 
     conf = tmp_path / "conf" / "strategy"
     conf.mkdir(parents=True)
+    # tests/ is a package: this module is tests.strategies.test_strategies in a child too
     (conf / "head_and_last.yaml").write_text(f"_target_: {__name__}.HeadAndLastStage\n")
-    if not __name__.startswith("tests."):  # pytest imported this file by its name alone
-        (conf / "head_and_last.yaml").write_text(
-            "_target_: tests.test_strategies.HeadAndLastStage\n"
-        )
     new = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "strategy=head_and_last"]
     killed = launch(tmp_path, "new", "run", extra=new, kill_at="2:1")
     assert killed.returncode == -9, killed.stderr[-3000:]

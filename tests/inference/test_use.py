@@ -15,14 +15,14 @@ from src.predict import predict_images
 from tests.helpers.compose import compose_entry, compose_train, train
 from tests.helpers.jobs import tiny
 
-TINY = tiny("trainer.max_epochs=1")
+ONE_EPOCH = tiny("trainer.max_epochs=1")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, str]:
     """(project root, MLflow run id) of one real tiny training."""
     root = tmp_path_factory.mktemp("trained")
-    train(compose_train(root, TINY))
+    train(compose_train(root, ONE_EPOCH))
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     experiments = [e.experiment_id for e in client.search_experiments()]
     return root, client.search_runs(experiments)[0].info.run_id

@@ -21,9 +21,7 @@ from src.pipelines.features import sklearn_classifier
 from src.predict import predict_images
 from src.strategies.heads import KernelSVM, affine
 from tests.helpers.compose import compose_entry, compose_train, train
-from tests.helpers.jobs import tiny
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.jobs import ROOT, WHOLE_SPLITS, tiny
 
 
 # --- the heads equal scikit-learn -----------------------------------------------------------
@@ -80,13 +78,12 @@ def test_multilabel_heads_give_one_margin_per_label(kind):
 # --- feature_extract runs are whole models ---------------------------------------------------
 def feature_run(root: Path, cache: Path, classifier: str, *overrides: str) -> dict:
     # The tiny job on whole splits: scikit-learn's scores below are compared on all of them.
-    whole = tuple(f"trainer.limit_{split}_batches" for split in ("train", "val", "test"))
     job = tiny(
         "strategy=feature_extract",
         f"strategy.classifier={classifier}",
         f"strategy.cache_dir={cache}",
         *overrides,
-        without=whole,
+        without=WHOLE_SPLITS,
     )
     metrics = train(compose_train(root, job))
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
@@ -256,15 +253,14 @@ def test_multilabel_predict_uses_sigmoid_and_stored_thresholds(tmp_path):
     from tests.helpers.medmnist_files import write_medmnist_npz
 
     write_medmnist_npz(tmp_path / "medmnist", "chestmnist")
-    overrides = [
+    overrides = tiny(
         "dataset=chestmnist",
         f"dataset.source.root={tmp_path / 'medmnist'}",
         "monitor.metric=val/auroc",
         "strategy=feature_extract",
         f"strategy.cache_dir={tmp_path / 'cache'}",
-        "backbone.input_size=[3,32,32]",
-        "trainer.enable_progress_bar=false",
-    ]
+        without=(*WHOLE_SPLITS, "trainer.max_epochs"),
+    )
     train(compose_train(tmp_path, overrides))
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     thresholds = torch.load(checkpoint, weights_only=True)["state_dict"]["task.thresholds"]

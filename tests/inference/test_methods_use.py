@@ -94,10 +94,12 @@ def adapted_logits(trained, state: dict, images: torch.Tensor) -> torch.Tensor:
     """The run's model as it trained (LoRA layers in place), from the checkpoint's adapter state."""
     from omegaconf import OmegaConf
 
-    from src.config import build
+    from src.config import instantiate_node
 
-    model = build(OmegaConf.create(trained.config["backbone"]), num_classes=10, pretrained=False)
-    build(OmegaConf.create(trained.config["strategy"])).add_adapters(model)
+    model = instantiate_node(
+        OmegaConf.create(trained.config["backbone"]), num_classes=10, pretrained=False
+    )
+    instantiate_node(OmegaConf.create(trained.config["strategy"])).add_adapters(model)
     model.load_state_dict(
         {
             k.removeprefix("model."): v

@@ -11,6 +11,7 @@ import torch
 
 from src.bench.syncs import StepWindows, SyncCounter
 from tests.helpers.compose import compose_train, train
+from tests.helpers.jobs import tiny
 
 STEPS, LOG_EVERY = 8, 4
 
@@ -18,20 +19,17 @@ STEPS, LOG_EVERY = 8, 4
 def counted_run(tmp_path, overrides: list[str], monkeypatch) -> StepWindows:
     """The composed default job (every default callback, the MLflow logger, the progress bar),
     shrunk to STEPS batches, with its syncs filed per training batch."""
-    cfg = compose_train(
-        tmp_path,
-        [
-            "dataset=digits",
-            "backbone.input_size=[3,32,32]",
-            "dataset.batch_size=16",
-            "trainer.max_epochs=1",
-            f"trainer.limit_train_batches={STEPS}",
-            "trainer.limit_val_batches=1",
-            f"trainer.log_every_n_steps={LOG_EVERY}",
-            "test=false",
-            *overrides,
-        ],
+    job = tiny(
+        "dataset.batch_size=16",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={STEPS}",
+        "trainer.limit_val_batches=1",
+        f"trainer.log_every_n_steps={LOG_EVERY}",
+        "test=false",
+        *overrides,
+        without=("trainer.enable_progress_bar", "trainer.enable_model_summary"),
     )
+    cfg = compose_train(tmp_path, job)
     counter = SyncCounter()
     windows = StepWindows(counter)
     trainer_init = L.Trainer.__init__

@@ -14,6 +14,7 @@ from src.regularisation import Regularisation
 from src.regularisation.penalties import L2SP, batch_spectral_shrinkage
 from src.strategies import Finetune, LinearProbe
 from tests.helpers.compose import CONF_DIR, compose_train, train
+from tests.helpers.jobs import WHOLE_SPLITS, tiny
 
 
 def tiny_model(**kwargs) -> torch.nn.Module:
@@ -49,8 +50,8 @@ def test_l2sp_skips_frozen_parameters_and_decays_the_head_with_beta():
 
 
 @pytest.mark.slow
-def test_l2sp_penalty_grows_with_training_and_is_logged(tmp_path, tiny_overrides):
-    overrides = [*tiny_overrides, "regularisation=l2sp", "logger=csv"]
+def test_l2sp_penalty_grows_with_training_and_is_logged(tmp_path):
+    overrides = tiny("regularisation=l2sp", "logger=csv")
     metrics = train(compose_train(tmp_path, overrides))
     assert metrics["train/l2sp"] > 0
 
@@ -139,18 +140,17 @@ REFUSED = {
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_with_every_strategy(tmp_path, preset, strategy):
-    overrides = [
-        "dataset=digits",
+    overrides = tiny(
         "dataset.samples_per_class=16",
-        "backbone.input_size=[3,32,32]",
         f"regularisation={preset}",
         f"strategy={strategy}",
         f"strategy.cache_dir={tmp_path}/cache" if strategy == "feature_extract" else "seed=0",
         "trainer.max_epochs=4",
-        "trainer.fast_dev_run=true",
+        "trainer.fast_dev_run=true",  # one batch of each split
         "logger=none",
         "dataset.batch_size=8",
-    ]
+        without=WHOLE_SPLITS,
+    )
     cfg = compose_train(tmp_path, overrides)
     if (preset, strategy) in REFUSED:
         with pytest.raises(ValueError, match=REFUSED[(preset, strategy)]):
@@ -171,8 +171,7 @@ def test_each_preset_changes_what_it_states(tmp_path, preset):
     from src.models.module import build_optimizer
     from src.training import build_module, build_parts, check_parts
 
-    overrides = ["dataset=digits", "backbone.input_size=[3,32,32]", f"regularisation={preset}"]
-    cfg = compose_train(tmp_path, [*overrides, "logger=none"])
+    cfg = compose_train(tmp_path, tiny(f"regularisation={preset}", "logger=none"))
     parts = build_parts(cfg)
     check_parts(cfg, parts)
     module, model = build_module(cfg, parts), parts.backbone

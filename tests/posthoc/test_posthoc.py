@@ -114,7 +114,7 @@ def test_bad_method_input_is_refused_before_any_work():
 
 @pytest.mark.parametrize("name", ["calibrate", "wise_ft", "soup"])
 def test_every_method_config_instantiates(name):
-    from src.config import build
+    from src.config import instantiate_node
     from tests.helpers.compose import CONF_DIR, compose_raw
 
     assert sorted(
@@ -124,7 +124,7 @@ def test_every_method_config_instantiates(name):
         "soup",
         "wise_ft",
     ]
-    method = build(compose_raw("posthoc", [f"method={name}"]).method)
+    method = instantiate_node(compose_raw("posthoc", [f"method={name}"]).method)
     assert method.kind == {"calibrate": "calibrated"}.get(name, name)
 
 

@@ -211,7 +211,7 @@ def test_the_gallery_holds_the_k_highest_loss_test_images(finetuned, one_thread)
     import torch.nn.functional as F
     from omegaconf import OmegaConf
 
-    from src.config import build
+    from src.config import instantiate_node
     from src.data.preprocessing import eval_transform
     from src.explain.run import explain_run
     from src.inference.trained import data_config, load_model, locate
@@ -223,7 +223,7 @@ def test_the_gallery_holds_the_k_highest_loss_test_images(finetuned, one_thread)
     model = load_model(trained)
     node = OmegaConf.create(trained.config["dataset"])
     node.num_workers = 0
-    datamodule = build(node)
+    datamodule = instantiate_node(node)
     datamodule.setup()
     transform = eval_transform(data_config(model))
     datamodule.set_transforms(transform, transform)
@@ -273,7 +273,7 @@ def quadrant_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     with Lite0's mean and std (0.5)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "experiments/explain_pointing/make_data.py"
+    path = Path(__file__).resolve().parents[2] / "experiments/explain_pointing/make_data.py"
     spec = importlib.util.spec_from_file_location("make_data", path)
     make_data = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_data)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from src.bench.__main__ import main
+from tests.helpers.jobs import TRAINER_SHRINK, tiny
 
 TIMING = ["--steps", "2", "--warmup", "1", "--rounds", "1"]
 
@@ -30,7 +31,7 @@ def test_overhead_times_the_composed_job_against_a_raw_loop(tmp_path, monkeypatc
     from src.bench.overhead import StepTimer
 
     out = tmp_path / "bench.json"
-    job = ["dataset=digits", "backbone.input_size=[3,32,32]", "dataset.batch_size=8"]
+    job = tiny("dataset.batch_size=8", without=TRAINER_SHRINK)  # the bench shrinks the trainer
     monkeypatch.setattr(StepTimer, "seconds", [])
     args = ["overhead", *(f"--job={o}" for o in job), *TIMING, "--json", str(out)]
     assert main(args) == 0
@@ -45,7 +46,7 @@ def test_overhead_times_the_composed_job_against_a_raw_loop(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_cache_suites_compare_whole_runs_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
-    job = ["dataset=digits", "backbone.input_size=[3,32,32]", "trainer.limit_train_batches=2"]
+    job = tiny("trainer.limit_train_batches=2", without=TRAINER_SHRINK)
     assert (
         main(["prefix_cache", "probe_cache", *(f"--job={o}" for o in job), "--json", str(out)]) == 0
     )

@@ -13,6 +13,7 @@ from src.data.sampling import BalancedSampler, inverse_frequency
 from src.data.sources import digits
 from src.errors import InvalidInput
 from tests.helpers.compose import compose_train, only_run, train
+from tests.helpers.jobs import WHOLE_SPLITS, tiny
 
 
 def test_long_tailed_digits_thin_each_class_geometrically():
@@ -53,18 +54,16 @@ def test_class_weights_reach_the_loss(tmp_path):
     assert weights[9] > 5 * weights[0]  # the tail weighs more
 
 
-LONG_TAILED = [
+LONG_TAILED = tiny(
     "dataset=digits_lt",
-    "backbone.input_size=[3,32,32]",
     "strategy=linear_probe",
     "trainer.max_epochs=1",
-    "trainer.limit_train_batches=4",  # val and test whole: every class is scored
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
+    "trainer.limit_train_batches=4",
     "dataset.batch_size=32",
     "optimizer.lr=0.01",
     "monitor.metric=val/balanced_acc",
-]
+    without=WHOLE_SPLITS,  # val and test whole: every class is scored
+)
 
 
 @pytest.mark.slow

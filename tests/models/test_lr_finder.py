@@ -47,8 +47,8 @@ def test_the_suggestion_is_logged_and_used(tmp_path):
     assert 1e-6 < suggestion < 1.0
     assert run.data.params["lr_find/used"] == "True"
     assert "lr_find.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    head_lr = client.get_metric_history(run.info.run_id, "z_lr/head")[0].value
-    stem_lr = client.get_metric_history(run.info.run_id, "z_lr/stem")[0].value
+    head_lr = client.get_metric_history(run.info.run_id, "lr/head")[0].value
+    stem_lr = client.get_metric_history(run.info.run_id, "lr/stem")[0].value
     assert suggestion != pytest.approx(1e-3)  # not conf/optimizer/adamw.yaml's lr by chance
     assert head_lr == pytest.approx(suggestion, rel=1e-6)
     assert stem_lr == pytest.approx(0.1 * suggestion, rel=1e-6)  # finetune's backbone_lr_mult

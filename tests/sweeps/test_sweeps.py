@@ -266,6 +266,27 @@ def test_a_killed_sweep_resumes_its_study(tmp_path, monkeypatch):
             assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
+@pytest.mark.slow  # an in-process sweep: Hydra, Optuna and MLflow start up
+def test_ctrl_c_in_a_trial_ends_the_study_run_killed(tmp_path, monkeypatch):
+    """The worker's Ctrl-C path (its `self.sweeper.mlflow` was once a stale `self.s`, an
+    AttributeError that hid the interrupt and left the study's run RUNNING)."""
+    import src.training
+    from src.tracking.claim import KILLED_REASON
+
+    def interrupted(cfg, choices):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(src.training, "train", interrupted)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        sweep(tmp_path, ["hparams_search=lr_wd", "hydra.sweeper.n_trials=2"], monkeypatch)
+    _, parents, children = mlflow_runs(tmp_path)
+    (parent,) = parents
+    assert parent.info.status == "KILLED" and not children
+    assert parent.data.tags[KILLED_REASON] == "KeyboardInterrupt"
+    (trial,) = load(tmp_path, "lr_wd-tf_efficientnet_lite0-digits").trials
+    assert trial.state == TrialState.FAIL
+
+
 def complete_trials(db: Path) -> int:
     if not db.exists():
         return 0

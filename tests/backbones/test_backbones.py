@@ -134,7 +134,7 @@ def test_unreachable_hub_stops_with_the_alternatives(monkeypatch):
 def test_advisor_candidates_and_imagenet_top1_cover_the_four_offline_backbones():
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
         advise = compose("advise", overrides=["dataset=digits"])
         report = compose("report")

@@ -7,20 +7,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers.compose import compose_train, train
+from tests.helpers.jobs import WHOLE_SPLITS, tiny
 
 pytestmark = pytest.mark.slow  # real training runs
 
 
 def feature_run(tmp_path, cache, *overrides):
-    base = [
-        "dataset=digits",
-        "strategy=feature_extract",
-        f"strategy.cache_dir={cache}",
-        "backbone.input_size=[3,32,32]",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-    ]
-    return train(compose_train(tmp_path, [*base, *overrides]))
+    # The tiny job on whole splits (the default for feature_extract: features of every image).
+    job = tiny(
+        "strategy=feature_extract", f"strategy.cache_dir={cache}", *overrides, without=WHOLE_SPLITS
+    )
+    return train(compose_train(tmp_path, job))
 
 
 def cache_hits(tmp_path) -> list[float]:

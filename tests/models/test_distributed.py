@@ -66,7 +66,7 @@ def test_ddp_on_two_cpu_ranks_logs_one_run_that_a_single_process_confirms(tmp_pa
     assert fingerprints == [run.data.tags["config_fingerprint"]] * 2
     metrics = run.data.metrics
     expected = {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/f1_macro", "val/ece"}
-    expected |= {"test/acc", "test/loss", "test/f1_macro", "z_lr/head"}
+    expected |= {"test/acc", "test/loss", "test/f1_macro", "lr/head"}
     expected |= {f"val/acc_class/{digit}" for digit in range(10)}
     assert expected <= set(metrics), expected - set(metrics)
     # One value per epoch: the second rank logged nothing of its own.
