@@ -128,11 +128,6 @@ def instantiate_node(node: DictConfig, **kwargs):
         raise wrapped.__cause__ from None
 
 
-# The old name: src/explain and src/posthoc still import it (other branches edit them now).
-# After the merge, rename those imports to instantiate_node and delete this line.
-build = instantiate_node
-
-
 def build_data(cfg: DictConfig):
     """(datamodule, regularisation, backbone): the data ready, preprocessed as the backbone wants."""
     from timm.data import resolve_model_data_config

@@ -171,7 +171,9 @@ def build_trainer(cfg: DictConfig, fingerprint: str, regularisation):
     from src.config import instantiate_node
     from src.tracking.callbacks import SameConfigOnEveryRank
 
-    built = [build(c) for c in (cfg.get("callbacks") or {}).values()]  # a bad value: its own error
+    built = [
+        instantiate_node(c) for c in (cfg.get("callbacks") or {}).values()
+    ]  # a bad value: its own error
     # Each group's own callback: averaging=none|ema|swa, the preset's early stopping.
     built.append(instantiate_node(cfg.averaging) if cfg.get("averaging") else None)
     built.append(regularisation.early_stopper(cfg.monitor.metric, cfg.monitor.mode))

@@ -31,7 +31,7 @@ class Job:
 
 def prepare(cfg: DictConfig) -> Job:
     """Every check before any image is scored, then the data with the training's eval transform."""
-    from src.config import build
+    from src.config import instantiate_node
     from src.data.preprocessing import batch_eval_transform, eval_transform
     from src.errors import refuse_bad_input
     from src.explain.checks import check_classes_asked, check_run, check_same_classes
@@ -53,7 +53,7 @@ def prepare(cfg: DictConfig) -> Job:
         model = load_model(trained)
         explainer = Explainer(model, cfg.method, cfg.layer)
         asked = check_classes_asked(cfg.classes, trained.class_names)
-        datamodule = build(cfg.dataset)
+        datamodule = instantiate_node(cfg.dataset)
         datamodule.prepare_data()
         datamodule.setup()
         check_same_classes(trained.class_names, datamodule.classes, cfg.dataset_name)

@@ -115,14 +115,14 @@ def pretrained_features(job, split: str) -> np.ndarray | None:
     initialised run, a run whose backbone is unchanged (frozen), or weights not available here."""
     from omegaconf import OmegaConf
 
-    from src.config import build
+    from src.config import instantiate_node
     from src.errors import AssetUnavailable
 
     node = OmegaConf.create(job.trained.config["backbone"])
     if not node.get("pretrained", True):
         return None
     try:
-        model = build(node, num_classes=job.model.num_classes).eval()
+        model = instantiate_node(node, num_classes=job.model.num_classes).eval()
     except (AssetUnavailable, FileNotFoundError, OSError, RuntimeError) as error:
         log.warning("No pretrained feature map: the weights are not available (%s).", error)
         return None

@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 
 def posthoc_run(cfg: DictConfig) -> tuple[str, dict[str, float]]:
     """The method and the runs from the command line; returns (the new run's id, its metrics)."""
-    from src.config import build
+    from src.config import instantiate_node
     from src.errors import InvalidInput, refuse_bad_input
     from src.posthoc.derive import derive
     from src.posthoc.sources import run_ids_of
 
     with refuse_bad_input():
-        method = build(cfg.method)
+        method = instantiate_node(cfg.method)
         uri = cfg.paths.tracking_uri
         if cfg.run_id and (cfg.run_ids or cfg.parent_run_id):
             raise InvalidInput("Give run_id=<id>, or run_ids=[...] / parent_run_id=<id>: one.")

@@ -123,13 +123,13 @@ def source_data(source: Source, seed: int | None = None):
     transform of its backbone for every split."""
     from omegaconf import OmegaConf
 
-    from src.config import build
+    from src.config import instantiate_node
     from src.data.preprocessing import batch_eval_transform, eval_transform
     from src.inference.evaluate import check_classes
 
     node = OmegaConf.create(source.trained.config["dataset"])
     node.seed = seed if seed is not None else source.trained.config["seed"]
-    datamodule = build(node)
+    datamodule = instantiate_node(node)
     datamodule.prepare_data()
     datamodule.setup()
     check_classes(source.model, datamodule, source.trained.dataset_name, source.trained)

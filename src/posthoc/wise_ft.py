@@ -112,10 +112,10 @@ def pretrained_backbone(source: Source) -> nn.Module:
     """The run's backbone config built with its pretrained weights and a new head."""
     from omegaconf import OmegaConf
 
-    from src.config import build
+    from src.config import instantiate_node
 
     backbone = OmegaConf.create(source.trained.config["backbone"])
-    return build(backbone, num_classes=source.model.num_classes).eval()
+    return instantiate_node(backbone, num_classes=source.model.num_classes).eval()
 
 
 def fit_probe(model: nn.Module, source: Source, datamodule, C: float, max_iter: int) -> nn.Module:
