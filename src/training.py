@@ -319,7 +319,7 @@ def open_run(cfg: DictConfig, choices, parts: Parts, loggers, resumed, config_fi
         subset = {key: tags[key] for key in ("fraction", "samples_per_class")}
         source = OmegaConf.to_container(cfg.dataset.source, resolve=True)
         log_dataset(loggers, tags["dataset"], source, parts.datamodule, subset)
-    if not point:  # a strategy's own counts (LoRA, BitFit: the parameters that train)
+    if not resumed:  # a strategy's own counts (LoRA, BitFit: the parameters that train)
         counts = parts.strategy.trained_parameters(parts.backbone)
         for logger in loggers if counts else ():
             logger.log_hyperparams(counts)
