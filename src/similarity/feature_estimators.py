@@ -5,9 +5,13 @@ CVPR 2021), PARC (Bolya et al., NeurIPS 2021) and SFDA (Shao et al., ECCV 2022).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from src.similarity.transferability import _expected_empirical_prediction
+
+logger = logging.getLogger(__name__)
 
 
 def nleep(
@@ -30,6 +34,16 @@ def nleep(
 
     reduced = PCA(n_components=variance).fit_transform(np.asarray(features, dtype=np.float64))
     components = components_per_class * (int(labels.max()) + 1)
+    if components > len(reduced):  # a mixture needs an image per component: adapt, and say so
+        logger.warning(
+            "NLEEP: %d components (%d per class) for %d images; fitting %d instead (a small "
+            "sample: the score is less comparable with the paper's).",
+            components,
+            components_per_class,
+            len(reduced),
+            len(reduced),
+        )
+        components = len(reduced)
     mixture = GaussianMixture(n_components=components, random_state=seed).fit(reduced)
     predicted = _expected_empirical_prediction(mixture.predict_proba(reduced), labels)
     return float(np.mean(np.log(predicted)) if log else np.mean(predicted))

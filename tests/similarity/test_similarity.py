@@ -336,3 +336,16 @@ def test_weighted_tau_of_a_distance_weighs_its_closest_targets():
     (top,) = correlations(right_at_top, "gain")
     (bottom,) = correlations(wrong_at_top, "gain")
     assert top["weighted_tau"] < bottom["weighted_tau"] < 0
+
+
+def test_nleep_adapts_to_fewer_images_than_mixture_components(caplog):
+    """Four images per class but five components per class: the mixture gets one component per
+    image (the advisor scores tiny data sets), with a warning, not a crash."""
+    from src.similarity.feature_estimators import nleep
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 4)
+    features = rng.normal(size=(40, 16)) + labels[:, None]
+    score = nleep(features, labels)
+    assert np.isfinite(score) and score <= 0  # a mean log-likelihood
+    assert "fitting 40 instead" in caplog.text
