@@ -121,7 +121,9 @@ def test_nce_equals_the_hand_computed_value():
 # PARC_Score, SFDA_Score), run on `reference_arrays(seed, n, d, classes)` with np.random.seed(seed)
 # before NLEEP. NLEEP's mixture is seeded the same way here (seed=seed), so it matches exactly;
 # SFDA's shrinkage uses the exact largest eigenvalue where their code runs 3 power iterations,
-# hence up to 3e-5 apart: all are asserted to 1e-4.
+# hence up to 3e-5 apart: all are asserted to 1e-4. PARC is 100 x a Spearman correlation and its
+# PCA is the reference's randomised one, which moves with the BLAS thread count (seed 2: 18.57244
+# on one thread, 18.57276 on two, measured): it is asserted on the correlation, PARC / 100.
 REFERENCE = [  # seed, n, d, classes, nleep (their: no log), parc, sfda
     (0, 300, 48, 5, 0.5515890104047999, 17.76241192318735, 0.6508503970051275),
     (1, 200, 40, 4, 0.4668975547399461, 12.32697984163046, 0.5573120752872373),
@@ -142,7 +144,7 @@ def test_nleep_parc_sfda_match_the_authors_code(case):
     seed, n, d, classes, expected_nleep, expected_parc, expected_sfda = case
     features, labels = reference_arrays(seed, n, d, classes)
     assert nleep(features, labels, seed=seed, log=False) == pytest.approx(expected_nleep, abs=1e-4)
-    assert parc(features, labels) == pytest.approx(expected_parc, abs=1e-4)
+    assert parc(features, labels) / 100 == pytest.approx(expected_parc / 100, abs=1e-4)
     assert sfda(features, labels) == pytest.approx(expected_sfda, abs=1e-4)
     # The paper's NLEEP is a mean log-likelihood: below the log of their mean (Jensen), and < 0.
     assert nleep(features, labels, seed=seed) < math.log(expected_nleep) < 0
