@@ -1,17 +1,20 @@
-"""Run a study's jobs (training and transferability-score jobs), resumably, in one process per
-worker: a job whose config fingerprint already has a FINISHED run in the store is skipped, an
-unfinished one continues from its last checkpoint (`resume=auto`), the rest start afresh.
+"""Run a study's jobs (training, transferability scores, post-hoc models and evaluations),
+resumably, in one process per worker: a job whose config fingerprint already has a FINISHED run in
+the store is skipped, an unfinished one continues from its last checkpoint (`resume=auto`), the
+rest start afresh. Post-hoc and eval jobs name the training jobs they start from
+(`run_id=@run:<job>`) and wait for them.
 
 One process runs many jobs (no per-job start-up: minutes on a loaded 2-core machine); two workers
 (`--worker 0`, `--worker 1`), one per core, share the job list: each takes the next job nobody has
 claimed (a claim file in out_dir/claims), so a long job runs beside many short ones.
-Used by experiments/backbone_choice/plan.py and experiments/transfer_table/plan.py.
+Used by the plan.py of experiments/backbone_choice, transfer_table and beyond_finetune.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,23 +25,40 @@ sys.path.insert(0, str(ROOT))  # this tree's src, not another checkout's editabl
 log = logging.getLogger("study")
 
 
+# A job's override may name another job's finished run: `run_id=@run:<job name>` (post-hoc and
+# eval jobs start from training jobs' runs). The driver resolves it when the job starts, waiting
+# while another worker still trains the named job.
+RUN_REFERENCE = re.compile(r"@run:([\w.:-]+)")
+WAIT_SECONDS = 20
+KINDS = ("train", "similarity", "posthoc", "eval")
+
+
 @dataclass(frozen=True)
 class StudyJob:
-    """One job: `config` (train | similarity) composed with `overrides`; `name` its folder."""
+    """One job: `config` (train | similarity | posthoc | eval) composed with `overrides`; `name`
+    its folder."""
 
     name: str
     overrides: tuple[str, ...]
     config: str = "train"
 
+    @property
+    def needs(self) -> list[str]:
+        """The jobs whose runs this one starts from (its @run: references)."""
+        return [name for o in self.overrides for name in RUN_REFERENCE.findall(o)]
 
-def compose_job(job: StudyJob, out_dir: Path):
-    """(cfg, choices, fingerprint) as the entry point would build them; outputs under out_dir."""
+
+def compose_job(job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = None):
+    """(cfg, choices, fingerprint) as the entry point would build them; outputs under out_dir.
+    run_ids: the run of each job named by an @run: reference (placeholders kept when None)."""
     from omegaconf import OmegaConf, open_dict
 
     from src.config import compose
     from src.tracking.resume import config_fingerprint
 
-    overrides = list(job.overrides)
+    overrides = [
+        RUN_REFERENCE.sub(lambda m: run_ids[m.group(1)], o) if run_ids else o for o in job.overrides
+    ]
     if job.config == "train":
         overrides.append("resume=auto")  # continue a killed run of this config
     cfg, choices = compose(overrides, job.config)
@@ -47,8 +67,10 @@ def compose_job(job: StudyJob, out_dir: Path):
     return cfg, choices, config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
 
 
-def finished(tracking_uri: str, experiment: str, fingerprint: str) -> str | None:
-    """The id of a FINISHED run of this config in the store, if any."""
+def finished(
+    tracking_uri: str, experiment: str | None, fingerprint: str, tag: str = "config_fingerprint"
+) -> str | None:
+    """The id of a FINISHED run whose `tag` is this fingerprint (in `experiment`; None: any)."""
     from mlflow import MlflowClient
 
     from src.tracking.store import missing_sqlite_store
@@ -56,35 +78,101 @@ def finished(tracking_uri: str, experiment: str, fingerprint: str) -> str | None
     if missing_sqlite_store(tracking_uri) is not None:
         return None
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found is not None else []
+    if not ids:
         return None
     runs = client.search_runs(
-        [found.experiment_id],
-        f"tags.config_fingerprint = '{fingerprint}' and attributes.status = 'FINISHED'",
+        ids,
+        f"tags.{tag} = '{fingerprint}' and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
 
-def run_one(job: StudyJob, out_dir: Path) -> str:
-    """'reused' | 'done' | 'failed: <why>'."""
-    cfg, choices, fingerprint = compose_job(job, out_dir)
-    reused = finished(cfg.paths.tracking_uri, cfg.experiment_name, fingerprint)
-    if reused:
-        log.info("%s: reused run %s (same config fingerprint %s)", job.name, reused, fingerprint)
-        return "reused"
+def run_of(name: str, plan: dict[str, StudyJob], out_dir: Path) -> str:
+    """The finished run of the job `name` of the plan, waiting while a worker still runs it;
+    InvalidInput when it failed or nobody runs it."""
+    from src.errors import InvalidInput
+
+    if name not in plan:
+        raise InvalidInput(f"@run:{name}: no job of that name in the plan.")
+    job = plan[name]
+    run_ids = {needed: run_of(needed, plan, out_dir) for needed in job.needs}
+    while True:
+        found = existing_run(job, out_dir, run_ids)
+        if found:
+            return found
+        if (out_dir / "failed" / name).exists():
+            raise InvalidInput(f"@run:{name}: that job failed (see its worker's log).")
+        if not (out_dir / "claims" / name).exists():
+            raise InvalidInput(f"@run:{name}: that job has not run (is it in this slice?).")
+        time.sleep(WAIT_SECONDS)  # another worker is on it
+
+
+def existing_run(job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = None) -> str | None:
+    """The run a finished job left, or None: training, scores, post-hoc: its own run (post-hoc:
+    tagged study_job=<fingerprint> by run_one); eval: the run it scored, once it holds the metric.
+    run_ids: the runs its @run: references name."""
+    cfg, _, fingerprint = compose_job(job, out_dir, run_ids)
+    uri = cfg.paths.tracking_uri
+    if job.config in ("train", "similarity"):
+        return finished(uri, cfg.experiment_name, fingerprint)
+    if job.config == "posthoc":
+        return finished(uri, None, fingerprint, tag="study_job")
+    return evaluated(uri, cfg)
+
+
+def evaluated(tracking_uri: str, cfg) -> str | None:
+    """An eval job's run, when it already holds the metric that job logs."""
+    from mlflow import MlflowClient
+
+    from src.inference.evaluate import eval_prefix
+
+    run = MlflowClient(tracking_uri).get_run(cfg.run_id)
+    dataset = cfg.dataset_name or run.data.tags.get("dataset")  # none named: the run's own
+    metric = eval_prefix(dataset, cfg.split) + ("acc_tta" if cfg.tta else "acc")
+    return cfg.run_id if metric in run.data.metrics else None
+
+
+def run_one(job: StudyJob, out_dir: Path, plan: dict[str, StudyJob] | None = None) -> str:
+    """'reused' | 'done' | 'failed: <why>'. plan: every job by name (for @run: references)."""
+    plan = plan or {job.name: job}
     try:
+        run_ids = {name: run_of(name, plan, out_dir) for name in job.needs}
+        cfg, choices, fingerprint = compose_job(job, out_dir, run_ids)
+        reused = existing_run(job, out_dir, run_ids)
+        if reused:
+            log.info(
+                "%s: reused run %s (same config fingerprint %s)", job.name, reused, fingerprint
+            )
+            return "reused"
         if job.config == "train":
             from src.training import train
 
             train(cfg, choices)
-        else:
+        elif job.config == "similarity":
             from src.similarity.__main__ import measure
 
             measure(cfg, choices)
+        elif job.config == "posthoc":
+            from mlflow import MlflowClient
+
+            from src.posthoc.__main__ import posthoc_run
+
+            made, _ = posthoc_run(cfg)  # its identity, for the reuse above on a rerun
+            MlflowClient(cfg.paths.tracking_uri).set_tag(made, "study_job", fingerprint)
+        else:
+            from src.eval import evaluate_run
+
+            evaluate_run(cfg)
     except Exception as error:  # one failed cell must not stop the study; it is reported
         log.exception("%s failed", job.name)
+        (out_dir / "failed").mkdir(parents=True, exist_ok=True)
+        (out_dir / "failed" / job.name).touch()  # jobs that start from it stop waiting
         return f"failed: {type(error).__name__}: {error}"
     return "done"
 
@@ -110,11 +198,12 @@ def run_jobs(jobs: list[StudyJob], out_dir: Path, worker: int) -> int:
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     out_dir.mkdir(parents=True, exist_ok=True)
     start, failed, ran = time.time(), [], 0
+    by_name = {job.name: job for job in jobs}
     for index, job in enumerate(jobs, 1):
         if not claim(out_dir, job.name):
             continue
         began, ran = time.time(), ran + 1
-        status = run_one(job, out_dir)
+        status = run_one(job, out_dir, by_name)
         log.info(
             "[worker %d] job %d/%d %s: %s in %.0f s",
             worker,

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     """Refuse bad input, rebuild the model from its run, score the split, log into the run."""
+    from mlflow import MlflowClient
+
     from src.config import instantiate_node
     from src.data.preprocessing import batch_eval_transform, eval_transform
     from src.errors import refuse_bad_input
@@ -21,11 +23,12 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         check_classes,
         check_split,
         eval_prefix,
-        evaluate,
+        evaluate_per_image,
         log_eval,
     )
     from src.inference.trained import data_config, load_model, locate
     from src.posthoc.tta import TestTimeAugmented, check_tta
+    from src.tracking.predictions import eval_file, log_predictions
 
     # 1. Everything that can be wrong is checked before any data is scored.
     with refuse_bad_input():
@@ -49,12 +52,19 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
     per_image, per_batch = eval_transform(config), batch_eval_transform(config)
     datamodule.set_transforms(per_image, per_image, per_batch, per_batch)
     # 3. Score and file.
-    metrics = evaluate(model, datamodule, cfg.split, calibration=trained.probabilistic)
+    metrics, plain = evaluate_per_image(model, datamodule, cfg.split, trained.probabilistic)
+    per_image = {eval_file(cfg.dataset_name, cfg.split): plain}
     if tta:  # beside the plain metrics, under their own names: acc_tta, ece_tta, ...
-        augmented = evaluate(TestTimeAugmented(model, tta), datamodule, cfg.split)
+        augmented, views = evaluate_per_image(TestTimeAugmented(model, tta), datamodule, cfg.split)
         metrics |= {f"{key}_tta": value for key, value in augmented.items()}
+        per_image[eval_file(cfg.dataset_name, cfg.split, tta=True)] = views
     prefix = eval_prefix(cfg.dataset_name, cfg.split)
-    log_eval(trained, prefix, metrics)
+    run_id = log_eval(trained, prefix, metrics)
+    if run_id is not None:  # per image, so a report can put an interval on these numbers
+        client = MlflowClient(trained.tracking_uri)
+        for file, pair in per_image.items():
+            if pair is not None:
+                log_predictions(client, run_id, cfg.paths.output_dir, *pair, file)
     return {prefix + key: value for key, value in metrics.items()}
 
 

@@ -1,6 +1,7 @@
 """The studies' job plans (experiments/*/plan.py) and their resumable driver
-(experiments/study_jobs.py): every kind of job composes, and a finished job is reused by its config
-fingerprint instead of being trained again."""
+(experiments/study_jobs.py): every kind of job composes, a finished job is reused by its config
+fingerprint instead of being trained again, and post-hoc and eval jobs start from the runs of the
+jobs they name."""
 
 from __future__ import annotations
 
@@ -50,16 +51,58 @@ def test_every_kind_of_job_in_a_plan_composes(study, count, tmp_path):
     assert len(fingerprints) == len({j.name for j in kinds.values()})  # one config per job
 
 
+def test_the_beyond_finetune_plan_composes_every_job_kind(tmp_path):
+    """Training jobs, post-hoc and eval jobs (their @run: references resolved to run ids)."""
+    from study_jobs import compose_job
+
+    jobs = plan("beyond_finetune")
+    names = {j.name: j for j in jobs}
+    assert len(jobs) == len(names) == 2 * 3 * (7 + 4 + 10)  # sizes x seeds x (train, post, eval)
+    for job in jobs:  # every reference names a job planned before it
+        assert all(list(names).index(n) < list(names).index(job.name) for n in job.needs)
+    kinds = {}
+    for job in jobs:
+        kinds.setdefault((job.config, job.name.split("-n")[0]), job)
+    fingerprints = set()
+    for job in kinds.values():
+        ids = {name: f"id-of-{name}" for name in job.needs}
+        cfg, _, fingerprint = compose_job(job, tmp_path, ids)
+        fingerprints.add(fingerprint)
+        if job.config == "posthoc":
+            assert "@run" not in str(cfg.run_id) + str(list(cfg.run_ids))
+        if job.config == "eval" and "shift" in job.name:
+            assert cfg.dataset_name == "fashion_mnist_corrupted"
+    assert len(fingerprints) == len(kinds)
+
+
 @pytest.mark.slow
-def test_a_finished_job_is_reused_not_trained_again(tmp_path, tiny_overrides, monkeypatch):
+def test_a_finished_job_is_reused_and_later_jobs_start_from_its_run(
+    tmp_path, tiny_overrides, monkeypatch
+):
+    """A training job, then a post-hoc and an eval job naming it (@run:): each done once, then
+    reused; a job whose source failed fails at once instead of waiting."""
     from study_jobs import StudyJob, run_one
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     overrides = (*tiny_overrides, f"paths.root_dir={tmp_path}", "logger.mlflow.log_model=false")
     job = StudyJob("tiny", (*overrides, "dataset.num_workers=0"))
-    assert run_one(job, tmp_path) == "done"
-    assert run_one(job, tmp_path) == "reused"
+    calibrated = StudyJob("cal", ("method=calibrate", "run_id=@run:tiny"), "posthoc")
+    scored = StudyJob("tta", ("run_id=@run:tiny", "tta=[five_crop]"), "eval")
+    broken = StudyJob("broken", (*overrides, "trainer.max_epochs=0"))  # refused
+    orphan = StudyJob("orphan", ("method=calibrate", "run_id=@run:broken"), "posthoc")
+    plan = {j.name: j for j in (job, calibrated, scored, broken, orphan)}
+    (tmp_path / "claims").mkdir()
+    for name in plan:
+        (tmp_path / "claims" / name).touch()  # as a worker claims each job it takes
+    for each in (job, calibrated, scored):
+        assert run_one(each, tmp_path, plan) == "done"
+        assert run_one(each, tmp_path, plan) == "reused"
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    (trained,) = [r for r in runs if r.data.tags["output_dir"].endswith("tiny")]
+    assert {r.data.tags.get("kind") for r in runs if r != trained} == {"calibrated"}
+    assert "eval/digits/acc_tta" in trained.data.metrics
+    assert run_one(broken, tmp_path, plan).startswith("failed")
+    assert "that job failed" in run_one(orphan, tmp_path, plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,18 +48,34 @@ def check_split(split: str) -> None:
         raise InvalidInput(f"split={split}: must be train, val or test.")
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module, datamodule: TransferDataModule, split: str, calibration: bool = True
 ) -> dict[str, float]:
     """The training's scalar metrics (acc, f1_macro, ece, acc_top5), over the whole split;
     calibration=False (an SVM's margins): no ECE."""
+    return evaluate_per_image(model, datamodule, split, calibration)[0]
+
+
+@torch.inference_mode()
+def evaluate_per_image(
+    model: nn.Module, datamodule: TransferDataModule, split: str, calibration: bool = True
+) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+    """(metrics as `evaluate`, (y_true, y_pred) per image in the split's order), so a report can
+    resample the images for an interval; None for a multi-label model (no one prediction)."""
     check_split(split)
     device = next(model.parameters()).device
     metrics = scalar_metrics(model.num_classes, prefix="", calibration=calibration).to(device)
+    kept = []
     for images, labels in datamodule.eval_batches(split, device):
-        metrics.update(model(images), labels.to(device))
-    return {key: float(value) for key, value in metrics.compute().items()}
+        logits = model(images)
+        metrics.update(logits, labels.to(device))
+        if labels.ndim == 1:
+            kept.append((labels.cpu(), logits.argmax(1).cpu()))
+    scores = {key: float(value) for key, value in metrics.compute().items()}
+    if not kept:
+        return scores, None
+    y_true, y_pred = (torch.cat(part).numpy() for part in zip(*kept, strict=True))
+    return scores, (y_true, y_pred)
 
 
 def eval_prefix(dataset: str, split: str) -> str:

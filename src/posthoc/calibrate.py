@@ -96,7 +96,11 @@ class Calibrate:
         plot_reliability(logits, labels, temperature, figure, self.bins)
         params = {"method": "temperature_scaling", "temperature": temperature, "fit_split": "val"}
         series = reliability_series(logits, labels, temperature, self.bins)
-        return Outcome(model, params, metrics, [figure], series=series)
+        # A temperature never changes the argmax: the source's own test predictions.
+        predictions = (test_labels.numpy(), test_logits.argmax(1).numpy())
+        return Outcome(
+            model, params, metrics, [figure], series=series, test_predictions=predictions
+        )
 
 
 def calibration_metrics(

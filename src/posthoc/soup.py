@@ -66,14 +66,15 @@ class Soup:
             "soup/best_ingredient_val_acc": scores[ranked[0].run_id],
             "soup/ingredients": float(len(chosen)),
         }
-        metrics |= test_metrics(model, datamodule)  # 3. tested once
+        tested, predictions = test_metrics(model, datamodule)  # 3. tested once
+        metrics |= tested
         params = {
             "recipe": self.recipe,
             "candidates": [s.run_id for s in ranked],
             "ingredients": [s.run_id for s in chosen],
             "candidate_val_acc": [round(scores[s.run_id], 6) for s in ranked],
         }
-        return Outcome(model, params, metrics, base=ranked[0])
+        return Outcome(model, params, metrics, base=ranked[0], test_predictions=predictions)
 
 
 def soup_of(ingredients: list[Source]):

@@ -48,6 +48,8 @@ class Outcome:
     parent: str | None = None  # the run id the new run is a child of (default: base's)
     base: Source | None = None  # the run whose config and checkpoint it extends (default: first)
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # (step, value)
+    # (y_true, y_pred) per test image: predictions/test_predictions.csv, as a training run has.
+    test_predictions: tuple | None = None
 
 
 def run_ids_of(run_ids, parent_run_id: str | None, tracking_uri: str) -> list[str]:
@@ -145,6 +147,7 @@ def save_run(outcome: Outcome, sources: list[Source], kind: str, output_dir: Pat
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
+    from src.tracking.predictions import log_predictions
     from src.tracking.runs import mlflow_run
 
     base = outcome.base or sources[0]
@@ -177,6 +180,8 @@ def save_run(outcome: Outcome, sources: list[Source], kind: str, output_dir: Pat
         client.log_artifact(run_id, str(checkpoint), "last")
         for path in outcome.artifacts:
             client.log_artifact(run_id, str(path), kind)
+        if outcome.test_predictions is not None:
+            log_predictions(client, run_id, output_dir, *outcome.test_predictions)
     log.info("New %s run %s (child of %s), model in %s", kind, run_id, parent, checkpoint)
     return run_id
 

@@ -87,7 +87,8 @@ class WiseFT:
             "val/nll": curve[best][1],
             "val/ece": curve[best][2],
         }
-        metrics |= test_metrics(model, datamodule)  # 3. the chosen model, tested once
+        tested, predictions = test_metrics(model, datamodule)  # 3. the chosen model, tested once
+        metrics |= tested
         params = {
             "alphas": self.alphas,
             "alpha": best,
@@ -100,7 +101,9 @@ class WiseFT:
             f"wise_ft/val_{name}": [(round(100 * a), curve[a][i]) for a in self.alphas]
             for i, name in enumerate(("acc", "nll", "ece"))
         }
-        return Outcome(model, params, metrics, [figure], series=series)
+        return Outcome(
+            model, params, metrics, [figure], series=series, test_predictions=predictions
+        )
 
 
 def interpolate(theta_0: dict, theta_ft: dict, alpha: float) -> dict:
@@ -147,10 +150,12 @@ def pooled_features(model: nn.Module, datamodule, split: str) -> tuple[np.ndarra
     return torch.cat(rows).double().numpy(), torch.cat(labels).numpy()
 
 
-def test_metrics(model: nn.Module, datamodule) -> dict[str, float]:
-    from src.inference.evaluate import evaluate
+def test_metrics(model: nn.Module, datamodule) -> tuple[dict[str, float], tuple | None]:
+    """(test/<metric>, (y_true, y_pred) per test image): the derived run's own test numbers."""
+    from src.inference.evaluate import evaluate_per_image
 
-    return {f"test/{k}": v for k, v in evaluate(model, datamodule, "test").items()}
+    metrics, predictions = evaluate_per_image(model, datamodule, "test")
+    return {f"test/{k}": v for k, v in metrics.items()}, predictions
 
 
 def plot_curve(curve: dict, best: float, path: Path) -> Path:

@@ -62,14 +62,35 @@ def read_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 1], table[:, 2]
 
 
-def run_correctness(client, run_id: str, cache_dir: str | Path) -> np.ndarray | None:
-    """Per-image correctness (bool [n]) of a finished run, from its predictions artifact (None
-    when the run has none, e.g. trained before the artifact existed)."""
+def eval_file(dataset: str, split: str, tta: bool = False) -> str:
+    """The predictions file src.eval writes for a data set and split (its metrics' prefix)."""
+    return f"eval_{dataset}{'' if split == 'test' else '.' + split}{'_tta' if tta else ''}.csv"
+
+
+def log_predictions(
+    client, run_id: str, output_dir: str | Path | None, y_true, y_pred, file: str = FILE
+) -> None:
+    """Write predictions/<file> under output_dir (None: a temporary folder) and attach it to the
+    run (an ended run still takes artifacts)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(output_dir if output_dir is not None else scratch) / ARTIFACT_DIR
+        path = write_predictions(folder / file, np.asarray(y_true), np.asarray(y_pred))
+        client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+
+
+def run_correctness(
+    client, run_id: str, cache_dir: str | Path, file: str = FILE
+) -> np.ndarray | None:
+    """Per-image correctness (bool [n]) of a finished run, from a predictions artifact: the test
+    split's (default) or one src.eval wrote (`eval_file`); None when the run has none (e.g.
+    trained before the artifact existed)."""
     from mlflow.exceptions import MlflowException
 
     target = Path(cache_dir) / run_id
     try:
-        local = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{FILE}", str(target))
+        local = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{file}", str(target))
     except (MlflowException, OSError):
         return None
     y_true, y_pred = read_predictions(local)

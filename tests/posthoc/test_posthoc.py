@@ -234,6 +234,16 @@ def posthoc(runs: dict, name: str, *overrides: str) -> tuple[str, dict]:
     return posthoc_run(compose_config("posthoc", root, overrides, output_dir=root / name))
 
 
+def per_image_accuracy(root: Path, run_id: str, file: str = "test_predictions.csv") -> float:
+    """The accuracy of a run's per-image predictions artifact (what a study's intervals resample)."""
+    from src.tracking.predictions import run_correctness
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    correct = run_correctness(client, run_id, root / "downloads", file)
+    assert correct is not None, f"run {run_id} has no predictions/{file}"
+    return float(correct.mean())
+
+
 def weights_of(root: Path, run_id: str) -> dict[str, torch.Tensor]:
     trained = locate(run_id, None, f"sqlite:///{root}/mlflow.db")
     state = load_checkpoint(trained.checkpoint)["state_dict"]
@@ -251,6 +261,7 @@ def test_calibrated_run_lowers_nll_and_predict_applies_the_temperature(runs, tmp
     run_id, metrics = posthoc(runs, "calibrated", f"run_id={runs['a']}", "method=calibrate")
     assert metrics["val/nll"] < metrics["val/nll_uncalibrated"]
     assert metrics["temperature"] != 1.0
+    assert per_image_accuracy(runs["root"], run_id) == pytest.approx(metrics["test/acc"])
     client = MlflowClient(f"sqlite:///{runs['root']}/mlflow.db")
     logged = client.get_run(run_id)
     assert logged.data.tags["kind"] == "calibrated"
@@ -277,6 +288,10 @@ def test_calibrated_run_lowers_nll_and_predict_applies_the_temperature(runs, tmp
     )
     assert evaluated["eval/digits/ece"] == pytest.approx(metrics["test/ece"], abs=1e-5)
     assert {"eval/digits/acc_tta", "eval/digits/ece_tta"} <= set(evaluated)  # beside the plain
+    # ... and per image, so a study can resample them: plain and augmented, each its own file.
+    for file, key in (("eval_digits.csv", "acc"), ("eval_digits_tta.csv", "acc_tta")):
+        got = per_image_accuracy(runs["root"], run_id, file)
+        assert got == pytest.approx(evaluated[f"eval/digits/{key}"], abs=1e-6)
     with pytest.raises(InvalidInput, match="dataset=digits declares that a flip changes"):
         evaluate_run(compose_entry("eval", runs["root"], [f"run_id={run_id}", "tta=[hflip]"]))
     images = tmp_path / "images"
@@ -350,7 +365,7 @@ def test_wise_ft_with_a_fitted_probe_chooses_alpha_on_validation(runs):
     curve = {point.step: point.value for point in history}
     assert sorted(curve) == [0, 50, 100]
     assert metrics["val/acc"] == max(curve.values()) == curve[round(100 * metrics["alpha"])]
-    assert "test/acc" in metrics
+    assert per_image_accuracy(runs["root"], run_id) == pytest.approx(metrics["test/acc"])
 
 
 @pytest.mark.slow
@@ -367,6 +382,7 @@ def test_greedy_soup_is_never_below_its_best_ingredient_and_exports(runs, tmp_pa
         client.set_tag(runs[name], "mlflow.parentRunId", sweep)
     run_id, metrics = posthoc(runs, "soup", f"parent_run_id={sweep}", "method=soup")
     assert metrics["val/acc"] >= metrics["soup/best_ingredient_val_acc"]
+    assert per_image_accuracy(runs["root"], run_id) == pytest.approx(metrics["test/acc"])
     logged = client.get_run(run_id)
     assert logged.data.tags["mlflow.parentRunId"] == sweep and logged.data.tags["kind"] == "soup"
     candidates = logged.data.params["candidates"].strip("[]").replace("'", "").split(", ")

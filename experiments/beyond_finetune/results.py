@@ -1,0 +1,225 @@
+"""RESULTS.md of the beyond-fine-tuning study from its MLflow runs: per data size, every method's
+test accuracy on the clean and on the corrupted test split with 95 % bootstrap intervals (test
+images and seeds), its paired difference to plain fine-tuning, ECE before and after temperature
+scaling, and each method's published claim with a verdict (src/report/intervals.py).
+Regenerate: `.venv/bin/python experiments/beyond_finetune/results.py` (OUT or MLFLOW_TRACKING_URI
+pick the store; REPORT_DIR another folder for the page)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import study_results as sr  # noqa: E402
+
+from src.report.intervals import (  # noqa: E402
+    Interval,
+    accuracy_interval,
+    difference_interval,
+    headline,  # noqa: E402
+)
+from src.report.query import Query, search  # noqa: E402
+
+OUT = Path(os.environ.get("OUT", HERE.parents[1] / "outputs" / "beyond_finetune"))
+REPORT = Path(os.environ.get("REPORT_DIR", HERE))
+EXPERIMENT = "beyond_finetune"
+CLEAN, SHIFT = "fashion_mnist", "fashion_mnist_corrupted"
+PLAIN = "ft_lr1e-3"
+RESAMPLES = 1000
+JOB = re.compile(r"^(?P<method>.+)-n(?P<size>\d+)-s(?P<seed>\d+)$")
+# Row -> (method job prefix, predictions file on the clean split, on the shifted split).
+ROWS = {
+    "fine-tune (lr 1e-3)": (PLAIN, "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "fine-tune lr 3e-4": ("ft_lr3e-4", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "fine-tune lr 3e-3": ("ft_lr3e-3", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "LP-FT": ("lp_ft", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "+ EMA": ("ema", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "WiSE-FT (α on val)": ("wise_ft", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "greedy soup of the LR sweep": ("soup", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "+ TTA (hflip, 5 crops)": (PLAIN, f"eval_{CLEAN}_tta.csv", f"eval_{SHIFT}_tta.csv"),
+    "LoRA (r 8)": ("lora", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+    "BitFit": ("bitfit", "test_predictions.csv", f"eval_{SHIFT}.csv"),
+}
+# Published claims, as differences to plain fine-tuning in accuracy (LITERATURE.md): (row, split,
+# value, margin, source). The margin is what "about" allows; null is always 0 (no effect).
+CLAIMS = (
+    ("WiSE-FT (α on val)", "clean", 0.016, 0.005, "Wortsman et al. 2022: +1.6 on ImageNet"),
+    ("WiSE-FT (α on val)", "shift", 0.05, 0.01, "Wortsman et al. 2022: +4 to +6 under shift"),
+    ("LP-FT", "clean", 0.01, 0.005, "Kumar et al. 2022: about +1 in distribution"),
+    ("LP-FT", "shift", 0.10, 0.03, "Kumar et al. 2022: about +10 out of distribution"),
+    ("LoRA (r 8)", "clean", 0.0, 0.01, "Hu et al. 2022: on par with fine-tuning"),
+    ("BitFit", "clean", 0.0, 0.01, "Ben Zaken et al. 2022: competitive with fine-tuning"),
+)
+# Model soups (Wortsman et al. 2022): greedy soup - best single model of the sweep, ViT-B/32.
+SOUP_CLAIM = (0.0064, 0.003, "81.03 vs 80.39 % on ImageNet")
+
+
+def runs_by_job(uri: str) -> pd.DataFrame:
+    """Finished runs of the study with their job's method, size and seed (from the output folder
+    the driver gave each job); the newest run of each job."""
+    frame = search(Query(uri, (EXPERIMENT,), {}, "FINISHED", kind=None))
+    if frame.empty or "tags.output_dir" not in frame:
+        return pd.DataFrame(columns=["run_id", "method", "size", "seed"])
+    names = frame["tags.output_dir"].fillna("").map(lambda p: Path(p).name)
+    parsed = names.str.extract(JOB)
+    frame = pd.concat([frame, parsed], axis=1).dropna(subset=["method"])
+    frame = frame.sort_values("start_time").drop_duplicates(["method", "size", "seed"], "last")
+    return frame.assign(size=frame["size"].astype(int), seed=frame["seed"].astype(int))
+
+
+def matrix(client, runs: pd.DataFrame, method: str, size: int, file: str) -> np.ndarray | None:
+    """Per-image correctness [seeds, images] of a method at a size (seeds having the file)."""
+    from src.tracking.predictions import run_correctness
+
+    chosen = runs[(runs["method"] == method) & (runs["size"] == size)].sort_values("seed")
+    rows = [run_correctness(client, r, OUT / "downloads", file) for r in chosen["run_id"]]
+    rows = [r for r in rows if r is not None]
+    return np.vstack(rows) if rows and len({len(r) for r in rows}) == 1 else None
+
+
+def compare(a: np.ndarray | None, b: np.ndarray | None) -> Interval | None:
+    """a - b on the same images and seeds (the seeds both have)."""
+    if a is None or b is None:
+        return None
+    seeds = min(len(a), len(b))
+    return difference_interval(a[:seeds], b[:seeds], RESAMPLES)
+
+
+def beats(gap: Interval | None) -> str:
+    if gap is None:
+        return "—"
+    if gap.low > 0:
+        return "**yes**"
+    return "worse" if gap.high < 0 else "within its interval"
+
+
+def size_table(client, runs: pd.DataFrame, size: int) -> tuple[str, dict]:
+    """The markdown table of one data size, and the cells (row, split) -> correctness."""
+    cells, rows = {}, {}
+    for row, (method, clean_file, shift_file) in ROWS.items():
+        cells[(row, "clean")] = matrix(client, runs, method, size, clean_file)
+        cells[(row, "shift")] = matrix(client, runs, method, size, shift_file)
+    for row in ROWS:
+        entry = {}
+        for split in ("clean", "shift"):
+            cell, base = cells[(row, split)], cells[("fine-tune (lr 1e-3)", split)]
+            entry[f"{split} acc %"] = (
+                f"{accuracy_interval(cell, RESAMPLES).format(100, 1)} (n={len(cell)})"
+                if cell is not None
+                else "—"
+            )
+            gap = compare(cell, base) if row != "fine-tune (lr 1e-3)" else None
+            entry[f"{split} − FT"] = gap.format(100, 1) if gap else "—"
+            entry[f"beats FT ({split})"] = beats(gap)
+        rows[row] = entry
+    return sr.markdown(pd.DataFrame(rows).T), cells
+
+
+def calibration_lines(runs: pd.DataFrame, size: int) -> list[str]:
+    """ECE before and after temperature scaling, per seed (on the test split), with a verdict
+    against 'several-fold lower' (agree: every seed at least halved; contradict: one not lower)."""
+    chosen = runs[(runs["method"] == "calibrated") & (runs["size"] == size)].sort_values("seed")
+    if chosen.empty or "metrics.test/ece" not in chosen:
+        return [f"- {size}/class: not measured yet."]
+    before = 100 * chosen["metrics.test/ece_uncalibrated"].to_numpy()
+    after = 100 * chosen["metrics.test/ece"].to_numpy()
+    temps = chosen["metrics.temperature"].to_numpy()
+    word = (
+        "agree"
+        if np.all(after <= before / 2)
+        else ("contradict" if np.any(after >= before) else "inconclusive")
+    )
+    pairs = ", ".join(f"{b:.2f} → {a:.2f}" for b, a in zip(before, after, strict=True))
+    return [
+        f"- {size}/class: test ECE (%) per seed {pairs}; T = {', '.join(f'{t:.2f}' for t in temps)}"
+        f" (Guo et al. 2017: several-fold lower): **{word}**."
+    ]
+
+
+def claim_lines(cells: dict, runs: pd.DataFrame, client, size: int) -> list[str]:
+    lines = []
+    for row, split, value, margin, source in CLAIMS:
+        gap = compare(cells[(row, split)], cells[("fine-tune (lr 1e-3)", split)])
+        if gap is None:
+            lines.append(f"- {row} − FT ({split}): not measured yet ({source}).")
+            continue
+        what = f"{row} − FT, {split} test (points; {source})"
+        lines.append("- " + headline(what, gap, value, 0.0, margin, scale=100))
+    soup = soup_gap(client, runs, size)
+    value, margin, source = SOUP_CLAIM
+    if soup is None:
+        lines.append(f"- greedy soup − best ingredient: not measured yet ({source}).")
+    else:
+        what = f"greedy soup − its best ingredient by validation, clean test (points; {source})"
+        lines.append("- " + headline(what, soup, value, 0.0, margin, scale=100))
+    return lines
+
+
+def soup_gap(client, runs: pd.DataFrame, size: int) -> Interval | None:
+    """Soup minus the sweep's best model by validation accuracy, seed by seed (the soup's first
+    candidate is its best ingredient)."""
+    from src.tracking.predictions import run_correctness
+
+    soups = runs[(runs["method"] == "soup") & (runs["size"] == size)].sort_values("seed")
+    pairs = []
+    for _, soup in soups.iterrows():
+        best = str(soup.get("params.candidates", "")).strip("[]").replace("'", "").split(", ")[0]
+        got = [run_correctness(client, r, OUT / "downloads") for r in (soup["run_id"], best)]
+        if all(g is not None for g in got):
+            pairs.append(got)
+    if not pairs:
+        return None
+    return compare(np.vstack([p[0] for p in pairs]), np.vstack([p[1] for p in pairs]))
+
+
+def write(uri: str) -> Path:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = runs_by_job(uri)
+    sizes = sorted(runs["size"].unique()) if not runs.empty else []
+    hours = sr.wall_hours(uri, (EXPERIMENT,))
+    parts = [
+        "# Beyond plain fine-tuning: results",
+        "",
+        "Generated by `experiments/beyond_finetune/results.py` from the MLflow store "
+        f"(`{uri}`); protocol in README.md. Accuracy in %, 95 % bootstrap intervals over test "
+        f"images and seeds (n = seeds); differences paired on the same images. Wall time of the "
+        f"runs: {hours:.1f} h.",
+    ]
+    for size in sizes:
+        table, cells = size_table(client, runs, int(size))
+        alphas = runs[(runs["method"] == "wise_ft") & (runs["size"] == size)]
+        chosen = ", ".join(f"{a:g}" for a in alphas.get("metrics.alpha", pd.Series()).dropna())
+        parts += [
+            "",
+            f"## {size} training images per class",
+            "",
+            f"Clean: Fashion-MNIST's 10,000 test images; shift: the same, corrupted ({SHIFT}). "
+            f"WiSE-FT's α chosen on validation per seed: {chosen or '—'}.",
+            "",
+            table,
+            "",
+            "**Against the papers** (verdict: agree / contradict / inconclusive, "
+            "src/report/intervals.py):",
+            *claim_lines(cells, runs, client, int(size)),
+            *calibration_lines(runs, int(size)),
+        ]
+    if not sizes:
+        parts += ["", "No finished runs yet: `bash experiments/beyond_finetune/run.sh`."]
+    REPORT.mkdir(parents=True, exist_ok=True)
+    page = REPORT / "RESULTS.md"
+    page.write_text("\n".join(parts) + "\n")
+    return page
+
+
+if __name__ == "__main__":
+    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{OUT}/mlflow.db")
+    print(write(uri))
