@@ -201,9 +201,11 @@ class Stages:
 
 
 def winner(best: dict | None, data_rows: list[dict]) -> str | None:
-    """The run to use: the recommended configuration trained on all the data (best test accuracy
-    over seeds), else the best search trial. Its checkpoint serves src.eval, predict and export."""
+    """The run to use: the recommended configuration trained on all the data, the seed with the
+    best validation accuracy (never the test accuracy: choosing on the test split would make the
+    shipped model's test number, and the advisor's measured regret, optimistic), else the best
+    search trial. Its checkpoint serves src.eval, predict and export."""
     full = [r for r in data_rows if r["fraction"] == 1.0 and r["test_acc"] is not None]
     if full:
-        return max(full, key=lambda r: r["test_acc"])["run_id"]
+        return max(full, key=lambda r: (r.get("val_acc") or 0.0, -r["seed"]))["run_id"]
     return (best or {}).get("run_id") or None

@@ -215,3 +215,17 @@ def test_data_stage_fractions_scale_the_users_own_fraction():
         < train_images(mine, whole)
         < train_images(["dataset=digits"], "dataset.fraction=1.0")
     )
+
+
+def test_the_shipped_run_is_chosen_on_validation_never_on_test():
+    """Two seeds of the winning configuration on all the data: the one with the better validation
+    accuracy ships, even when the other scored higher on the test split."""
+    from src.advise.stages import winner
+
+    rows = [
+        {"fraction": 1.0, "seed": 0, "test_acc": 0.95, "val_acc": 0.80, "run_id": "a"},
+        {"fraction": 1.0, "seed": 1, "test_acc": 0.90, "val_acc": 0.85, "run_id": "b"},
+        {"fraction": 0.5, "seed": 0, "test_acc": 0.99, "val_acc": 0.99, "run_id": "c"},
+    ]
+    assert winner({"run_id": "trial"}, rows) == "b"
+    assert winner({"run_id": "trial"}, []) == "trial"
