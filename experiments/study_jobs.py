@@ -17,7 +17,8 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,17 +31,20 @@ log = logging.getLogger("study")
 # while another worker still trains the named job.
 RUN_REFERENCE = re.compile(r"@run:([\w.:-]+)")
 WAIT_SECONDS = 20
-KINDS = ("train", "similarity", "posthoc", "eval")
+KINDS = ("train", "similarity", "posthoc", "eval", "advise")
 
 
 @dataclass(frozen=True)
 class StudyJob:
-    """One job: `config` (train | similarity | posthoc | eval) composed with `overrides`; `name`
+    """One job: `config` (train | similarity | posthoc | eval | advise) composed with `overrides`
+    and, when given, the overrides `resolve()` computes as the job starts (from runs finished by
+    then: e.g. the learning rate chosen on validation, a budget from measured compute); `name`
     its folder."""
 
     name: str
     overrides: tuple[str, ...]
     config: str = "train"
+    resolve: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False)
 
     @property
     def needs(self) -> list[str]:
@@ -59,11 +63,15 @@ def compose_job(job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = N
     overrides = [
         RUN_REFERENCE.sub(lambda m: run_ids[m.group(1)], o) if run_ids else o for o in job.overrides
     ]
+    if job.resolve is not None:
+        overrides += job.resolve()
     if job.config == "train":
         overrides.append("resume=auto")  # continue a killed run of this config
     cfg, choices = compose(overrides, job.config)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir / "runs" / job.name)
+        if job.config == "advise":  # its trials' and data runs' folders
+            cfg.output_dir = cfg.paths.output_dir
     return cfg, choices, config_fingerprint(OmegaConf.to_container(cfg, resolve=False))
 
 
@@ -121,7 +129,7 @@ def existing_run(job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = 
     uri = cfg.paths.tracking_uri
     if job.config in ("train", "similarity"):
         return finished(uri, cfg.experiment_name, fingerprint)
-    if job.config == "posthoc":
+    if job.config in ("posthoc", "advise"):
         return finished(uri, None, fingerprint, tag="study_job")
     return evaluated(uri, cfg)
 
@@ -158,12 +166,18 @@ def run_one(job: StudyJob, out_dir: Path, plan: dict[str, StudyJob] | None = Non
             from src.similarity.__main__ import measure
 
             measure(cfg, choices)
-        elif job.config == "posthoc":
+        elif job.config in ("posthoc", "advise"):
             from mlflow import MlflowClient
 
-            from src.posthoc.__main__ import posthoc_run
+            if job.config == "posthoc":
+                from src.posthoc.__main__ import posthoc_run
 
-            made, _ = posthoc_run(cfg)  # its identity, for the reuse above on a rerun
+                made, _ = posthoc_run(cfg)
+            else:
+                from src.advise.__main__ import advise_run
+
+                _, made = advise_run(cfg)  # its parent run
+            # Its identity, for the reuse above on a rerun.
             MlflowClient(cfg.paths.tracking_uri).set_tag(made, "study_job", fingerprint)
         else:
             from src.eval import evaluate_run

@@ -308,6 +308,10 @@ def open_run(cfg: DictConfig, choices, parts: Parts, loggers, resumed, config_fi
 
     tags = {**run_tags(cfg, choices), **process_tags(config_file.parent, parts.fingerprint)}
     tags["skipped_images"] = str(len(parts.datamodule.source.skipped))
+    # The split sizes: a study counts the training images a run processed (machine-independent
+    # compute: train_images x epochs), and a reader sees what a number was measured on.
+    for split in ("train", "val", "test"):
+        tags[f"{split}_images"] = str(len(getattr(parts.datamodule.splits, split)))
     params = {} if resumed else redact(OmegaConf.to_container(cfg, resolve=True))
     log_run_metadata(loggers, params, tags, config_file)
     for logger in mlflow_loggers(loggers):

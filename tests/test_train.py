@@ -30,6 +30,10 @@ def test_train_logs_one_complete_mlflow_run(tmp_path, tiny_overrides):
     for tag in ("backbone", "strategy", "dataset", "fraction", "seed", "git_commit", "git_dirty"):
         assert tag in run.data.tags
     assert run.data.tags["strategy"] == "finetune" and run.data.tags["dataset"] == "digits"
+    # The split sizes, as tags (the tiny job tests only 2 batches of its test split).
+    correct = run_correctness(client, run.info.run_id, tmp_path / "downloads")
+    assert int(run.data.tags["test_images"]) >= len(correct) == 128
+    assert int(run.data.tags["train_images"]) > int(run.data.tags["val_images"]) > 0
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert (
         sorted(m.step for m in history) == sorted({m.step for m in history}) and len(history) == 2

@@ -106,6 +106,12 @@ def settings(cfg: DictConfig, data: list[str] = ()) -> dict:
 
 
 def advise(cfg: DictConfig) -> Path:
+    """The advice's RESULTS.md."""
+    return advise_run(cfg)[0]
+
+
+def advise_run(cfg: DictConfig) -> tuple[Path, str]:
+    """(the advice's RESULTS.md, its MLflow parent run id)."""
     from src.advise.budget import Budget
     from src.advise.jobs import compose, dataset_overrides
     from src.advise.tracking import advice_key, parent_run
@@ -135,7 +141,7 @@ def advise(cfg: DictConfig) -> Path:
     from src.tracking.store import done_line
 
     log.info(done_line(parent, report.parent, cfg.paths.tracking_uri))  # RESULTS.md is there
-    return report
+    return report, parent
 
 
 @entry_point("advise", stores=lambda cfg: {"paths.tracking_uri": cfg.paths.tracking_uri})

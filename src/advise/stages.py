@@ -74,17 +74,7 @@ class Stages:
 
     # --- 2. search ----------------------------------------------------------------------------
     def train_overrides(self, backbone: str, test: bool) -> list[str]:
-        cfg = self.cfg
-        return [
-            *backbone_overrides(backbone),
-            f"dataset={cfg.dataset_name}",
-            *cfg.train_overrides,
-            *self.data_overrides,  # after train_overrides: the user's own keys win
-            f"trainer.max_epochs={cfg.search.max_epochs}",
-            f"monitor.metric={cfg.metric}",  # the checkpoint kept is the one trials are ranked by
-            f"test={str(test).lower()}",
-            f"seed={cfg.seed}",
-        ]
+        return job_overrides(self.cfg, backbone, test, self.data_overrides)
 
     def search(self, name: str, index: int, count: int, measured: list) -> list[dict]:
         """One backbone's study; its share of the search window, or of the trial quota."""
@@ -198,6 +188,23 @@ class Stages:
             self.client.set_tag(self.parent, "recommended", choice)
         if advice.winner:
             self.client.set_tag(self.parent, "winning_run", advice.winner)
+
+
+def job_overrides(cfg: DictConfig, backbone: str, test: bool, data=()) -> list[str]:
+    """What every training job of an advice shares (backbone, data set, epochs, metric, seed):
+    a search trial adds its strategy and parameters, a data run its fraction and seed. The regret
+    study (experiments/advisor_regret) trains its grid with the same, so its cells are the
+    advisor's own configurations."""
+    return [
+        *backbone_overrides(backbone),
+        f"dataset={cfg.dataset_name}",
+        *cfg.train_overrides,
+        *data,  # after train_overrides: the user's own keys win
+        f"trainer.max_epochs={cfg.search.max_epochs}",
+        f"monitor.metric={cfg.metric}",  # the checkpoint kept is the one trials are ranked by
+        f"test={str(test).lower()}",
+        f"seed={cfg.seed}",
+    ]
 
 
 def winner(best: dict | None, data_rows: list[dict]) -> str | None:
