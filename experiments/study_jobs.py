@@ -45,11 +45,13 @@ class StudyJob:
     overrides: tuple[str, ...]
     config: str = "train"
     resolve: Callable[[], tuple[str, ...]] | None = field(default=None, compare=False)
+    after: tuple[str, ...] = ()  # jobs that must have finished first (what resolve() reads)
 
     @property
     def needs(self) -> list[str]:
-        """The jobs whose runs this one starts from (its @run: references)."""
-        return [name for o in self.overrides for name in RUN_REFERENCE.findall(o)]
+        """The jobs whose runs this one starts from (its @run: references) or waits for."""
+        named = [name for o in self.overrides for name in RUN_REFERENCE.findall(o)]
+        return [*named, *(n for n in self.after if n not in named)]
 
 
 def compose_job(job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = None):

@@ -1,0 +1,373 @@
+"""RESULTS.md, regret.csv and regret_vs_compute.png of the advisor-regret study, from its MLflow
+runs: per target, the grid's oracle; per budget, the regret of the advisor's shipped model, of a
+random search replayed on the grid and of the two fixed baselines, each with a 95 % bootstrap
+interval over test images and repetitions (advisor seeds; random-search replays; baseline seeds).
+Regenerate: `.venv/bin/python experiments/advisor_regret/results.py` (OUT or MLFLOW_TRACKING_URI
+pick the store; REPORT_DIR another folder for the page)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+import plan  # noqa: E402  (the study's space: targets, backbones, stepped values)
+
+from src.report.intervals import Interval, _percentiles, resampled_accuracies  # noqa: E402
+from src.report.regret import Cell, best_val_acc, oracle, random_searches  # noqa: E402
+
+OUT = plan.OUT
+REPORT = Path(os.environ.get("REPORT_DIR", HERE))
+RESAMPLES = 1000
+REPLAYS = 200  # random searches replayed per target and budget (free: the grid's runs)
+METHODS = ("advisor", "random search", "top-1 + fine-tune", "LogME-best + fine-tune")
+GOAL_POINTS, GOAL_FRACTION = 1.0, 0.2  # issue #31: regret <= 1 point at <= 20 % of the grid
+
+
+@dataclass
+class Target:
+    """One target's grid, oracle and methods."""
+
+    name: str
+    cells: list[Cell] = field(default_factory=list)  # seed 0, every configuration
+    seeds: dict = field(default_factory=dict)  # config -> [run ids], seed 0 first
+    seconds: float = 0.0  # the whole grid's compute (what the budgets are fractions of)
+    images: int = 0
+    oracle: tuple | None = None
+    oracle_correct: np.ndarray | None = None  # [seeds, images]
+    rows: list[dict] = field(default_factory=list)  # one per (budget, method)
+    draws: dict = field(default_factory=dict)  # (budget, method) -> regret per resample
+
+
+def job_parts(run) -> list[str]:
+    return Path(run.data.tags.get("output_dir", "")).name.split("-")
+
+
+def load_grid(client, target: str) -> Target:
+    found = Target(target)
+    experiment = client.get_experiment_by_name(plan.GRID)
+    if experiment is None:
+        return found
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.dataset = '{target}' and attributes.status = 'FINISHED'",
+    )
+    seeded = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):  # the newest of a job wins
+        parts = job_parts(run)
+        seconds = (run.info.end_time - run.info.start_time) / 1000
+        epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
+        strategy = parts[3] if len(parts) > 3 else ""
+        trained = int(run.data.tags.get("train_images", 0))
+        images = trained * (1 if strategy == "feature_extract" else max(epochs, 1))
+        found.seconds += seconds
+        found.images += images
+        if parts[0] == "grid" and len(parts) == 5:
+            config = (parts[2], strategy, int(parts[4].lstrip("v")))
+            val = best_val_acc(client, run.info.run_id)
+            if val is not None:
+                cell = Cell(config, val, seconds, run.info.run_id, images)
+                found.cells = [c for c in found.cells if c.config != config] + [cell]
+        elif parts[0].startswith("seed") and len(parts) == 4:
+            seeded[(parts[2], strategy, int(parts[0][4:]))] = run.info.run_id
+    for backbone, strategy in {c.config[:2] for c in found.cells}:
+        mine = [c for c in found.cells if c.config[:2] == (backbone, strategy)]
+        best = max(mine, key=lambda c: (c.val_acc, -c.config[2]))
+        more = [
+            seeded[(backbone, strategy, k)] for k in (1, 2) if (backbone, strategy, k) in seeded
+        ]
+        found.seeds[best.config] = [best.run_id, *more]
+    return found
+
+
+def correctness(client, run_ids: list[str]) -> np.ndarray | None:
+    """Per-image test correctness [runs, images] of the runs that kept their predictions."""
+    from src.tracking.predictions import run_correctness
+
+    rows = [run_correctness(client, r, OUT / "downloads") for r in run_ids]
+    rows = [r for r in rows if r is not None]
+    return np.vstack(rows) if rows and len({len(r) for r in rows}) == 1 else None
+
+
+def find_oracle(client, target: Target) -> None:
+    values = {
+        config: [best_val_acc(client, r) or 0.0 for r in runs]
+        for config, runs in target.seeds.items()
+    }
+    if values:
+        target.oracle = oracle(values)
+        target.oracle_correct = correctness(client, target.seeds[target.oracle])
+
+
+def add(target: Target, budget: float, method: str, shipped, fraction: float, note: str = ""):
+    """A method's row: regret = oracle - shipped on the same test images, bootstrap over images
+    and repetitions (the rows of `shipped`)."""
+    if shipped is None or target.oracle_correct is None:
+        return
+    pair = [target.oracle_correct, shipped]
+    drawn = resampled_accuracies(pair, RESAMPLES, seed=0)
+    estimate = float(target.oracle_correct.mean() - shipped.mean())
+    draws = drawn[:, 0] - drawn[:, 1]
+    target.draws[(budget, method)] = (estimate, draws)
+    interval = _percentiles(estimate, draws, 0.95)
+    target.rows.append(
+        {
+            "target": target.name,
+            "budget": budget,
+            "method": method,
+            "regret_points": 100 * interval.estimate,
+            "low": 100 * interval.low,
+            "high": 100 * interval.high,
+            "compute_fraction": fraction,
+            "repetitions": len(shipped),
+            "note": note,
+        }
+    )
+
+
+def advisor_rows(client, target: Target) -> None:
+    for budget in (float(b) for b in plan.BUDGETS.split(",")):
+        experiment = client.get_experiment_by_name(f"advisor_regret_b{budget:g}")
+        if experiment is None:
+            continue
+        parents = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.kind = 'advise' and tags.dataset = '{target.name}' and "
+            "attributes.status = 'FINISHED'",
+        )
+        parents = [p for p in parents if p.data.tags.get("study_job")]
+        shipped = [p.data.tags.get("winning_run") for p in parents]
+        seconds = [(p.info.end_time - p.info.start_time) / 1000 for p in parents]
+        matrix = correctness(client, [s for s in shipped if s])
+        if matrix is not None and target.seconds:
+            note = f"{len(matrix)} of {len(parents)} advisor seeds shipped a model"
+            add(target, budget, "advisor", matrix, float(np.mean(seconds)) / target.seconds, note)
+
+
+def replayed_rows(client, target: Target) -> None:
+    for budget in (float(b) for b in plan.BUDGETS.split(",")):
+        replays = random_searches(target.cells, budget * target.seconds, REPLAYS)
+        ids = [cell.run_id for cell, _ in replays]
+        known = {r: correctness(client, [r]) for r in set(ids)}
+        rows = [known[r][0] for r in ids if known[r] is not None]
+        spent = np.mean([s for _, s in replays]) / target.seconds
+        add(target, budget, "random search", np.vstack(rows) if rows else None, float(spent))
+
+
+def baseline_rows(client, target: Target, logme: dict[str, float]) -> None:
+    """The two fixed choices: fine-tuning at its configured learning rate (the middle value) on
+    the best ImageNet backbone and on the LogME-best one; their cost is their run's."""
+    from omegaconf import OmegaConf
+
+    from src.config import CONF_DIR
+
+    top1 = OmegaConf.load(CONF_DIR / "imagenet_top1.yaml").imagenet_top1
+    names = {b: OmegaConf.load(CONF_DIR / "backbone" / f"{b}.yaml").name for b in plan.BACKBONES}
+    picks = {"top-1 + fine-tune": max(plan.BACKBONES, key=lambda b: top1.get(names[b], 0))}
+    if logme:
+        picks["LogME-best + fine-tune"] = max(logme, key=logme.get)
+    for method, backbone in picks.items():
+        config = (backbone, "finetune", 1)
+        cell = next((c for c in target.cells if c.config == config), None)
+        if cell is None:
+            continue
+        runs = target.seeds.get(config, [cell.run_id])
+        for budget in (float(b) for b in plan.BUDGETS.split(",")):
+            add(target, budget, method, correctness(client, runs), cell.seconds / target.seconds)
+
+
+def logme_scores(client, target: str) -> dict[str, float]:
+    experiment = client.get_experiment_by_name(plan.SCORES)
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.dataset = '{target}' and attributes.status = 'FINISHED'"
+    )
+    scores = {}
+    for run in runs:
+        parts = job_parts(run)
+        value = next((v for k, v in run.data.metrics.items() if k.endswith("logme")), None)
+        if len(parts) == 3 and value is not None:
+            scores[parts[2]] = value
+    return scores
+
+
+def mean_over_targets(targets: list[Target]) -> list[dict]:
+    """Each (budget, method) measured on every target: the mean regret, its interval from the
+    targets' bootstrap draws averaged (the targets are independent)."""
+    rows = []
+    keys = set.intersection(*(set(t.draws) for t in targets)) if targets else set()
+    for budget, method in sorted(keys):
+        estimate = float(np.mean([t.draws[(budget, method)][0] for t in targets]))
+        draws = np.mean([t.draws[(budget, method)][1] for t in targets], axis=0)
+        interval: Interval = _percentiles(estimate, draws, 0.95)
+        fraction = np.mean(
+            [
+                r["compute_fraction"]
+                for t in targets
+                for r in t.rows
+                if (r["budget"], r["method"]) == (budget, method)
+            ]
+        )
+        rows.append(
+            {
+                "target": "mean",
+                "budget": budget,
+                "method": method,
+                "regret_points": 100 * interval.estimate,
+                "low": 100 * interval.low,
+                "high": 100 * interval.high,
+                "compute_fraction": float(fraction),
+                "repetitions": len(targets),
+                "note": f"mean over {len(targets)} targets",
+            }
+        )
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    from src.tracking.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        mine = sorted(
+            (r for r in rows if r["target"] == "mean" and r["method"] == method),
+            key=lambda r: r["compute_fraction"],
+        )
+        if not mine:
+            continue
+        x = [100 * r["compute_fraction"] for r in mine]
+        y = [r["regret_points"] for r in mine]
+        err = [
+            [r["regret_points"] - r["low"] for r in mine],
+            [r["high"] - r["regret_points"] for r in mine],
+        ]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+    ax.axhline(GOAL_POINTS, color="k", ls="--", lw=1, label="goal: 1 point")
+    ax.axvline(100 * GOAL_FRACTION, color="k", ls=":", lw=1)
+    ax.set(xlabel="compute used, % of the exhaustive grid's", ylabel="regret, test-accuracy points")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def verdict_lines(rows: list[dict], targets: list[Target]) -> list[str]:
+    """The issue's two goals, measured."""
+    lines = []
+    advisor = [r for r in rows if r["method"] == "advisor" and r["target"] != "mean"]
+    cheap = [r for r in advisor if r["compute_fraction"] <= GOAL_FRACTION + 0.02]
+    for target in targets:
+        mine = [r for r in cheap if r["target"] == target.name]
+        best = min(mine, key=lambda r: r["regret_points"], default=None)
+        if best is None:
+            lines.append(f"- {target.name}: no advisor run at ≤ 20 % of the grid yet.")
+            continue
+        met = "met" if best["regret_points"] <= GOAL_POINTS else "**missed**"
+        lines.append(
+            f"- {target.name}: regret {best['regret_points']:.1f} "
+            f"[{best['low']:.1f}, {best['high']:.1f}] points at "
+            f"{100 * best['compute_fraction']:.0f} % of the grid: goal (≤ 1 point) {met}."
+        )
+    mean = {(r["budget"], r["method"]): r for r in rows if r["target"] == "mean"}
+    for budget in sorted({b for b, _ in mean}):
+        a, s = mean.get((budget, "advisor")), mean.get((budget, "random search"))
+        if a and s:
+            word = "lower" if a["regret_points"] < s["regret_points"] else "**not lower**"
+            lines.append(
+                f"- budget {100 * budget:.0f} %: advisor {a['regret_points']:.1f} vs random "
+                f"search {s['regret_points']:.1f} points on average: {word}."
+            )
+    return lines
+
+
+def write(uri: str) -> Path:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    targets, rows = [], []
+    for name in plan.TARGETS.split(","):
+        target = load_grid(client, name)
+        if not target.cells:
+            continue
+        find_oracle(client, target)
+        advisor_rows(client, target)
+        replayed_rows(client, target)
+        baseline_rows(client, target, logme_scores(client, name))
+        targets.append(target)
+        rows += target.rows
+    rows += mean_over_targets([t for t in targets if t.draws])
+    REPORT.mkdir(parents=True, exist_ok=True)
+    with open(REPORT / "regret.csv", "w", newline="") as handle:
+        fields = [
+            "target",
+            "budget",
+            "method",
+            "regret_points",
+            "low",
+            "high",
+            "compute_fraction",
+            "repetitions",
+            "note",
+        ]
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    if rows:
+        plot(rows, REPORT / "regret_vs_compute.png")
+    page = REPORT / "RESULTS.md"
+    page.write_text("\n".join(page_lines(uri, targets, rows)) + "\n")
+    return page
+
+
+def page_lines(uri: str, targets: list[Target], rows: list[dict]) -> list[str]:
+    lines = [
+        "# The advisor's regret: results",
+        "",
+        f"Generated by `experiments/advisor_regret/results.py` from `{uri}`; protocol in "
+        "README.md. Regret = the oracle's test accuracy − the shipped model's, in points, with a "
+        "95 % bootstrap interval over test images and repetitions; compute = the method's wall "
+        "time / the whole grid's (one job per core, one thread each).",
+        "",
+        "## Grids and oracles",
+        "",
+        "| target | grid runs | grid compute | training images processed | oracle (backbone, "
+        "strategy, value) | oracle test acc % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in targets:
+        if t.oracle is None or t.oracle_correct is None:
+            continue
+        backbone, strategy, index = t.oracle
+        key, values = plan.STEPPED[strategy]
+        acc = _percentiles(
+            t.oracle_correct.mean(), resampled_accuracies([t.oracle_correct], RESAMPLES)[:, 0], 0.95
+        )
+        lines.append(
+            f"| {t.name} | {len(t.cells)} + seeds | {t.seconds / 60:.0f} min | {t.images:,} | "
+            f"{backbone}, {strategy}, {key}={values[index]:g} | {acc.format(100, 1)} "
+            f"(n={len(t.oracle_correct)}) |"
+        )
+    lines += ["", "## Regret (points) by target, budget and method", ""]
+    lines += ["| target | budget | method | regret [95 % CI] | compute used | n | note |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {100 * r['budget']:.0f} % | {r['method']} | "
+            f"{r['regret_points']:.1f} [{r['low']:.1f}, {r['high']:.1f}] | "
+            f"{100 * r['compute_fraction']:.0f} % | {r['repetitions']} | {r['note']} |"
+        )
+    lines += ["", "![regret against compute](regret_vs_compute.png)", "", "## Goals", ""]
+    lines += verdict_lines(rows, targets) or ["- not measured yet."]
+    return lines
+
+
+if __name__ == "__main__":
+    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{OUT}/mlflow.db")
+    print(write(uri))
