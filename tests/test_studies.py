@@ -75,6 +75,37 @@ def test_the_beyond_finetune_plan_composes_every_job_kind(tmp_path):
     assert len(fingerprints) == len(kinds)
 
 
+def test_the_advisor_regret_plan_trains_the_grid_as_the_advisor_trains(tmp_path):
+    """Every job kind composes (resolve() stubbed: it reads finished runs); a grid cell is the
+    configuration the advisor's data stage would train, and an advice waits for its whole grid."""
+    from dataclasses import replace
+
+    from study_jobs import compose_job
+
+    jobs = plan("advisor_regret")
+    names = [j.name for j in jobs]
+    assert len(jobs) == len(set(names)) == 3 * (4 + 60 + 40 + 9)
+    stubs = {"train": ("optimizer.lr=0.003",), "advise": ("budget=600s",)}
+    kinds = {}
+    for job in jobs:
+        kinds.setdefault((job.config, job.name.split("-")[0], job.resolve is None), job)
+    for job in kinds.values():
+        if job.resolve is not None:
+            job = replace(job, resolve=lambda job=job: stubs[job.config])
+        cfg, _, _ = compose_job(job, tmp_path)
+        if job.config == "advise":
+            assert cfg.budget == "600s" and cfg.output_dir.endswith(job.name)
+            grid = [
+                n for n in names if n.startswith(("grid-digits", "seed1-digits", "seed2-digits"))
+            ]
+            assert set(job.needs) == set(grid) if "digits" in job.name else True
+        if job.name.startswith("seed"):
+            assert cfg.optimizer.lr == 0.003 and cfg.seed in (1, 2)
+        if job.name.startswith("grid"):
+            assert cfg.test and cfg.seed == 0 and cfg.monitor.metric == "val/acc"
+            assert cfg.trainer.max_epochs == 3  # conf/advise.yaml search.max_epochs
+
+
 @pytest.mark.slow
 def test_a_finished_job_is_reused_and_later_jobs_start_from_its_run(
     tmp_path, tiny_overrides, monkeypatch

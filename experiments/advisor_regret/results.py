@@ -24,6 +24,7 @@ from src.report.intervals import Interval, _percentiles, resampled_accuracies  #
 from src.report.regret import Cell, best_val_acc, oracle, random_searches  # noqa: E402
 
 OUT = plan.OUT
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run: noise
 REPORT = Path(os.environ.get("REPORT_DIR", HERE))
 RESAMPLES = 1000
 REPLAYS = 200  # random searches replayed per target and budget (free: the grid's runs)
@@ -169,7 +170,7 @@ def baseline_rows(client, target: Target, logme: dict[str, float]) -> None:
     from src.config import CONF_DIR
 
     top1 = OmegaConf.load(CONF_DIR / "imagenet_top1.yaml").imagenet_top1
-    names = {b: OmegaConf.load(CONF_DIR / "backbone" / f"{b}.yaml").name for b in plan.BACKBONES}
+    names = timm_names()
     picks = {"top-1 + fine-tune": max(plan.BACKBONES, key=lambda b: top1.get(names[b], 0))}
     if logme:
         picks["LogME-best + fine-tune"] = max(logme, key=logme.get)
@@ -190,13 +191,22 @@ def logme_scores(client, target: str) -> dict[str, float]:
     runs = client.search_runs(
         [experiment.experiment_id], f"tags.dataset = '{target}' and attributes.status = 'FINISHED'"
     )
+    conf_name = {timm: name for name, timm in timm_names().items()}
     scores = {}
-    for run in runs:
-        parts = job_parts(run)
-        value = next((v for k, v in run.data.metrics.items() if k.endswith("logme")), None)
-        if len(parts) == 3 and value is not None:
-            scores[parts[2]] = value
+    for run in sorted(runs, key=lambda r: r.info.start_time):  # the newest of a backbone wins
+        name = conf_name.get(run.data.tags.get("backbone"))
+        if name is not None and "similarity/logme" in run.data.metrics:
+            scores[name] = run.data.metrics["similarity/logme"]
     return scores
+
+
+def timm_names() -> dict[str, str]:
+    """conf/backbone name -> the timm architecture it builds (what runs are tagged with)."""
+    from omegaconf import OmegaConf
+
+    from src.config import CONF_DIR
+
+    return {b: OmegaConf.load(CONF_DIR / "backbone" / f"{b}.yaml").name for b in plan.BACKBONES}
 
 
 def mean_over_targets(targets: list[Target]) -> list[dict]:

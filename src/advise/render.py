@@ -98,6 +98,36 @@ def use_section(advice: Advice) -> list[str]:
     return [*lines, "Train it again:", "", f"```\n{advice.command}\n```"]
 
 
+# The regret study's table (experiments/advisor_regret/results.py): what trusting the advice costs.
+REGRET_TABLE = Path(__file__).resolve().parents[2] / "experiments" / "advisor_regret" / "regret.csv"
+
+
+def regret_line(table: Path = REGRET_TABLE) -> str:
+    """The advisor's measured regret (oracle of an exhaustive grid - the shipped model, in
+    test-accuracy points), at each fraction of the grid's compute, and the targets it was
+    measured on; or that it has not been measured."""
+    import csv
+
+    rows = list(csv.DictReader(table.open())) if table.is_file() else []
+    mean = [r for r in rows if r["target"] == "mean" and r["method"] == "advisor"]
+    if not mean:
+        return (
+            "Expected regret: not measured yet (`bash experiments/advisor_regret/run.sh` measures "
+            "it against an exhaustive grid)."
+        )
+    targets = sorted({r["target"] for r in rows if r["target"] != "mean"})
+    parts = [
+        f"{float(r['regret_points']):.1f} [{float(r['low']):.1f}, {float(r['high']):.1f}] points "
+        f"at {100 * float(r['compute_fraction']):.0f} %"
+        for r in sorted(mean, key=lambda r: float(r["compute_fraction"]))
+    ]
+    return (
+        f"Expected regret (test accuracy of an exhaustive grid's best model minus the advisor's, "
+        f"95 % interval, at a fraction of the grid's compute; measured on {', '.join(targets)}: "
+        f"experiments/advisor_regret/RESULTS.md): {'; '.join(parts)}."
+    )
+
+
 def results_markdown(advice: Advice, taus: list[dict]) -> str:
     lines = [
         f"# Advice for `{advice.dataset}`",
@@ -106,6 +136,8 @@ def results_markdown(advice: Advice, taus: list[dict]) -> str:
         "",
         f"Budget {advice.budget}: used {advice.elapsed}. MLflow parent run `{advice.parent_run}`"
         " (tag kind=advise); every run below is nested under it.",
+        "",
+        regret_line(),
         "",
         "## Use the winning run, or reproduce it",
         "",

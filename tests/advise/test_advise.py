@@ -229,3 +229,21 @@ def test_the_shipped_run_is_chosen_on_validation_never_on_test():
     ]
     assert winner({"run_id": "trial"}, rows) == "b"
     assert winner({"run_id": "trial"}, []) == "trial"
+
+
+def test_the_report_quotes_the_measured_regret_or_says_it_is_not_measured(tmp_path):
+    from src.advise.render import regret_line
+
+    assert "not measured yet" in regret_line(tmp_path / "absent.csv")
+    table = tmp_path / "regret.csv"
+    header = "target,budget,method,regret_points,low,high,compute_fraction,repetitions,note\n"
+    table.write_text(
+        header
+        + "digits,0.2,advisor,0.5,0.1,0.9,0.19,3,\n"
+        + "mean,0.2,advisor,0.8,0.2,1.4,0.21,3,\n"
+        + "mean,0.1,advisor,2.0,1.0,3.0,0.1,3,\n"
+        + "mean,0.2,random search,1.5,1.0,2.0,0.2,3,\n"
+    )
+    line = regret_line(table)
+    assert "2.0 [1.0, 3.0] points at 10 %; 0.8 [0.2, 1.4] points at 21 %" in line
+    assert "measured on digits" in line and "1.5" not in line
