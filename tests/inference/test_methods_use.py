@@ -1,5 +1,5 @@
 """Runs of the new kinds (averaging=ema|swa, strategy=lora|bitfit) are usable models like any run:
-eval scores the weights the run tested, predict names classes, the TorchScript export predicts what
+eval scores the weights the run tested, predict names classes, the TorchScript and ONNX exports predict what
 the checkpoint predicts, and a LoRA run ships a plain timm model (no peft) that predicts what its
 adapted model predicted."""
 
@@ -17,6 +17,7 @@ from src.inference.trained import load_checkpoint, load_model, locate
 from src.predict import predict_images
 from src.strategies.adapters import ADAPTER_STATE
 from tests.helpers.compose import compose_entry, compose_train, train
+from tests.helpers.exports import assert_onnx_predicts
 from tests.helpers.jobs import tiny
 
 KINDS = {  # two runs cover the four new kinds
@@ -59,7 +60,8 @@ def test_eval_scores_what_the_run_tested_and_exports_match(runs, kind, tmp_path)
         compose_entry("predict", root, [f"run_id={run_id}", f"images={digit(tmp_path)}"])
     )
     assert {label for label, _ in tops[0]} <= {str(i) for i in range(10)}
-    made = export_run(compose_entry("export", root, [f"run_id={run_id}", f"output_dir={tmp_path}"]))
+    formats = ["formats=[torchscript,onnx]", f"output_dir={tmp_path}"]
+    made = export_run(compose_entry("export", root, [f"run_id={run_id}", *formats]))
     trained = locate(run_id, None, f"sqlite:///{root}/mlflow.db")
     model = load_model(trained)
     assert not any("lora" in type(m).__name__.lower() for m in model.modules())
@@ -68,6 +70,7 @@ def test_eval_scores_what_the_run_tested_and_exports_match(runs, kind, tmp_path)
         torch.testing.assert_close(
             torch.jit.load(made["torchscript"])(images), model(images), atol=1e-4, rtol=0
         )
+    assert_onnx_predicts(made["onnx"], model, images)
     state = load_checkpoint(trained.checkpoint)
     params = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data.params
     own = {

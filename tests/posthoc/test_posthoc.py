@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from src.errors import InvalidInput
-from src.inference.trained import load_checkpoint, locate
+from src.inference.trained import load_checkpoint, load_model, locate
 from src.posthoc.calibrate import fit_temperature, fold_temperature
 from src.posthoc.scoring import nll
 from src.posthoc.soup import Soup
@@ -21,6 +21,7 @@ from src.posthoc.sources import Source, check_same_architecture
 from src.posthoc.weights import average
 from src.posthoc.wise_ft import WiseFT, interpolate
 from tests.helpers.compose import compose_config, compose_entry, train
+from tests.helpers.exports import assert_onnx_predicts
 from tests.helpers.jobs import tiny
 
 
@@ -388,10 +389,15 @@ def test_greedy_soup_is_never_below_its_best_ingredient_and_exports(runs, tmp_pa
     candidates = logged.data.params["candidates"].strip("[]").replace("'", "").split(", ")
     assert set(candidates) == {runs["a"], runs["b"]}
     assert set(run_ids_of([], sweep, uri)) == {runs["a"], runs["b"]}  # the soup is no ingredient
-    made = export_run(
-        compose_entry("export", runs["root"], [f"run_id={run_id}", f"output_dir={tmp_path}"])
-    )
-    assert Path(made["torchscript"]).is_file()
+    overrides = [f"run_id={run_id}", f"output_dir={tmp_path}", "formats=[torchscript,onnx]"]
+    made = export_run(compose_entry("export", runs["root"], overrides))
+    model = load_model(locate(run_id, None, uri))
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            torch.jit.load(made["torchscript"])(images), model(images), atol=1e-4, rtol=0
+        )
+    assert_onnx_predicts(made["onnx"], model, images)
 
 
 def test_explain_method_is_not_taken_by_posthocs_method_group():
