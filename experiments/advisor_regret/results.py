@@ -61,9 +61,10 @@ def load_grid(client, target: str) -> Target:
         f"tags.dataset = '{target}' and attributes.status = 'FINISHED'",
     )
     seeded = {}
+    spans = run_seconds(runs)
     for run in sorted(runs, key=lambda r: r.info.start_time):  # the newest of a job wins
         parts = job_parts(run)
-        seconds = (run.info.end_time - run.info.start_time) / 1000
+        seconds = spans[run.info.run_id]
         epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
         strategy = parts[3] if len(parts) > 3 else ""
         trained = int(run.data.tags.get("train_images", 0))
@@ -86,6 +87,22 @@ def load_grid(client, target: str) -> Target:
         ]
         found.seeds[best.config] = [best.run_id, *more]
     return found
+
+
+def run_seconds(runs) -> dict[str, float]:
+    """Each run's wall time, start to end. A run resumed after an interruption spans the time it
+    was down too: it counts at the median of the uninterrupted runs of its strategy."""
+    spans = {r.info.run_id: (r.info.end_time - r.info.start_time) / 1000 for r in runs}
+    strategy = {r.info.run_id: r.data.tags.get("strategy", "") for r in runs}
+    clean = {}
+    for r in runs:
+        if not r.data.tags.get("resumes"):
+            clean.setdefault(strategy[r.info.run_id], []).append(spans[r.info.run_id])
+    for r in runs:
+        fallback = clean.get(strategy[r.info.run_id])
+        if r.data.tags.get("resumes") and fallback:
+            spans[r.info.run_id] = float(np.median(fallback))
+    return spans
 
 
 def correctness(client, run_ids: list[str]) -> np.ndarray | None:
