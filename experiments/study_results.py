@@ -111,6 +111,16 @@ def wall_hours(uri: str, experiments: tuple[str, ...]) -> float:
     return (frame["end_time"].max() - frame["start_time"].min()).total_seconds() / 3600
 
 
+def load_sentence(out_dir: Path) -> str:
+    """The machine's load average (1, 5, 15 min) at each start and end of the study, as
+    run_study.sh records them in out_dir/logs/load.txt: the numbers' wall times depend on it."""
+    record = Path(out_dir) / "logs" / "load.txt"
+    lines = record.read_text().splitlines() if record.is_file() else []
+    if not lines:
+        return "The machine's load during the study was not recorded."
+    return "Machine load average (1, 5, 15 min) on 2 cores: " + "; ".join(lines) + "."
+
+
 def markdown(frame: pd.DataFrame, index: str = "") -> str:
     head = f"| {index} | " + " | ".join(map(str, frame.columns)) + " |"
     lines = [head, "|" + "---|" * (len(frame.columns) + 1)]

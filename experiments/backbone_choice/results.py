@@ -185,7 +185,7 @@ def main() -> None:
         "[README.md](README.md). Intervals: 95 % bootstrap over test images and seeds "
         f"({RESAMPLES} resamples; for τ also the scored training images), "
         "`src/report/intervals.py`; verdicts as defined there, with a margin of "
-        f"{MARGIN} for correlations.",
+        f"{MARGIN} for correlations. " + sr.load_sentence(out),
         "",
         "Test images per target: "
         + ", ".join(f"{d} {n:,}" for d, n in sorted(sizes.items()))

@@ -5,6 +5,7 @@ the convergence of the fine-tuning runs."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -103,7 +104,10 @@ def section(uri: str, cache: Path) -> list[str]:
         "## Intervals and verdicts (per-image test predictions)",
         "",
         f"Wall time: {hours:.2f} h from the first run's start to the last run's end "
-        "(both experiments; a resumed study counts its pause).",
+        "(both experiments; a resumed study counts its pause). "
+        + sr.load_sentence(
+            Path(os.environ.get("OUT", HERE.parents[1] / "outputs" / "transfer_table"))
+        ),
         "",
         "95 % bootstrap intervals over test images and seeds (`src/report/intervals.py`, "
         f"{RESAMPLES} resamples). Test images: "
