@@ -122,7 +122,7 @@ def best_value_of(target: str, backbone: str, strategy: str):
     def resolve() -> tuple[str, ...]:
         from mlflow import MlflowClient
 
-        from src.report.regret import best_val_acc
+        from src.tracking.runs import best_metric
 
         key, values = STEPPED[strategy]
         client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -135,7 +135,7 @@ def best_value_of(target: str, backbone: str, strategy: str):
                 f"tags.output_dir LIKE '%/{name}' and attributes.status = 'FINISHED'",
                 max_results=1,
             )
-            score = best_val_acc(client, runs[0].info.run_id) if runs else None
+            score = best_metric(client, runs[0].info.run_id) if runs else None
             if score is not None:
                 scored.append((score, -index, value))
         if not scored:

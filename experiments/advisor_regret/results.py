@@ -22,7 +22,8 @@ import plan  # noqa: E402  (the study's space: targets, backbones, stepped value
 import study_results as sr  # noqa: E402
 
 from src.report.intervals import Interval, _percentiles, resampled_accuracies  # noqa: E402
-from src.report.regret import Cell, best_val_acc, oracle, random_searches  # noqa: E402
+from src.report.regret import Cell, oracle, random_searches  # noqa: E402
+from src.tracking.runs import best_metric  # noqa: E402
 
 OUT = plan.OUT
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run: noise
@@ -74,7 +75,7 @@ def load_grid(client, target: str) -> Target:
         found.images += images
         if parts[0] == "grid" and len(parts) == 5:
             config = (parts[2], strategy, int(parts[4].lstrip("v")))
-            val = best_val_acc(client, run.info.run_id)
+            val = best_metric(client, run.info.run_id)
             if val is not None:
                 cell = Cell(config, val, seconds, run.info.run_id, images)
                 found.cells = [c for c in found.cells if c.config != config] + [cell]
@@ -117,7 +118,7 @@ def correctness(client, run_ids: list[str]) -> np.ndarray | None:
 
 def find_oracle(client, target: Target) -> None:
     values = {
-        config: [best_val_acc(client, r) or 0.0 for r in runs]
+        config: [best_metric(client, r) or 0.0 for r in runs]
         for config, runs in target.seeds.items()
     }
     if values:

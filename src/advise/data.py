@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from src.advise.budget import Budget, scaled_estimate
 from src.advise.jobs import compose, run_train
 from src.advise.tracking import PARENT, find_runs
+from src.tracking.runs import best_metric
 
 log = logging.getLogger(__name__)
 METRIC = "test/acc"
@@ -92,7 +93,7 @@ def run_one(job: DataJob, fraction: float, seed: int, limit: list[str]) -> dict:
         "seed": seed,
         "train_images": int(run.data.tags["train_images"]),
         "test_acc": run.data.metrics.get(METRIC),
-        "val_acc": run.data.metrics.get("val/acc"),
+        "val_acc": best_metric(job.client, run.info.run_id),  # the shipped checkpoint's
         "run_id": run.info.run_id,
     }
 

@@ -32,13 +32,6 @@ class Cell:
     images: int = 0  # training images processed (train images x epochs): machine-independent
 
 
-def best_val_acc(client, run_id: str, metric: str = "val/acc") -> float | None:
-    """The best value of the run's validation curve: the kept checkpoint's score (the checkpoint
-    monitors it, maximised), not the last epoch's."""
-    history = client.get_metric_history(run_id, metric)
-    return max(m.value for m in history) if history else None
-
-
 def oracle(seed_val_acc: dict[Config, Sequence[float]]) -> Config:
     """The configuration with the best mean validation accuracy over its seeds, among those with
     the most seeds (the grid's seeded cells: one per (backbone, strategy), at its best value)."""

@@ -58,6 +58,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def best_metric(client: MlflowClient, run_id: str, metric: str = "val/acc") -> float | None:
+    """The best value of a run's validation curve, maximised: the kept checkpoint's score when
+    the checkpoint monitors it (what a search must rank by), not the last epoch's."""
+    history = client.get_metric_history(run_id, metric)
+    return max(m.value for m in history) if history else None
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     """A nested dict as flat params ("a/b"), each value cut to MLflow's 6000 characters."""
     items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
