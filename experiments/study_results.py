@@ -105,10 +105,23 @@ def rescorer(tables: list[pd.DataFrame | None], score: str):
 
 
 def wall_hours(uri: str, experiments: tuple[str, ...]) -> float:
-    frame = search(Query(uri, experiments, kind=None))
-    if frame.empty:
-        return 0.0
-    return (frame["end_time"].max() - frame["start_time"].min()).total_seconds() / 3600
+    """Hours during which at least one of the study's runs was running: a study resumed in a
+    later session does not count the pause between (a run resumed across it still does)."""
+    frame = search(Query(uri, experiments, kind=None)).dropna(subset=["start_time", "end_time"])
+    return busy_seconds(zip(frame["start_time"], frame["end_time"], strict=True)) / 3600
+
+
+def busy_seconds(spans) -> float:
+    """The length of the union of (start, end) intervals (timestamps), in seconds."""
+    total, end = 0.0, None
+    for start, stop in sorted(spans):
+        if end is None or start > end:
+            total += (stop - start).total_seconds()
+            end = stop
+        elif stop > end:
+            total += (stop - end).total_seconds()
+            end = stop
+    return total
 
 
 def load_sentence(out_dir: Path) -> str:

@@ -51,6 +51,20 @@ def test_every_kind_of_job_in_a_plan_composes(study, count, tmp_path):
     assert len(fingerprints) == len({j.name for j in kinds.values()})  # one config per job
 
 
+def test_a_study_s_wall_time_is_the_union_of_its_runs_not_its_pauses():
+    import pandas as pd
+    from study_results import busy_seconds
+
+    t = pd.Timestamp
+    overlapping = [
+        (t("2026-01-01 10:00"), t("2026-01-01 11:00")),
+        (t("2026-01-01 10:30"), t("2026-01-01 11:30")),
+    ]
+    next_day = [(t("2026-01-02 10:00"), t("2026-01-02 10:10"))]
+    assert busy_seconds(overlapping + next_day) == 90 * 60 + 10 * 60
+    assert busy_seconds([]) == 0.0
+
+
 def test_the_beyond_finetune_plan_composes_every_job_kind(tmp_path):
     """Training jobs, post-hoc and eval jobs (their @run: references resolved to run ids)."""
     from study_jobs import compose_job

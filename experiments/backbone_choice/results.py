@@ -181,7 +181,7 @@ def main() -> None:
         "# Which pretrained model? Results",
         "",
         f"{len(runs)} finished training runs (`{EXPERIMENT}`) and the scores (`{SCORES_EXPERIMENT}`)"
-        f" in `{uri}`; {hours:.2f} h from the first run's start to the last run's end. Protocol: "
+        f" in `{uri}`; {hours:.2f} h during which a run was running. Protocol: "
         "[README.md](README.md). Intervals: 95 % bootstrap over test images and seeds "
         f"({RESAMPLES} resamples; for τ also the scored training images), "
         "`src/report/intervals.py`; verdicts as defined there, with a margin of "

@@ -103,8 +103,8 @@ def section(uri: str, cache: Path) -> list[str]:
     return [
         "## Intervals and verdicts (per-image test predictions)",
         "",
-        f"Wall time: {hours:.2f} h from the first run's start to the last run's end "
-        "(both experiments; a resumed study counts its pause). "
+        f"Wall time: {hours:.2f} h during which a run of either experiment was running "
+        "(a pause between sessions is not counted). "
         + sr.load_sentence(
             Path(os.environ.get("OUT", HERE.parents[1] / "outputs" / "transfer_table"))
         ),
