@@ -148,8 +148,31 @@ def evaluated(tracking_uri: str, cfg) -> str | None:
     return cfg.run_id if metric in run.data.metrics else None
 
 
+# A store that cannot be written for a moment (measured once here: an sqlite "disk I/O error"
+# for a few seconds while another process read the store) fails every job at its preflight check
+# in a second each: the whole rest of a study would be "failed" in seconds. Such a job waits and
+# tries again instead; a store still unwritable after the retries fails it as before.
+STORE_RETRIES, STORE_WAIT_S = 5, 30
+TRANSIENT = ("cannot be written", "is locked by another process", "cannot be opened")
+
+
 def run_one(job: StudyJob, out_dir: Path, plan: dict[str, StudyJob] | None = None) -> str:
-    """'reused' | 'done' | 'failed: <why>'. plan: every job by name (for @run: references)."""
+    """'reused' | 'done' | 'failed: <why>', a job failed on a store that cannot be written for
+    the moment tried again (STORE_RETRIES). plan: every job by name (for @run: references)."""
+    for attempt in range(STORE_RETRIES + 1):
+        status = run_once(job, out_dir, plan)
+        transient = "tracking_uri" in status and any(t in status for t in TRANSIENT)
+        if not transient or attempt == STORE_RETRIES:
+            break
+        log.warning("%s: the store is not writable now; again in %d s", job.name, STORE_WAIT_S)
+        time.sleep(STORE_WAIT_S)
+    if status.startswith("failed"):  # the jobs that start from it stop waiting
+        (out_dir / "failed").mkdir(parents=True, exist_ok=True)
+        (out_dir / "failed" / job.name).touch()
+    return status
+
+
+def run_once(job: StudyJob, out_dir: Path, plan: dict[str, StudyJob] | None = None) -> str:
     plan = plan or {job.name: job}
     try:
         run_ids = {name: run_of(name, plan, out_dir) for name in job.needs}
@@ -187,8 +210,6 @@ def run_one(job: StudyJob, out_dir: Path, plan: dict[str, StudyJob] | None = Non
             evaluate_run(cfg)
     except Exception as error:  # one failed cell must not stop the study; it is reported
         log.exception("%s failed", job.name)
-        (out_dir / "failed").mkdir(parents=True, exist_ok=True)
-        (out_dir / "failed" / job.name).touch()  # jobs that start from it stop waiting
         return f"failed: {type(error).__name__}: {error}"
     return "done"
 

@@ -65,6 +65,25 @@ def test_a_study_s_wall_time_is_the_union_of_its_runs_not_its_pauses():
     assert busy_seconds([]) == 0.0
 
 
+def test_a_job_on_a_store_unwritable_for_a_moment_is_tried_again(tmp_path, monkeypatch):
+    """A transient store failure (the preflight's "cannot be written") waits and retries; any
+    other failure, or one that lasts, fails the job and marks it for the jobs that wait on it."""
+    import study_jobs
+    from study_jobs import StudyJob, run_one
+
+    store = "failed: InvalidInput: logger.mlflow.tracking_uri='sqlite:///x.db': cannot be written"
+    answers = iter([store, store, "done", "failed: ValueError: bad", *[store] * 9])
+    calls = []
+    monkeypatch.setattr(study_jobs, "STORE_WAIT_S", 0)
+    monkeypatch.setattr(study_jobs, "run_once", lambda job, *_: calls.append(job) or next(answers))
+    job = StudyJob("a", ())
+    assert run_one(job, tmp_path) == "done" and len(calls) == 3
+    assert run_one(job, tmp_path) == "failed: ValueError: bad" and len(calls) == 4
+    assert (tmp_path / "failed" / "a").exists()
+    assert run_one(StudyJob("b", ()), tmp_path) == store
+    assert len(calls) == 4 + 1 + study_jobs.STORE_RETRIES and (tmp_path / "failed" / "b").exists()
+
+
 def test_the_beyond_finetune_plan_composes_every_job_kind(tmp_path):
     """Training jobs, post-hoc and eval jobs (their @run: references resolved to run ids)."""
     from study_jobs import compose_job
