@@ -75,8 +75,12 @@ def derived(trained: dict[str, StudyJob], tag: str) -> list[StudyJob]:
     """Post-hoc models of the plain fine-tuned run and every evaluation, for one size and seed."""
     plain = f"@run:{trained[f'ft_lr{LR}'].name}"
     sweep = ",".join(f"@run:{trained[f'ft_lr{lr}'].name}" for lr in SWEEP)
+    # WiSE-FT interpolates a model fine-tuned FROM its start (the paper: CLIP zero-shot, head
+    # included): here the pretrained backbone with a linear probe, LP-FT's own start. From plain
+    # fine-tuning (a random head) the path's middle mixes two unrelated heads (README).
+    from_probe = f"@run:{trained['lp_ft'].name}"
     jobs = [
-        StudyJob(f"wise_ft-{tag}", ("method=wise_ft", f"run_id={plain}"), "posthoc"),
+        StudyJob(f"wise_ft-{tag}", ("method=wise_ft", f"run_id={from_probe}"), "posthoc"),
         StudyJob(
             f"soup-{tag}", ("method=soup", "method.recipe=greedy", f"run_ids=[{sweep}]"), "posthoc"
         ),
