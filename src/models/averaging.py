@@ -17,6 +17,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_avg_fn
 
 log = logging.getLogger(__name__)
+# In every checkpoint: whether its weights are the average (False: saved before averaging began).
+AVERAGED_KEY = "weights_averaged"
 
 
 def ema_decay(total_steps: int, half_life_fraction: float) -> float:
@@ -68,6 +70,7 @@ class _Averaged:
             super().on_train_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[AVERAGED_KEY] = self._averaged_yet()  # read when the checkpoint is tested
         if self._averaged_yet():
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
@@ -78,6 +81,24 @@ class _Averaged:
         # average starts at its first update, as in a fresh run.
         if trainer.state.fn == TrainerFn.FITTING and "current_model_state" in checkpoint:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        elif trainer.state.fn == TrainerFn.TESTING:
+            self.said_what_ships(trainer, bool(checkpoint.get(AVERAGED_KEY, True)))
+
+    def said_what_ships(self, trainer, averaged: bool) -> None:
+        """The tested (and shipped) checkpoint is the best on validation: with SWA, or a run
+        stopped early, it can predate the first update and hold the raw weights. Never silent:
+        a warning and the run's tag averaging_shipped (average | raw)."""
+        from src.tracking.loggers import mlflow_loggers
+
+        self.shipped = "average" if averaged else "raw"
+        if not averaged:
+            log.warning(
+                "Weight averaging: the best validation checkpoint predates the first averaged "
+                "step, so the run tests and ships raw weights, not the average (an earlier "
+                "averaging start, e.g. averaging.start_fraction, or more epochs would change it)"
+            )
+        for logger in mlflow_loggers(trainer.loggers):
+            logger.experiment.set_tag(logger.run_id, "averaging_shipped", self.shipped)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self._device is None:  # built in setup, before the model moved to its device

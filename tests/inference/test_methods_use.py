@@ -72,7 +72,12 @@ def test_eval_scores_what_the_run_tested_and_exports_match(runs, kind, tmp_path)
         )
     assert_onnx_predicts(made["onnx"], model, images)
     state = load_checkpoint(trained.checkpoint)
-    params = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data.params
+    logged = MlflowClient(f"sqlite:///{root}/mlflow.db").get_run(run_id).data
+    params = logged.params
+    # The run says whether the checkpoint it tested and ships holds the average (EMA: always).
+    shipped = "average" if state["weights_averaged"] else "raw"
+    assert logged.tags["averaging_shipped"] == shipped
+    assert kind != "lora_ema" or shipped == "average"
     own = {
         k: v
         for k, v in state.get(ADAPTER_STATE, state["state_dict"]).items()

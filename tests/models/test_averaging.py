@@ -111,3 +111,21 @@ def test_a_run_stopped_before_averaging_began_keeps_its_own_weights(tmp_path):
     final = floats(module.state_dict())
     assert all(torch.equal(final[k], v) for k, v in raw.steps[-1].items() if k in final)
     assert "current_model_state" not in torch.load(tmp_path / "last.ckpt", weights_only=True)
+
+
+def test_which_weights_the_tested_checkpoint_holds_is_said(tmp_path, caplog):
+    """The best checkpoint of a run stopped before SWA's first update holds raw weights: testing
+    it says so (warning, averaging_shipped=raw); an averaged checkpoint says average."""
+    module, datamodule = build_module(Finetune())
+    swa = SWA(start_fraction=0.75)
+    trainer = fit_with_checkpoints(
+        module, datamodule, tmp_path, [swa, StopAfterFirstEpoch()], epochs=2
+    )
+    with caplog.at_level("WARNING", logger="src.models.averaging"):
+        trainer.test(module, datamodule=datamodule, ckpt_path="best")
+    assert swa.shipped == "raw" and "ships raw weights" in caplog.text
+    module, datamodule = build_module(Finetune())
+    ema = EMA(decay=0.7)
+    trainer = fit_with_checkpoints(module, datamodule, tmp_path / "ema", [ema], epochs=2)
+    trainer.test(module, datamodule=datamodule, ckpt_path="best")
+    assert ema.shipped == "average"
