@@ -92,8 +92,9 @@ def score_resamples(uri: str, experiment: str, cache: Path) -> dict[tuple[str, s
 
 def rescorer(tables: list[pd.DataFrame | None], score: str):
     """rescore(rng) for src.report.intervals: one resample index, the same for every backbone
-    (the same training images), or None when a backbone has no resamples."""
-    if any(t is None or score not in t for t in tables):
+    (the same training images), or None when a backbone has no resamples, or a resample gave no
+    number (LogME's NaN before its fix, 2026-12-05): the score is then held fixed."""
+    if any(t is None or score not in t or not np.isfinite(t[score]).all() for t in tables):
         return None
     count = min(len(t) for t in tables)
 

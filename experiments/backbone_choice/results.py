@@ -113,7 +113,7 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
     resampling test images, seeds and the scored training images. The estimate uses the scores
     on all the training images (fixed_scores), the resamples the scores on resampled ones."""
     backbones, targets = per_target(grid, "finetune")
-    frame, lines = {}, []
+    frame, lines, fixed = {}, [], set()
     for score in SCORES:
         parts = []
         for dataset, cell_list in targets.items():
@@ -124,6 +124,8 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
             if not np.all(np.isfinite(x)):
                 continue
             rescore = sr.rescorer(tabs, score)
+            if rescore is None:
+                fixed.add(score)
             interval = correlation_interval(x, cell_list, "weighted_tau", rescore, RESAMPLES // 4)
             frame.setdefault(dataset, {})[score] = interval.format(1, 2)
             parts.append((x, cell_list, rescore))
@@ -142,6 +144,13 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
             )
         elif published is not None:
             lines.append("- " + headline(f"{score}: mean weighted τ", mean, published, 0.0, MARGIN))
+    if fixed:
+        lines.append(
+            f"- {', '.join(sorted(fixed))}: the score on resampled training images gave no number "
+            "on some target (LogME overflowed to NaN on duplicated images, fixed since in "
+            "src/similarity/transferability.py), so its τ intervals resample test images and seeds "
+            "only, with the score held at its value on all the training images."
+        )
     return pd.DataFrame(frame).T.reindex(columns=list(SCORES)), lines
 
 

@@ -20,11 +20,16 @@ def logme(
     f = np.asarray(features, dtype=np.float64)
     n, d = f.shape
     s, v = np.linalg.eigh(f.T @ f)
-    s = np.clip(s, 0.0, None)  # d - rank eigenvalues are 0: A = alpha I there
+    # d - rank eigenvalues are 0 (A = alpha I there); rounding leaves them at ~1e-12 of the top
+    # one, and F^T y, which has no component in that null space, with rounding noise there. As
+    # beta grows (labels almost fitted: more dimensions than distinct images, e.g. a bootstrap
+    # resample's duplicates) that noise / s blew the weights up to inf and LogME to NaN.
+    null = s <= s.max() * max(n, d) * np.finfo(np.float64).eps
+    s = np.where(null, 0.0, s)
     evidences = []
     for c in range(int(labels.max()) + 1):
         y = (labels == c).astype(np.float64)
-        z = v.T @ (f.T @ y)  # F^T y in the eigenbasis
+        z = np.where(null, 0.0, v.T @ (f.T @ y))  # F^T y in the eigenbasis
         alpha, beta = 1.0, 1.0
         for _ in range(max_iter):
             gamma = np.sum(beta * s / (alpha + beta * s))

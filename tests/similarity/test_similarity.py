@@ -351,3 +351,19 @@ def test_nleep_adapts_to_fewer_images_than_mixture_components(caplog):
     score = nleep(features, labels)
     assert np.isfinite(score) and score <= 0  # a mean log-likelihood
     assert "fitting 40 instead" in caplog.text
+
+
+def test_logme_stays_finite_on_a_bootstrap_resample_with_more_dimensions_than_images():
+    """Duplicated images and d > n: the labels are almost fitted, beta grows, and rounding noise in
+    F^T F's null space once overflowed the weights (NaN on every score resample of a real study)."""
+    import warnings
+
+    from src.similarity.transferability import logme
+
+    rng = np.random.default_rng(0)  # the sizes of a study's score job: 1,000 images, 1,280-d
+    features, labels = np.abs(rng.normal(size=(1000, 1280))), rng.integers(0, 10, 1000)
+    drawn = rng.integers(0, 1000, 1000)  # was NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way either
+        assert np.isfinite(logme(features[drawn], labels[drawn]))
+        assert np.isfinite(logme(features, labels))
