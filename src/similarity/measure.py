@@ -129,7 +129,14 @@ def score_resamples(
         fb, yb, pb = f[drawn], y[drawn], probs[drawn]
         row = {"resample": float(b)}
         for name in check_estimators(estimators):
-            row[name] = float(ESTIMATORS[name](fb, yb, pb, val, knn_k, seed))
+            try:
+                row[name] = float(ESTIMATORS[name](fb, yb, pb, val, knn_k, seed))
+            except (np.linalg.LinAlgError, ValueError) as error:
+                # One resample's numerical failure (measured: NLEEP's PCA SVD not converging on
+                # a resample's duplicates) must not cost the job its scores: NaN, and the report
+                # holds that score fixed for its interval (experiments/study_results.rescorer).
+                log.warning("Resample %d: %s failed (%s): NaN", b, name, error)
+                row[name] = float("nan")
         rows.append(row)
     log.info("Scores on %d bootstrap resamples of %d training images", resamples, len(y))
     return rows

@@ -367,3 +367,32 @@ def test_logme_stays_finite_on_a_bootstrap_resample_with_more_dimensions_than_im
         warnings.simplefilter("error")  # no overflow on the way either
         assert np.isfinite(logme(features[drawn], labels[drawn]))
         assert np.isfinite(logme(features, labels))
+
+
+def test_an_estimator_failing_on_one_resample_costs_that_entry_only(monkeypatch):
+    """A numerical failure on a bootstrap resample (NLEEP's PCA SVD did not converge on a real
+    study's digits) is NaN in that row, not a failed score job."""
+    import torch
+
+    import src.pipelines.features as features_module
+    from src.similarity import measure
+
+    rng = np.random.default_rng(0)
+    f, y = torch.tensor(rng.normal(size=(40, 8))), torch.tensor(rng.integers(0, 2, 40))
+    splits = {"train": (f, y, torch.zeros(40, 3)), "val": (f[:10], y[:10], torch.zeros(10, 3))}
+    monkeypatch.setattr(features_module, "cached_features", lambda *a, **k: (splits, None))
+    calls = iter(range(100))
+
+    def flaky(*args):
+        if next(calls) == 1:
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return 1.0
+
+    monkeypatch.setitem(measure.ESTIMATORS, "flaky", flaky)
+    monkeypatch.setattr(measure, "check_estimators", lambda names: list(names))
+    rows = measure.score_resamples(None, None, None, 3, 0, ["flaky"], 3)
+    assert (
+        [r["flaky"] for r in rows][0] == 1.0
+        and np.isnan(rows[1]["flaky"])
+        and rows[2]["flaky"] == 1.0
+    )
