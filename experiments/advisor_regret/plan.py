@@ -155,7 +155,9 @@ def grid_seconds(target: str):
         [experiment.experiment_id],
         f"tags.dataset = '{target}' and attributes.status = 'FINISHED'",
     )
-    return sum((r.info.end_time - r.info.start_time) / 1000 for r in runs)
+    from src.report.regret import run_seconds  # as results.py counts them (resumes too)
+
+    return sum(run_seconds(runs).values())
 
 
 def budget_of(target: str, fraction: float):

@@ -22,7 +22,7 @@ import plan  # noqa: E402  (the study's space: targets, backbones, stepped value
 import study_results as sr  # noqa: E402
 
 from src.report.intervals import Interval, _percentiles, resampled_accuracies  # noqa: E402
-from src.report.regret import Cell, oracle, random_searches  # noqa: E402
+from src.report.regret import Cell, oracle, random_searches, run_seconds  # noqa: E402
 from src.tracking.runs import best_metric  # noqa: E402
 
 OUT = plan.OUT
@@ -89,22 +89,6 @@ def load_grid(client, target: str) -> Target:
         ]
         found.seeds[best.config] = [best.run_id, *more]
     return found
-
-
-def run_seconds(runs) -> dict[str, float]:
-    """Each run's wall time, start to end. A run resumed after an interruption spans the time it
-    was down too: it counts at the median of the uninterrupted runs of its strategy."""
-    spans = {r.info.run_id: (r.info.end_time - r.info.start_time) / 1000 for r in runs}
-    strategy = {r.info.run_id: r.data.tags.get("strategy", "") for r in runs}
-    clean = {}
-    for r in runs:
-        if not r.data.tags.get("resumes"):
-            clean.setdefault(strategy[r.info.run_id], []).append(spans[r.info.run_id])
-    for r in runs:
-        fallback = clean.get(strategy[r.info.run_id])
-        if r.data.tags.get("resumes") and fallback:
-            spans[r.info.run_id] = float(np.median(fallback))
-    return spans
 
 
 def correctness(client, run_ids: list[str]) -> np.ndarray | None:

@@ -91,3 +91,19 @@ def random_searches(
 ) -> list[tuple[Cell, float]]:
     """`repeats` replayed random searches with sampler seeds seed, seed + 1, ..."""
     return [random_search(cells, budget_seconds, seed + r) for r in range(repeats)]
+
+
+def run_seconds(runs) -> dict[str, float]:
+    """Each run's wall time, start to end. A run resumed after an interruption spans the time it
+    was down too: it counts at the median of the uninterrupted runs of its strategy."""
+    spans = {r.info.run_id: (r.info.end_time - r.info.start_time) / 1000 for r in runs}
+    strategy = {r.info.run_id: r.data.tags.get("strategy", "") for r in runs}
+    clean = {}
+    for r in runs:
+        if not r.data.tags.get("resumes"):
+            clean.setdefault(strategy[r.info.run_id], []).append(spans[r.info.run_id])
+    for r in runs:
+        fallback = clean.get(strategy[r.info.run_id])
+        if r.data.tags.get("resumes") and fallback:
+            spans[r.info.run_id] = float(np.median(fallback))
+    return spans
