@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 import plan  # noqa: E402  (the study's space: targets, backbones, stepped values)
 import study_results as sr  # noqa: E402
 
-from src.report.intervals import Interval, _percentiles, resampled_accuracies  # noqa: E402
+from src.report.intervals import Interval, percentile_interval, resampled_accuracies  # noqa: E402
 from src.report.regret import Cell, oracle, random_searches, run_seconds  # noqa: E402
 from src.tracking.runs import best_metric  # noqa: E402
 
@@ -120,7 +120,7 @@ def add(target: Target, budget: float, method: str, shipped, fraction: float, no
     estimate = float(target.oracle_correct.mean() - shipped.mean())
     draws = drawn[:, 0] - drawn[:, 1]
     target.draws[(budget, method)] = (estimate, draws)
-    interval = _percentiles(estimate, draws, 0.95)
+    interval = percentile_interval(estimate, draws, 0.95)
     target.rows.append(
         {
             "target": target.name,
@@ -220,7 +220,7 @@ def mean_over_targets(targets: list[Target]) -> list[dict]:
     for budget, method in sorted(keys):
         estimate = float(np.mean([t.draws[(budget, method)][0] for t in targets]))
         draws = np.mean([t.draws[(budget, method)][1] for t in targets], axis=0)
-        interval: Interval = _percentiles(estimate, draws, 0.95)
+        interval: Interval = percentile_interval(estimate, draws, 0.95)
         fraction = np.mean(
             [
                 r["compute_fraction"]
@@ -359,7 +359,7 @@ def page_lines(uri: str, targets: list[Target], rows: list[dict]) -> list[str]:
             continue
         backbone, strategy, index = t.oracle
         key, values = plan.STEPPED[strategy]
-        acc = _percentiles(
+        acc = percentile_interval(
             t.oracle_correct.mean(), resampled_accuracies([t.oracle_correct], RESAMPLES)[:, 0], 0.95
         )
         lines.append(

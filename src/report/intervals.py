@@ -40,7 +40,8 @@ class Interval:
         return f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _percentiles(estimate: float, values: np.ndarray, level: float) -> Interval:
+def percentile_interval(estimate: float, values: np.ndarray, level: float = LEVEL) -> Interval:
+    """The percentile interval of bootstrap draws around `estimate`; non-finite draws dropped."""
     values = values[np.isfinite(values)]  # e.g. r of a resample where all accuracies tie
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
@@ -80,7 +81,9 @@ def accuracy_interval(
 ) -> Interval:
     """A cell's accuracy (mean over seeds and test images) with its bootstrap interval."""
     (cell,) = _as_cells([correct])
-    return _percentiles(cell.mean(), resampled_accuracies([cell], resamples, seed)[:, 0], level)
+    return percentile_interval(
+        cell.mean(), resampled_accuracies([cell], resamples, seed)[:, 0], level
+    )
 
 
 def difference_interval(
@@ -93,7 +96,7 @@ def difference_interval(
     """Accuracy of a minus accuracy of b on the same test images (paired), e.g. LP-FT - FT."""
     a, b = _as_cells([correct_a, correct_b])
     drawn = resampled_accuracies([a, b], resamples, seed)
-    return _percentiles(a.mean() - b.mean(), drawn[:, 0] - drawn[:, 1], level)
+    return percentile_interval(a.mean() - b.mean(), drawn[:, 0] - drawn[:, 1], level)
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -163,7 +166,7 @@ def correlation_interval(
     estimate, values = correlation_draws(
         predictor, correct, statistic, rescore, resamples, seed, transform
     )
-    return _percentiles(estimate, values, level)
+    return percentile_interval(estimate, values, level)
 
 
 def mean_correlation_interval(
@@ -185,7 +188,7 @@ def mean_correlation_interval(
     )
     with np.errstate(all="ignore"):
         values = np.nanmean(np.vstack(draws), axis=0)
-    return _percentiles(float(np.nanmean(estimates)), values, level)
+    return percentile_interval(float(np.nanmean(estimates)), values, level)
 
 
 def pooled_correlation_interval(
@@ -207,7 +210,9 @@ def pooled_correlation_interval(
         [transform(resampled_accuracies(p, resamples, seed + 7 * i)) for i, p in enumerate(parts)],
         axis=0,
     )
-    return _percentiles(function(x, mean), np.array([function(x, row) for row in drawn]), level)
+    return percentile_interval(
+        function(x, mean), np.array([function(x, row) for row in drawn]), level
+    )
 
 
 VERDICTS = ("agree", "contradict", "inconclusive")
