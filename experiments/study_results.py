@@ -18,7 +18,7 @@ from src.report.query import Query, search  # noqa: E402
 from src.report.table import newest_per_seed  # noqa: E402
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run: noise
-FLAT_POINTS = 1.0  # "flat": the last fifth's mean val/acc within 1 point of the fifth before it
+FLAT_POINTS = 1.0  # "flat": the cell's last fifth of val/acc within 1 point of the fifth before it
 
 
 def training_runs(uri: str, experiments: tuple[str, ...], keys: tuple[str, ...]) -> pd.DataFrame:
@@ -70,6 +70,41 @@ def val_change(uri: str, run_id: str) -> float:
     if fifth == 0:
         return float("nan")
     return 100 * float(values[-fifth:].mean() - values[-2 * fifth : -fifth].mean())
+
+
+def convergence(changes: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell (`keys`), from one `change` (val_change) per seed: the change of the cell's
+    validation curve (the mean over seeds), the seeds' range, and whether it is flat
+    (|mean| <= FLAT_POINTS). The mean, not the seeds' largest |change|: a 200-image validation
+    set moves by 0.5 point per image, and the largest of 3 noisy changes overstates the drift."""
+    grouped = changes.dropna(subset=["change"]).groupby(keys)["change"]
+    cells = pd.DataFrame({"mean": grouped.mean(), "low": grouped.min(), "high": grouped.max()})
+    cells["seeds"] = grouped.size()
+    cells["flat"] = cells["mean"].abs() <= FLAT_POINTS
+    return cells
+
+
+def convergence_text(cells: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, str]:
+    """The convergence table as printed (`+0.8 (−0.2…+1.8)`: the mean change and the seeds'
+    range, in points, a still-rising cell in bold) and its one-line summary."""
+
+    def text(row) -> str:
+        value = f"{row['mean']:+.1f}"
+        if row["seeds"] > 1:
+            value += f" ({row['low']:+.1f}…{row['high']:+.1f})"
+        return value if row["flat"] else f"**{value}**"
+
+    table = cells.apply(text, axis=1).unstack(columns).fillna("—")
+    rising = cells[~cells["flat"] & (cells["mean"] > 0)]
+    summary = (
+        f"{int(cells['flat'].sum())} of {len(cells)} cells flat (|change| ≤ {FLAT_POINTS} point)"
+        + (
+            f"; still rising: {', '.join(' / '.join(map(str, np.atleast_1d(i))) for i in rising.index)}"
+            if len(rising)
+            else ""
+        )
+    )
+    return table, summary
 
 
 def score_resamples(uri: str, experiment: str, cache: Path) -> dict[tuple[str, str], pd.DataFrame]:

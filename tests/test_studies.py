@@ -65,6 +65,30 @@ def test_a_study_s_wall_time_is_the_union_of_its_runs_not_its_pauses():
     assert busy_seconds([]) == 0.0
 
 
+def test_convergence_is_judged_on_the_cell_s_mean_validation_curve():
+    import pandas as pd
+    from study_results import convergence, convergence_text
+
+    changes = pd.DataFrame(
+        {
+            "dataset": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+            "backbone": ["x"] * 8,
+            # a: one noisy seed, mean +0.67 (flat); b: every seed rising, mean +1.5; c: one run
+            # too short to judge (NaN) is left out, the other fell by 2 points.
+            "change": [2.0, -0.5, 0.5, 1.0, 1.5, 2.0, float("nan"), -2.0],
+        }
+    )
+    cells = convergence(changes, ["dataset", "backbone"])
+    assert cells["mean"].round(2).tolist() == [0.67, 1.5, -2.0]
+    assert cells["flat"].tolist() == [True, False, False]
+    assert cells["seeds"].tolist() == [3, 3, 1]
+    table, summary = convergence_text(cells, ["backbone"])
+    assert table.loc["a", "x"] == "+0.7 (-0.5…+2.0)"
+    assert table.loc["b", "x"] == "**+1.5 (+1.0…+2.0)**"
+    assert table.loc["c", "x"] == "**-2.0**"
+    assert summary == "1 of 3 cells flat (|change| ≤ 1.0 point); still rising: b / x"
+
+
 def test_a_job_on_a_store_unwritable_for_a_moment_is_tried_again(tmp_path, monkeypatch):
     """A transient store failure (the preflight's "cannot be written") waits and retries; any
     other failure, or one that lasts, fails the job and marks it for the jobs that wait on it."""

@@ -165,11 +165,13 @@ def full_scores(uri: str) -> dict[tuple[str, str], dict[str, float]]:
     }
 
 
-def convergence(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
-    tuned = runs[runs["strategy"] == "finetune"]
+def convergence(uri: str, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    tuned = runs[runs["strategy"] == "finetune"].replace({"backbone": SHORT})
     changes = tuned.assign(change=[sr.val_change(uri, r) for r in tuned["run_id"]])
-    table = changes.groupby(["dataset", "backbone"])["change"].agg(lambda c: np.nanmax(np.abs(c)))
-    return table.unstack("backbone").rename(columns=SHORT).round(2)
+    table, summary = sr.convergence_text(
+        sr.convergence(changes, ["dataset", "backbone"]), ["backbone"]
+    )
+    return table[[b for b in SHORT.values() if b in table.columns]], summary
 
 
 def main() -> None:
@@ -184,7 +186,7 @@ def main() -> None:
     tau_table, tau_lines = taus(grid, resampled, full_scores(uri))
     r_table, r_lines = kornblith(grid, top1)
     sizes = {d: m.shape[1] for (_, d, _), m in grid.items()}
-    flat = convergence(uri, runs)
+    flat, flat_summary = convergence(uri, runs)
     hours = sr.wall_hours(uri, (EXPERIMENT, SCORES_EXPERIMENT))
     lines = [
         "# Which pretrained model? Results",
@@ -219,8 +221,9 @@ def main() -> None:
         "",
         "## Convergence of fine-tuning",
         "",
-        "Largest |change| over seeds of the mean val/acc (points) from the second-to-last fifth "
-        f"of the epochs to the last fifth; flat: ≤ {sr.FLAT_POINTS} point.",
+        "Change of the validation curve (val/acc, mean over seeds, points) from the second-to-last "
+        "fifth of the epochs to the last fifth, and the seeds' range; flat: |change| ≤ "
+        f"{sr.FLAT_POINTS} point, bold: not flat. {flat_summary}.",
         "",
         sr.markdown(flat, "target"),
         "",

@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
@@ -79,16 +78,14 @@ def full_lines(cells: dict) -> list[str]:
     return lines
 
 
-def convergence(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
-    """Largest |change| over seeds of val/acc between the last two fifths of the epochs."""
+def convergence(uri: str, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The fine-tuning cells' change of validation accuracy over the last fifth of the epochs."""
     tuned = runs[runs["strategy"].isin(("finetune", "lp_ft"))]
     if tuned.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), "no fine-tuning runs yet"
     changes = tuned.assign(change=[sr.val_change(uri, r) for r in tuned["run_id"]])
-    table = changes.groupby(["strategy", "dataset", "fraction"])["change"].agg(
-        lambda c: np.nanmax(np.abs(c))
-    )
-    return table.unstack(["dataset", "fraction"]).round(2)
+    cells = sr.convergence(changes, ["strategy", "dataset", "fraction"])
+    return sr.convergence_text(cells, ["dataset", "fraction"])
 
 
 def section(uri: str, cache: Path) -> list[str]:
@@ -98,7 +95,8 @@ def section(uri: str, cache: Path) -> list[str]:
         return []
     full_runs, full_cells = grid(uri, "transfer_table_full", cache)
     sizes = {d: m.shape[1] for (d, _, _), m in cells.items()}
-    flat = convergence(uri, pd.concat([runs, full_runs]))
+    # The full-data runs' fraction tag is 1.0 too: they are their own column.
+    flat, flat_summary = convergence(uri, pd.concat([runs, full_runs.assign(fraction="all")]))
     hours = sr.wall_hours(uri, ("transfer_table", "transfer_table_full"))
     return [
         "## Intervals and verdicts (per-image test predictions)",
@@ -125,8 +123,9 @@ def section(uri: str, cache: Path) -> list[str]:
         "",
         sr.markdown(cell_table(cells), "strategy"),
         "",
-        "Convergence: largest |change| over seeds of the mean val/acc (points) from the "
-        f"second-to-last fifth of the epochs to the last fifth (flat: ≤ {sr.FLAT_POINTS}):",
+        "Convergence: change of the validation curve (val/acc, mean over seeds, points) from the "
+        "second-to-last fifth of the epochs to the last fifth, and the seeds' range; flat: "
+        f"|change| ≤ {sr.FLAT_POINTS} point, bold: not flat. {flat_summary}:",
         "",
         sr.markdown(flat, "strategy") if not flat.empty else "- no fine-tuning runs yet",
         "",
