@@ -108,6 +108,11 @@ def kornblith(grid: dict, top1: dict[str, float]) -> tuple[pd.DataFrame, list[st
     return pd.DataFrame(table).T, lines
 
 
+def tau_text(interval) -> str:
+    """A τ cell; "—" where τ is undefined (the score ties across the backbones: SFDA at 1.0)."""
+    return interval.format(1, 2) if np.isfinite(interval.estimate) else "—"
+
+
 def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, list[str]]:
     """Each score's weighted tau against the fine-tuned accuracies, per target and averaged,
     resampling test images, seeds and the scored training images. The estimate uses the scores
@@ -127,12 +132,12 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
             if rescore is None:
                 fixed.add(score)
             interval = correlation_interval(x, cell_list, "weighted_tau", rescore, RESAMPLES // 4)
-            frame.setdefault(dataset, {})[score] = interval.format(1, 2)
+            frame.setdefault(dataset, {})[score] = tau_text(interval)
             parts.append((x, cell_list, rescore))
         if not parts:
             continue
         mean = mean_correlation_interval(parts, "weighted_tau", RESAMPLES // 4)
-        frame.setdefault(f"mean over {len(parts)} targets", {})[score] = mean.format(1, 2)
+        frame.setdefault(f"mean over {len(parts)} targets", {})[score] = tau_text(mean)
         published = PUBLISHED_TAU.get(score)
         frame.setdefault("published (SFDA paper, Table 1)", {})[score] = (
             f"{published:.3f}" if published is not None else "—"
