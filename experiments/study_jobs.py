@@ -123,11 +123,13 @@ def run_of(name: str, plan: dict[str, StudyJob], out_dir: Path) -> str:
         time.sleep(WAIT_SECONDS)  # another worker is on it
 
 
-def existing_run(job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = None) -> str | None:
+def existing_run(
+    job: StudyJob, out_dir: Path, run_ids: dict[str, str] | None = None, composed=None
+) -> str | None:
     """The run a finished job left, or None: training, scores, post-hoc: its own run (post-hoc:
     tagged study_job=<fingerprint> by run_one); eval: the run it scored, once it holds the metric.
-    run_ids: the runs its @run: references name."""
-    cfg, _, fingerprint = compose_job(job, out_dir, run_ids)
+    run_ids: the runs its @run: references name; composed: compose_job's answer, when at hand."""
+    cfg, _, fingerprint = composed or compose_job(job, out_dir, run_ids)
     uri = cfg.paths.tracking_uri
     if job.config in ("train", "similarity"):
         return finished(uri, cfg.experiment_name, fingerprint)
@@ -176,8 +178,8 @@ def run_once(job: StudyJob, out_dir: Path, plan: dict[str, StudyJob] | None = No
     plan = plan or {job.name: job}
     try:
         run_ids = {name: run_of(name, plan, out_dir) for name in job.needs}
-        cfg, choices, fingerprint = compose_job(job, out_dir, run_ids)
-        reused = existing_run(job, out_dir, run_ids)
+        composed = cfg, choices, fingerprint = compose_job(job, out_dir, run_ids)
+        reused = existing_run(job, out_dir, run_ids, composed)
         if reused:
             log.info(
                 "%s: reused run %s (same config fingerprint %s)", job.name, reused, fingerprint
