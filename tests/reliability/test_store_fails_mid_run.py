@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.helpers.jobs import ROOT, cli_train, default_signals
+from tests.helpers.jobs import ROOT, cli_train, default_signals, tmpfs
 
 pytestmark = pytest.mark.slow  # two training processes
 
@@ -22,19 +22,8 @@ pytestmark = pytest.mark.slow  # two training processes
 @pytest.fixture
 def store_tmpfs(tmp_path):
     """A 64 MiB tmpfs (over the store probe's 16 MiB floor); skipped where mounting is refused."""
-    mount_point = tmp_path / "store"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()[:120]}")
-    try:
+    with tmpfs(tmp_path / "store", "64m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def fill(folder: Path) -> Path:

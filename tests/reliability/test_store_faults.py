@@ -16,6 +16,7 @@ import pytest
 
 from src.tracking import store
 from src.tracking.store import check_tracking_uri
+from tests.helpers.jobs import tmpfs
 from tests.helpers.servers import free_port
 
 
@@ -102,19 +103,8 @@ time.sleep(120)
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 1 MiB tmpfs at tmp_path/mnt (root and mount rights needed; skipped otherwise)."""
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()[:120]}")
-    try:
+    with tmpfs(tmp_path / "mnt", "1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_store_on_a_full_disk_is_refused(small_tmpfs, mlflow_store):
