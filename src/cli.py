@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -78,6 +79,7 @@ def _run_job(task, cfg, stores: Stores | None, in_sweep_fails_job: bool, config_
     fresh = _only_hydra_files(folder, hydra_cfg.job.name, log_empty=True)
     try:
         overrides = list(hydra_cfg.overrides.task)
+        check_required(cfg)
         check_value_types(config_name, cfg, overrides, hydra_cfg.runtime.choices)
         check_added_keys(config_name, overrides, hydra_cfg.runtime.choices)
         if stores is not None:
@@ -125,6 +127,25 @@ def _remove_run_folder(folder: Path, cfg) -> None:
     parent = folder.resolve().parent
     if parent.is_relative_to(runs) and parent != runs and not any(parent.iterdir()):
         parent.rmdir()
+
+
+def check_required(cfg) -> None:
+    """Every mandatory key (??? in conf/: predict's images, explain's run_id, an image folder's
+    root) given, before any work starts: otherwise the task would stop at its first use with
+    OmegaConf's traceback."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    from src.config import required_line
+    from src.errors import InvalidInput
+
+    try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except InterpolationToMissingValueError as error:  # a key interpolating a missing one
+        found = re.search(r"Missing mandatory value: (\S+)", str(error))
+        missing = [found.group(1) if found else str(error.full_key)]
+    if missing:
+        raise InvalidInput(required_line(missing))
 
 
 def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> None:

@@ -105,6 +105,13 @@ def hydra_config_kept() -> Iterator[None]:
         instance.cfg = saved
 
 
+def required_line(missing: list[str]) -> str:
+    """The refusal of a config whose mandatory keys (???) were not given."""
+    return f"{missing[0]} is required: add {missing[0]}=<value> to the command" + (
+        f" (also missing: {', '.join(missing[1:])})." if missing[1:] else "."
+    )
+
+
 def instantiate_node(node: DictConfig, **kwargs):
     """hydra's instantiate, re-raising a constructor's own error: Hydra's wrapper prints its repr,
     escaping the newlines of a message written to be read."""
@@ -116,10 +123,7 @@ def instantiate_node(node: DictConfig, **kwargs):
     # a partial, which then fails later with a TypeError. Named here instead.
     missing = sorted(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else []
     if missing:
-        raise ValueError(
-            f"{missing[0]} is required: add {missing[0]}=<value> to the command"
-            + (f" (also missing: {', '.join(missing[1:])})." if missing[1:] else ".")
-        )
+        raise ValueError(required_line(missing))
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as wrapped:

@@ -65,6 +65,25 @@ def test_unknown_option_lists_the_valid_ones(tmp_path, overrides, fragment):
     assert fragment in message
 
 
+@pytest.mark.parametrize(
+    "entry, overrides, key",
+    [
+        ("predict", [], "images"),
+        ("explain", [], "run_id"),
+        ("train", ["backbone=timm"], "backbone.name"),  # interpolated by other keys too
+        ("train", ["dataset=imagefolder"], "dataset.source.root"),
+        ("similarity", ["dataset=imagefolder"], "dataset.source.root"),
+    ],
+)
+def test_a_mandatory_key_left_out_is_named_before_the_task_starts(tmp_path, entry, overrides, key):
+    from src.cli import check_required
+    from tests.helpers.compose import compose_entry
+
+    with pytest.raises(InvalidInput, match=f"^{key} is required: add {key}=<value>"):
+        check_required(compose_entry(entry, tmp_path, overrides))
+    check_required(compose_entry(entry, tmp_path, [*overrides, f"{key}=given"]))
+
+
 @pytest.mark.slow
 def test_command_line_exits_2_without_a_traceback(tmp_path):
     env = child_env()

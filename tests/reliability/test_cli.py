@@ -53,6 +53,7 @@ def test_hydra_errors_are_one_line_with_exit_2_before_anything(
         ("src.similarity", "knn_k=[3]", "knn_k=[3]: a number (its default is 10)"),
         ("src.train", "+foo.bar=1", "+foo.bar=1: 'foo' is not a key of train's config"),
         ("src.report", "title=x", "tracking_uri: no MLflow store at"),  # nothing to report
+        ("src.predict", "top_k=3", "images is required: add images=<value> to the command"),
     ],
 )
 def test_a_value_of_the_wrong_kind_is_refused_before_the_task(tmp_path, module, override, fragment):
