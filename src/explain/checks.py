@@ -6,12 +6,9 @@ from __future__ import annotations
 import re
 
 from src.errors import InvalidInput
+from src.tracking.kinds import MODEL_LESS_KINDS, model_less_line
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-# Runs that hold no trained model of their own (src/tracking/kinds.py): parents of several runs,
-# other tools' runs, explain's own. Every other kind (train, trials, the advisor's jobs, post-hoc
-# models, kinds added later) is looked for a model like src.eval does.
-MODEL_LESS_KINDS = ("sweep", "grid", "advise", "similarity", "report", "explain")
 
 
 def check_run(run_id, tracking_uri: str) -> None:
@@ -32,10 +29,7 @@ def check_run(run_id, tracking_uri: str) -> None:
         raise InvalidInput(f"run_id={run_id}: no such MLflow run in {tracking_uri}.") from None
     kind = tags.get("kind", "train")
     if kind in MODEL_LESS_KINDS:
-        raise InvalidInput(
-            f"run_id={run_id} is a {kind} run: it holds no trained model. Explain a run that "
-            "trained one (kind train, sweep_trial, advise_search, advise_data, ...)."
-        )
+        raise InvalidInput(model_less_line(run_id, kind))
 
 
 def check_classes_asked(asked, names: list[str], key: str = "classes") -> list[int]:

@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from src.errors import InvalidInput
+from src.tracking.kinds import MODEL_LESS_KINDS, model_less_line
 
 log = logging.getLogger(__name__)
-# Runs that hold no model: their tools' own (src.tracking.kinds); every other kind trained one.
-NOT_TRAINING = ("similarity", "similarity_ranking", "report", "advise", "sweep", "grid")
 
 
 @dataclass
@@ -84,11 +83,8 @@ def _run_output_dir(run_id: str, tracking_uri: str) -> tuple[Path, dict[str, str
     except MlflowException:
         raise InvalidInput(f"run_id={run_id}: no such MLflow run in {tracking_uri}.") from None
     kind = run.data.tags.get("kind")
-    if kind in NOT_TRAINING:
-        raise InvalidInput(
-            f"run_id={run_id}: not a training run (kind={kind}); give the id of a run that "
-            "trained a model (kind=train, sweep_trial, advise_search or advise_data)."
-        )
+    if kind in MODEL_LESS_KINDS:
+        raise InvalidInput(model_less_line(run_id, kind))
     output_dir = run.data.tags.get("output_dir")
     if not output_dir or not Path(output_dir).is_dir():
         raise InvalidInput(f"run_id={run_id}: its output_dir '{output_dir}' no longer exists.")

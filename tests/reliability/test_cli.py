@@ -191,16 +191,22 @@ def test_store_faults_mid_run_are_one_line():
     assert store_fault_line(KeyError("a bug")) is None  # a bug keeps its traceback
 
 
-def test_a_similarity_run_id_is_not_a_training_run(store_uri):
+@pytest.mark.parametrize("kind", ["similarity", "similarity_ranking", "explain", "sweep"])
+def test_a_run_that_holds_no_model_is_refused_naming_the_kinds_that_do(store_uri, kind):
     from mlflow import MlflowClient
 
+    from src.explain.checks import check_run
     from src.inference.trained import locate
 
-    uri = store_uri
-    client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("kinds"), tags={"kind": "similarity"})
-    with pytest.raises(InvalidInput, match=r"not a training run \(kind=similarity\)"):
-        locate(run.info.run_id, None, uri)
+    client = MlflowClient(store_uri)
+    experiment = client.get_experiment_by_name("kinds") or client.create_experiment("kinds")
+    experiment_id = getattr(experiment, "experiment_id", experiment)
+    run_id = client.create_run(experiment_id, tags={"kind": kind}).info.run_id
+    refusal = rf"run_id={run_id} is a {kind} run: it holds no trained model; .*wise_ft, soup"
+    with pytest.raises(InvalidInput, match=refusal):  # eval, predict, export, posthoc
+        locate(run_id, None, store_uri)
+    with pytest.raises(InvalidInput, match=refusal):
+        check_run(run_id, store_uri)
 
 
 def test_a_checkpoint_of_another_backbone_names_both():
