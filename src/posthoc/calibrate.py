@@ -40,6 +40,21 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return temperature
 
 
+def check_fittable(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuses a validation split the model classifies all right (or all wrong): its NLL then falls
+    for ever as T -> 0 (or T -> inf), so the "fitted" T is wherever the optimiser stopped, and the
+    calibrated model would claim probability 1 (or 1/K) for everything."""
+    right = int((logits.argmax(1) == labels).sum())
+    if right in (0, len(labels)):
+        which = "every one right" if right else "every one wrong"
+        raise InvalidInput(
+            f"method=calibrate: the model classifies the {len(labels)} validation images "
+            f"{which}, so the validation NLL has no minimum over T and temperature scaling has "
+            "nothing to fit; it needs both right and wrong validation predictions: a larger "
+            "validation split (dataset.val_fraction, dataset.samples_per_class) gives it some."
+        )
+
+
 def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
     """A copy whose linear classifier is divided by T: its logits are the model's / T."""
     scaled = copy.deepcopy(model)
@@ -78,6 +93,7 @@ class Calibrate:
     def apply(self, sources: list[Source], datamodule, output_dir: Path) -> Outcome:
         (source,) = sources
         logits, labels = split_logits(source.model, datamodule, "val")
+        check_fittable(logits, labels)
         temperature = fit_temperature(logits, labels, self.max_iter)
         model = fold_temperature(source.model, temperature)
         metrics = {"temperature": temperature}

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from src.errors import InvalidInput
 from src.inference.trained import load_checkpoint, load_model, locate
-from src.posthoc.calibrate import fit_temperature, fold_temperature
+from src.posthoc.calibrate import check_fittable, fit_temperature, fold_temperature
 from src.posthoc.scoring import nll
 from src.posthoc.soup import Soup
 from src.posthoc.sources import Source, check_same_architecture
@@ -55,6 +55,21 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_nll():
     temperature = fit_temperature(overconfident, labels)
     assert temperature == pytest.approx(3.0, rel=0.1)
     assert nll(overconfident / temperature, labels) < nll(overconfident, labels) - 0.1
+
+
+def test_a_validation_split_without_errors_or_without_hits_is_not_calibrated():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    all_right = torch.nn.functional.one_hot(labels, 3).float() * 2
+    # Nothing to fit: the NLL only falls as T -> 0, the "fit" is where LBFGS stopped.
+    assert fit_temperature(all_right, labels) < 0.2
+    with pytest.raises(InvalidInput, match="every one right, so the validation NLL has no min"):
+        check_fittable(all_right, labels)
+    with pytest.raises(InvalidInput, match="every one wrong"):
+        check_fittable(all_right, (labels + 1) % 3)
+    one_wrong = all_right.clone()
+    one_wrong[0] = torch.tensor([0.0, 2.0, 0.0])
+    check_fittable(one_wrong, labels)  # an interior minimum exists
+    assert 0.2 < fit_temperature(one_wrong, labels) < 5
 
 
 def test_temperature_folded_into_the_head_divides_the_logits():
