@@ -95,6 +95,8 @@ def convergence_text(cells: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
         return value if row["flat"] else f"**{value}**"
 
     table = cells.apply(text, axis=1).unstack(columns).fillna("—")
+    if isinstance(table.columns, pd.MultiIndex):  # e.g. (dataset, fraction): "mnist / 0.1"
+        table.columns = [" / ".join(map(str, c)) for c in table.columns]
     rising = cells[~cells["flat"] & (cells["mean"] > 0)]
     summary = (
         f"{int(cells['flat'].sum())} of {len(cells)} cells flat (|change| ≤ {FLAT_POINTS} point)"

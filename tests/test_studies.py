@@ -87,6 +87,10 @@ def test_convergence_is_judged_on_the_cell_s_mean_validation_curve():
     assert table.loc["b", "x"] == "**+1.5 (+1.0…+2.0)**"
     assert table.loc["c", "x"] == "**-2.0**"
     assert summary == "1 of 3 cells flat (|change| ≤ 1.0 point); still rising: b / x"
+    by_two, _ = convergence_text(
+        convergence(changes.assign(size="10"), ["backbone", "dataset", "size"]), ["dataset", "size"]
+    )
+    assert list(by_two.columns) == ["a / 10", "b / 10", "c / 10"]
 
 
 def test_a_job_on_a_store_unwritable_for_a_moment_is_tried_again(tmp_path, monkeypatch):
