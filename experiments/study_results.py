@@ -97,13 +97,17 @@ def convergence_text(cells: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
     table = cells.apply(text, axis=1).unstack(columns).fillna("—")
     if isinstance(table.columns, pd.MultiIndex):  # e.g. (dataset, fraction): "mnist / 0.1"
         table.columns = [" / ".join(map(str, c)) for c in table.columns]
-    rising = cells[~cells["flat"] & (cells["mean"] > 0)]
+
+    def named(moving: pd.DataFrame, how: str) -> str:
+        names = [" / ".join(map(str, np.atleast_1d(i))) for i in moving.index]
+        return f"; {how}: {', '.join(names)}" if names else ""
+
+    moving = cells[~cells["flat"]]
     summary = (
         f"{int(cells['flat'].sum())} of {len(cells)} cells flat (|change| ≤ {FLAT_POINTS} point)"
-        + (
-            f"; still rising: {', '.join(' / '.join(map(str, np.atleast_1d(i))) for i in rising.index)}"
-            if len(rising)
-            else ""
+        + named(moving[moving["mean"] > 0], "still rising")
+        + named(
+            moving[moving["mean"] < 0], "falling (past its best epoch, which is the one tested)"
         )
     )
     return table, summary

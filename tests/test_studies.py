@@ -86,7 +86,10 @@ def test_convergence_is_judged_on_the_cell_s_mean_validation_curve():
     assert table.loc["a", "x"] == "+0.7 (-0.5…+2.0)"
     assert table.loc["b", "x"] == "**+1.5 (+1.0…+2.0)**"
     assert table.loc["c", "x"] == "**-2.0**"
-    assert summary == "1 of 3 cells flat (|change| ≤ 1.0 point); still rising: b / x"
+    assert summary == (
+        "1 of 3 cells flat (|change| ≤ 1.0 point); still rising: b / x; "
+        "falling (past its best epoch, which is the one tested): c / x"
+    )
     by_two, _ = convergence_text(
         convergence(changes.assign(size="10"), ["backbone", "dataset", "size"]), ["dataset", "size"]
     )

@@ -285,7 +285,7 @@ def main() -> None:
             "## All 60,000 training images",
             "",
             f"{full_runs} finished runs, read from {full_source}. Same test images as above; "
-            "54,000 training + 6,000 validation images, 6 epochs. Also as [LaTeX](table_full.tex) "
+            "54,000 training + 6,000 validation images, 6 epochs (fine-tuning: 8, `FULL_EPOCHS`). Also as [LaTeX](table_full.tex) "
             "and [CSV](table_full.csv).",
             "",
             (REPORT / "table_full.md").read_text().strip(),
