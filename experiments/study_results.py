@@ -1,6 +1,6 @@
 """What both studies' results.py read from their MLflow store: finished runs, per-image test
 correctness (the predictions artifact of every run), convergence of the validation curve, the
-scores on bootstrap resamples of the training images, and the wall time."""
+scores on half-samples of the training images, and the wall time."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def convergence_text(cells: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
 
 
 def score_resamples(uri: str, experiment: str, cache: Path) -> dict[tuple[str, str], pd.DataFrame]:
-    """(dataset, backbone) -> the scores on each bootstrap resample of its training images."""
+    """(dataset, backbone) -> the scores on each resample (half-sample) of its training images."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -133,14 +133,18 @@ def score_resamples(uri: str, experiment: str, cache: Path) -> dict[tuple[str, s
 
 def rescorer(tables: list[pd.DataFrame | None], score: str):
     """rescore(rng) for src.report.intervals: one resample index, the same for every backbone
-    (the same training images), or None when a backbone has no resamples, or a resample gave no
-    number (LogME's NaN before its fix, 2026-12-05): the score is then held fixed."""
-    if any(t is None or score not in t or not np.isfinite(t[score]).all() for t in tables):
+    (the same training images), drawn among the resamples where every backbone's score is a
+    number (an estimator failing on one resample, e.g. NLEEP's SVD, leaves that row NaN); None
+    when a backbone has no resamples or none is complete: the score is then held fixed."""
+    if any(t is None or score not in t for t in tables):
         return None
     count = min(len(t) for t in tables)
+    complete = [b for b in range(count) if all(np.isfinite(t[score].iloc[b]) for t in tables)]
+    if not complete:
+        return None
 
     def rescore(rng: np.random.Generator) -> list[float]:
-        b = int(rng.integers(count))
+        b = complete[int(rng.integers(len(complete)))]
         return [float(t[score].iloc[b]) for t in tables]
 
     return rescore

@@ -96,6 +96,21 @@ def test_convergence_is_judged_on_the_cell_s_mean_validation_curve():
     assert list(by_two.columns) == ["a / 10", "b / 10", "c / 10"]
 
 
+def test_tau_resamples_leave_out_a_row_where_some_backbone_s_score_failed():
+    import numpy as np
+    import pandas as pd
+    from study_results import rescorer
+
+    nan = float("nan")
+    tables = [pd.DataFrame({"nleep": [1.0, nan, 3.0]}), pd.DataFrame({"nleep": [4.0, 5.0, 6.0]})]
+    rescore = rescorer(tables, "nleep")
+    rng = np.random.default_rng(0)
+    drawn = {tuple(rescore(rng)) for _ in range(50)}
+    assert drawn == {(1.0, 4.0), (3.0, 6.0)}  # the row with a NaN never drawn, the others are
+    assert rescorer([tables[0].iloc[[1]], tables[1]], "nleep") is None  # no complete row: fixed
+    assert rescorer([tables[0], None], "nleep") is None
+
+
 def test_a_job_on_a_store_unwritable_for_a_moment_is_tried_again(tmp_path, monkeypatch):
     """A transient store failure (the preflight's "cannot be written") waits and retries; any
     other failure, or one that lasts, fails the job and marks it for the jobs that wait on it."""

@@ -2,7 +2,7 @@
 `plan.py --worker 0` and `--worker 1` (run.sh starts both), `plan.py --list` prints them.
 
 Environment (all optional): TARGETS, BACKBONES, SEEDS (comma lists), EPOCHS (fine-tuning),
-RESAMPLES (bootstrap resamples of the scored training images), EXTRA (overrides added to every
+RESAMPLES (half-samples of the scored training images), EXTRA (overrides added to every
 training job, e.g. trainer.limit_train_batches=2 for a smoke test), OUT (output folder).
 """
 

@@ -151,10 +151,10 @@ def taus(grid: dict, tables: dict, fixed_scores: dict) -> tuple[pd.DataFrame, li
             lines.append("- " + headline(f"{score}: mean weighted τ", mean, published, 0.0, MARGIN))
     if fixed:
         lines.append(
-            f"- {', '.join(sorted(fixed))}: the score on resampled training images gave no number "
-            "on some target (LogME overflowed to NaN on duplicated images, fixed since in "
-            "src/similarity/transferability.py), so its τ intervals resample test images and seeds "
-            "only, with the score held at its value on all the training images."
+            f"- {', '.join(sorted(fixed))}: no complete resample of the scored training images on "
+            "some target (every resample failed for some backbone), so there its τ interval "
+            "resamples test images and seeds only, with the score held at its value on all the "
+            "training images."
         )
     return pd.DataFrame(frame).T.reindex(columns=list(SCORES)), lines
 

@@ -178,7 +178,7 @@ def test_cli_scores_digits_logs_a_run_and_training_gets_the_scores(tmp_path, tin
     overrides = ["dataset=digits", "max_per_class=20", "backbone.input_size=[3,32,32]"]
     similarity = compose_similarity(tmp_path, [*overrides, "+source=digits", "score_resamples=2"])
     scores = measure(similarity, choices())
-    # The estimators again on 2 bootstrap resamples of the training images, one row each.
+    # The estimators again on 2 half-samples of the training images, one row each.
     resampled = pd.read_csv(tmp_path / "similarity" / "score_resamples.csv")
     assert list(resampled["resample"]) == [0, 1] and {"nleep", "parc", "sfda"} <= set(resampled)
     assert scores["emd"] == pytest.approx(0.0, abs=1e-6)  # the same images on both sides
@@ -396,3 +396,17 @@ def test_an_estimator_failing_on_one_resample_costs_that_entry_only(monkeypatch)
         and np.isnan(rows[1]["flaky"])
         and rows[2]["flaky"] == 1.0
     )
+
+
+def test_a_half_sample_takes_half_of_each_class_without_repeats():
+    from src.similarity.measure import half_sample
+
+    labels = np.repeat([0, 1, 2], [10, 7, 1])
+    drawn = half_sample(labels, np.random.default_rng([0, 1]))
+    assert len(set(drawn)) == len(drawn)  # no image twice: LogME reads repeats as less noise
+    assert np.bincount(labels[drawn]).tolist() == [5, 4, 1]  # half of each class, rounded up
+    again = half_sample(labels, np.random.default_rng([0, 1]))
+    other = half_sample(labels, np.random.default_rng([0, 2]))
+    assert (drawn == again).all() and not np.array_equal(
+        drawn, other
+    )  # the same for every backbone
