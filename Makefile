@@ -33,10 +33,12 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-# The fault matrix's killed jobs run one thread each: two cases at a time (pytest-xdist).
+# Two test files at a time on the 2 cores (pytest-xdist; by file, so a module's fixtures are built
+# once): 17 min instead of 23 serially (2026-12-06). The fault matrix's killed jobs run one thread
+# each: two cases at a time.
 FAULT_MATRIX := tests/reliability/test_fault_matrix.py
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "" --ignore=$(FAULT_MATRIX) $(ARGS)
+	$(PY) -m pytest -q -m "" -n 2 --dist loadfile --ignore=$(FAULT_MATRIX) $(ARGS)
 	$(PY) -m pytest -q -m "" -n 2 $(FAULT_MATRIX)
 
 # Side-by-side ratios (suites 1-5 of the performance issue); JSON lands in outputs/bench/.
