@@ -14,13 +14,13 @@ from torch import nn
 
 from src.errors import InvalidInput
 from src.inference.trained import Trained, data_config, load_checkpoint, load_model, locate
+from src.tracking.kinds import POSTHOC_KINDS
 
 log = logging.getLogger(__name__)
 
 # Tags that describe one process or folder, not the model: never copied to a derived run.
 PROCESS_TAGS = {"config_fingerprint", "output_dir", "host", "pid", "error"}
 # The kinds of the runs src.posthoc makes (each method's `kind`).
-POSTHOC_KINDS = {"calibrated", "wise_ft", "soup"}
 # Training state that means nothing for a derived model.
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 

@@ -146,9 +146,9 @@ def score_resamples(
             try:
                 row[name] = float(ESTIMATORS[name](fb, yb, pb, val, knn_k, seed))
             except (np.linalg.LinAlgError, ValueError) as error:
-                # One resample's numerical failure (measured: NLEEP's PCA SVD not converging on
-                # a resample's duplicates) must not cost the job its scores: NaN, and the report
-                # holds that score fixed for its interval (experiments/study_results.rescorer).
+                # One resample's numerical failure (measured once: NLEEP's PCA SVD not
+                # converging) must not cost the job its scores: NaN, and the report leaves that
+                # resample out of the score's interval (experiments/study_results.rescorer).
                 log.warning("Resample %d: %s failed (%s): NaN", b, name, error)
                 row[name] = float("nan")
         rows.append(row)

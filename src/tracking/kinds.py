@@ -11,16 +11,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TRAIN = "train"
+POSTHOC_KINDS = ("calibrated", "wise_ft", "soup")  # src.posthoc's methods' `kind`
 # Runs that hold a model src.eval, predict, export, explain and posthoc take.
-MODEL_KINDS = (
-    TRAIN,
-    "sweep_trial",
-    "advise_search",
-    "advise_data",
-    "calibrated",
-    "wise_ft",
-    "soup",
-)
+MODEL_KINDS = (TRAIN, "sweep_trial", "advise_search", "advise_data", *POSTHOC_KINDS)
 # Runs that hold none: parents of several runs and the other tools' own runs.
 MODEL_LESS_KINDS = (
     "sweep",
