@@ -164,6 +164,9 @@ def test_the_advisor_regret_plan_trains_the_grid_as_the_advisor_trains(tmp_path)
     jobs = plan("advisor_regret")
     names = [j.name for j in jobs]
     assert len(jobs) == len(set(names)) == 3 * (4 + 60 + 40 + 9)
+    # Every grid before the first advice: no worker waits on an advice while grid runs are left.
+    first_advice = min(i for i, j in enumerate(jobs) if j.config == "advise")
+    assert all(j.config == "advise" for j in jobs[first_advice:])
     stubs = {"train": ("optimizer.lr=0.003",), "advise": ("budget=600s",)}
     kinds = {}
     for job in jobs:

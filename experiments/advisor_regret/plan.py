@@ -172,8 +172,10 @@ def grid_name(target: str, backbone: str, strategy: str, index: int) -> str:
 
 
 def jobs() -> list[StudyJob]:
-    """Target by target: scores, the seed-0 grid, the seeds at the best values, the advisor."""
-    plan = []
+    """Every target's scores, seed-0 grid and seeds at the best values; then the advices (each
+    waits for its target's whole grid, so the grids come first: a worker never idles on an advice
+    while grid runs are left, and the ground truth of every target is in before any advice)."""
+    plan, advices = [], []
     for target in TARGETS.split(","):
         data = data_overrides(target)
         for backbone in BACKBONES:
@@ -216,7 +218,7 @@ def jobs() -> list[StudyJob]:
         grid = tuple(j.name for j in plan if j.config == "train" and f"-{target}-" in j.name)
         for fraction in (float(f) for f in BUDGETS.split(",")):
             for seed in ADVISOR_SEEDS.split(","):
-                plan.append(
+                advices.append(
                     StudyJob(
                         f"advise-{target}-b{fraction:g}-s{seed}",
                         (
@@ -234,7 +236,7 @@ def jobs() -> list[StudyJob]:
                         resolve=budget_of(target, fraction),
                     )
                 )
-    return plan
+    return plan + advices
 
 
 if __name__ == "__main__":

@@ -185,6 +185,102 @@ def soup_gap(client, runs: pd.DataFrame, size: int) -> Interval | None:
     return compare(np.vstack([p[0] for p in pairs]), np.vstack([p[1] for p in pairs]))
 
 
+def summary_lines(cells: dict) -> list[str]:
+    """Which methods beat plain fine-tuning by more than their interval, and which lose to it."""
+    lines = []
+    for split in ("clean", "shift"):
+        verdicts: dict[str, list[str]] = {"beat": [], "lose to": []}
+        for row in ROWS:
+            gap = compare(cells[(row, split)], cells[(FT, split)]) if row != FT else None
+            if gap is not None and (gap.low > 0 or gap.high < 0):
+                verdicts["beat" if gap.low > 0 else "lose to"].append(f"{row} {gap.format(100, 1)}")
+        said = [f"{how} it: {', '.join(rows)}" for how, rows in verdicts.items() if rows]
+        lines.append(
+            f"- {split} test, against plain fine-tuning (points, paired 95 % interval): "
+            + ("; ".join(said) if said else "no method differs by more than its interval")
+            + "; every other method is within its interval."
+        )
+    return lines
+
+
+def wise_curve_line(client, runs: pd.DataFrame, size: int) -> list[str]:
+    """WiSE-FT's validation accuracy along α (mean over seeds): why the chosen α is where it is."""
+    chosen = runs[(runs["method"] == "wise_ft") & (runs["size"] == size)]
+    curves = [
+        {m.step: m.value for m in client.get_metric_history(r, "wise_ft/val_acc")}
+        for r in chosen["run_id"]
+    ]
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))  # step = 100 α
+    mean = {s: float(np.mean([c[s] for c in curves])) for s in steps}
+    best = max(steps, key=lambda s: (mean[s], s))
+    text = ", ".join(f"{s / 100:g}: {100 * mean[s]:.1f}" for s in steps)
+    why = (
+        "its maximum lies inside (0, 1), as in the paper"
+        if 0 < best < 100
+        else f"highest at α = {best / 100:g}, an end point: no mixture beats it on validation "
+        "(the paper's θ₀ is zero-shot CLIP, strong and robust; here it is a linear probe on "
+        "frozen 64-px features, well below the fine-tuned model)"
+    )
+    seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+    return [f"- WiSE-FT, validation accuracy (%) by α, mean of {seeds}: {text}; {why}."]
+
+
+def soup_line(runs: pd.DataFrame, size: int) -> list[str]:
+    """How many ingredients each greedy soup kept, and the uniform soup's validation accuracy."""
+    soups = runs[(runs["method"] == "soup") & (runs["size"] == size)].sort_values("seed")
+    needed = ("metrics.soup/ingredients", "metrics.soup/uniform_val_acc")
+    if soups.empty or not all(k in soups for k in needed):
+        return []
+    offered = soups.get("params.candidates", pd.Series(dtype=str)).map(lambda c: c.count(",") + 1)
+    kept = ", ".join(
+        f"{k:g} of {n}" for k, n in zip(soups["metrics.soup/ingredients"], offered, strict=False)
+    )
+    uniform = 100 * soups["metrics.soup/uniform_val_acc"].mean()
+    best = 100 * soups["metrics.soup/best_ingredient_val_acc"].mean()
+    why = (
+        ": averaging the weights of runs fine-tuned at learning rates 3x apart loses accuracy, "
+        "so they likely do not share the basin a soup needs"
+        if uniform < best
+        else ""
+    )
+    return [
+        f"- Greedy soup: ingredients kept per seed {kept}; the uniform soup's validation "
+        f"accuracy {uniform:.1f} % against the best ingredient's {best:.1f} % (mean over seeds)"
+        f"{why}."
+    ]
+
+
+def collapse_line(client, runs: pd.DataFrame, size: int) -> list[str]:
+    """Under the shift, how concentrated plain fine-tuning's predictions are (a collapse onto one
+    class explains accuracies near chance better than a small degradation would)."""
+    from src.tracking.predictions import ARTIFACT_DIR, read_predictions
+
+    chosen = runs[(runs["method"] == PLAIN) & (runs["size"] == size)]
+    shares = []
+    for run_id in chosen["run_id"]:
+        try:
+            local = client.download_artifacts(
+                run_id, f"{ARTIFACT_DIR}/eval_{SHIFT}.csv", str(OUT / "downloads" / run_id)
+            )
+        except Exception:  # not evaluated on the shift yet
+            continue
+        _, predicted = read_predictions(local)
+        classes, counts = np.unique(predicted, return_counts=True)
+        shares.append((int(classes[counts.argmax()]), counts.max() / len(predicted)))
+    if not shares:
+        return []
+    text = ", ".join(f"class {c} for {100 * f:.0f} %" for c, f in shares)
+    collapse = all(f > 0.5 for _, f in shares)
+    return [
+        f"- Under the shift (blur and noise), plain fine-tuning's most predicted class, per seed: "
+        f"{text} of the test images (each class is 10 % of them)"
+        + (": a collapse onto one class, not a small degradation." if collapse else ".")
+    ]
+
+
 def images(cells: dict, split: str) -> str:
     """How many test images a split's cells score."""
     sizes = {c.shape[1] for (_, s), c in cells.items() if s == split and c is not None}
@@ -224,6 +320,12 @@ def write(uri: str) -> Path:
             "src/report/intervals.py):",
             *claim_lines(cells, runs, client, int(size)),
             *calibration_lines(runs, int(size)),
+            "",
+            "**What the table says:**",
+            *summary_lines(cells),
+            *wise_curve_line(client, runs, int(size)),
+            *soup_line(runs, int(size)),
+            *collapse_line(client, runs, int(size)),
         ]
     if not sizes:
         parts += ["", "No finished runs yet: `bash experiments/beyond_finetune/run.sh`."]
