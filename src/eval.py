@@ -35,7 +35,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, float]:
         check_split(cfg.split)  # before any model or data is loaded
         trained = locate(cfg.run_id, cfg.ckpt_path, cfg.paths.tracking_uri, cfg.checkpoint)
         with open_dict(cfg):  # the run's seed: its train/val splits, not new ones
-            cfg.seed = cfg.seed if cfg.seed is not None else trained.config["seed"]
+            cfg.seed = cfg.seed if cfg.seed is not None else trained.split_seed
             if cfg.get("dataset") is None:  # no dataset=: the run's own, exactly as trained
                 cfg.dataset = OmegaConf.create(trained.config["dataset"])
                 cfg.dataset.seed = cfg.seed

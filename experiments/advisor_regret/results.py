@@ -91,11 +91,18 @@ def load_grid(client, target: str) -> Target:
     return found
 
 
-def correctness(client, run_ids: list[str]) -> np.ndarray | None:
-    """Per-image test correctness [runs, images] of the runs that kept their predictions."""
-    from src.tracking.predictions import run_correctness
+def correctness(client, run_ids: list[str], target: str = "") -> np.ndarray | None:
+    """Per-image test correctness [runs, images] of the runs that kept their predictions: a
+    training run's own, or (a search trial an advice shipped, tested afterwards by src.eval) the
+    target's eval file."""
+    from src.tracking.predictions import eval_file, run_correctness
 
-    rows = [run_correctness(client, r, OUT / "downloads") for r in run_ids]
+    rows = []
+    for run_id in run_ids:
+        row = run_correctness(client, run_id, OUT / "downloads")
+        if row is None and target:
+            row = run_correctness(client, run_id, OUT / "downloads", eval_file(target, "test"))
+        rows.append(row)
     rows = [r for r in rows if r is not None]
     return np.vstack(rows) if rows and len({len(r) for r in rows}) == 1 else None
 
@@ -149,7 +156,7 @@ def advisor_rows(client, target: Target) -> None:
         parents = [p for p in parents if p.data.tags.get("study_job")]
         shipped = [p.data.tags.get("winning_run") for p in parents]
         seconds = [(p.info.end_time - p.info.start_time) / 1000 for p in parents]
-        matrix = correctness(client, [s for s in shipped if s])
+        matrix = correctness(client, [s for s in shipped if s], target.name)
         if matrix is not None and target.seconds:
             note = f"{len(matrix)} of {len(parents)} advisor seeds shipped a model"
             add(target, budget, "advisor", matrix, float(np.mean(seconds)) / target.seconds, note)

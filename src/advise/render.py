@@ -29,11 +29,15 @@ def headline(advice: Advice) -> str:
     best = advice.best
     params = ", ".join(f"{k}={_short(v)}" for k, v in best["params"].items())
     spread = f" ± {100 * std:.2f}" if math.isfinite(std) else ""
-    acc = (
-        f"test accuracy {100 * mean:.2f}{spread}% (mean ± std over {seeds} seed{'s' * (seeds > 1)})"
-        if seeds
-        else f"val accuracy {percent(best['val_acc'])} (no full-data test run fitted the budget)"
-    )
+    if seeds:
+        acc = f"test accuracy {100 * mean:.2f}{spread}% (mean ± std over {seeds} seed{'s' * (seeds > 1)})"
+    elif advice.trial_test_acc is not None:
+        acc = (
+            f"test accuracy {percent(advice.trial_test_acc)} (its search trial, shipped: no "
+            "data run on all the data fitted the budget)"
+        )
+    else:
+        acc = f"val accuracy {percent(best['val_acc'])} (no full-data test run fitted the budget)"
     return f"**Recommendation: {best['backbone']} + {best['strategy']}** ({params}): {acc}."
 
 

@@ -32,6 +32,9 @@ class Advice:
     band: float
     elapsed: str
     skipped: list[str] = field(default_factory=list)
+    # The shipped search trial's test accuracy, when no run on all the data fitted the budget
+    # (that trial is then the model to use, scored on the test split once: Stages.test_trial).
+    trial_test_acc: float | None = None
 
 
 def kendall(ranking: list[dict], trials: list[dict]) -> list[dict]:
@@ -143,6 +146,7 @@ def summary(advice: Advice) -> dict:
         "seeds": seeds,
         "command": advice.command,
         "winning_run": advice.winner,
+        "trial_test_acc": advice.trial_test_acc,
         "curve": None if curve is None else {"a": curve.a, "b": curve.b, "c": curve.c},
         "projections": projections(advice),
         "mlflow_run": advice.parent_run,

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.advise import data as data_stage
 from src.advise import search as search_stage
 from src.advise.budget import Budget
-from src.advise.jobs import backbone_overrides, command, minimal
+from src.advise.jobs import as_job, backbone_overrides, command, minimal
 from src.advise.rank import RankJob, rank
 from src.advise.render import write
 from src.advise.report import Advice, accuracy, kendall, projections
@@ -139,6 +139,7 @@ class Stages:
             note = "" if points else "no data runs"
         except (ValueError, RuntimeError) as error:  # too few sizes, or the fit did not converge
             note = str(error)
+        shipped = winner(best, data_rows)
         advice = Advice(
             dataset=self.cfg.dataset_name,
             budget=str(self.cfg.budget),
@@ -147,7 +148,7 @@ class Stages:
             trials=trials,
             best=best,
             command=self.command(overrides),
-            winner=winner(best, data_rows),
+            winner=shipped,
             data=data_rows,
             curve=curve,
             curve_note=note,
@@ -155,6 +156,9 @@ class Stages:
             band=self.cfg.data.band,
             elapsed=self.budget.describe(),
             skipped=self.budget.skipped,
+            trial_test_acc=None
+            if shipped in {r["run_id"] for r in data_rows}
+            else self.test(shipped),
         )
         files = write(advice, self.out)
         for path in files:
@@ -162,6 +166,24 @@ class Stages:
         self.log_metrics(advice)
         log.info("Advice: %s", (self.out / "RESULTS.md").read_text().splitlines()[2])
         return self.out / "RESULTS.md"
+
+    def test(self, run_id: str | None) -> float | None:
+        """A shipped search trial (no run on all the data fitted the budget: trials are not
+        tested) scored once on its test split by src.eval, into its run (metrics and per-image
+        predictions), so the advice states what the model it ships does on test data."""
+        from src.eval import evaluate_run
+
+        if not run_id:
+            return None
+        paths = [o for o in self.where if o.startswith("paths.")]
+        try:
+            with as_job("eval", [f"run_id={run_id}", *paths], self.out / "tested") as (cfg, _):
+                metrics = evaluate_run(cfg)
+        except Exception as error:  # the report must not be lost to it
+            log.warning("Testing the shipped trial %s failed", run_id, exc_info=error)
+            self.budget.skip(f"testing the shipped trial {run_id} ({type(error).__name__})")
+            return None
+        return next((v for k, v in metrics.items() if k.endswith("/acc")), None)
 
     def command(self, overrides: list[str] | None) -> str | None:
         """The shortest `python -m src.train` line that trains the winner: the choices and the
@@ -175,6 +197,7 @@ class Stages:
             "advise/test_acc_std": std,
             "advise/elapsed_min": self.budget.elapsed() / 60,
             "advise/skipped": len(advice.skipped),
+            "advise/trial_test_acc": advice.trial_test_acc,
         }
         for row in projections(advice):
             values[f"advise/expected_acc_{row['data']}"] = row["expected_acc"]

@@ -45,7 +45,7 @@ def prepare(cfg: DictConfig) -> Job:
         check_run(cfg.run_id, cfg.paths.tracking_uri)
         trained = locate(cfg.run_id, None, cfg.paths.tracking_uri, cfg.checkpoint)
         with open_dict(cfg):  # the run's seed and data set unless given: the splits it saw
-            cfg.seed = cfg.seed if cfg.seed is not None else trained.config["seed"]
+            cfg.seed = cfg.seed if cfg.seed is not None else trained.split_seed
             if cfg.get("dataset") is None:
                 cfg.dataset = OmegaConf.create(trained.config["dataset"])
                 cfg.dataset.seed = cfg.seed

@@ -33,6 +33,13 @@ class Trained:
     dataset_name: str = "training"  # the run's dataset tag: what src.eval names its metrics by
 
     @property
+    def split_seed(self) -> int:
+        """The seed its train/val/test splits were drawn with: its dataset.seed, which a run may
+        set apart from its `seed` (the advisor's trials: seed 42 on the user's fixed split)."""
+        dataset = self.config.get("dataset") or {}
+        return dataset.get("seed", self.config["seed"])
+
+    @property
     def provenance(self) -> dict[str, str]:
         return {"source_run_id": self.run_id or "none", "source_checkpoint": str(self.checkpoint)}
 

@@ -130,7 +130,7 @@ def source_data(source: Source, seed: int | None = None):
     from src.inference.evaluate import check_classes
 
     node = OmegaConf.create(source.trained.config["dataset"])
-    node.seed = seed if seed is not None else source.trained.config["seed"]
+    node.seed = seed if seed is not None else source.trained.split_seed
     datamodule = instantiate_node(node)
     datamodule.prepare_data()
     datamodule.setup()

@@ -163,6 +163,24 @@ def test_time_budget_stops_starting_work_and_reports_what_it_skipped(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_shipped_search_trial_is_tested_once(tmp_path):
+    """budget=1t: one search trial, no data run; the shipped model is that trial, scored once on
+    the test split (into its run, with per-image predictions) so the advice states its test
+    accuracy, as it does for a data run."""
+    text = advise_in_process(advice(tmp_path, "1t")).read_text()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("advise").experiment_id])
+    assert not [r for r in runs if r.data.tags.get("advise_stage") == "data"]
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "advise"]
+    shipped = client.get_run(parent.data.tags["winning_run"])
+    tested = shipped.data.metrics["eval/digits/acc"]
+    assert parent.data.metrics["advise/trial_test_acc"] == pytest.approx(tested)
+    assert f"test accuracy {100 * tested:.2f}% (its search trial, shipped" in text
+    files = [f.path for f in client.list_artifacts(shipped.info.run_id, "predictions")]
+    assert files == ["predictions/eval_digits.csv"]
+
+
+@pytest.mark.slow
 def test_killed_in_search_resumes_the_study_and_reuses_the_ranking(tmp_path):
     command = advise_command(advice(tmp_path, "3t"))  # 2 search trials, 1 data run
     log = tmp_path / "first.log"

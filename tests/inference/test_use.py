@@ -13,7 +13,7 @@ from src.eval import evaluate_run
 from src.export import export_run
 from src.predict import predict_images
 from tests.helpers.compose import compose_entry, compose_train, train
-from tests.helpers.jobs import tiny
+from tests.helpers.jobs import WHOLE_SPLITS, tiny
 
 ONE_EPOCH = tiny("trainer.max_epochs=1")
 
@@ -185,3 +185,34 @@ def test_registered_mlflow_model_predicts_like_src_predict(run, cat, tmp_path):
     pyfunc_class = str(pyfunc.predict(batch.numpy()).argmax(axis=1)[0])
     (top,) = predict_images(compose_entry("predict", root, [f"run_id={run_id}", f"images={cat}"]))
     assert pyfunc_class == top[0][0]  # digits' class names are "0".."9"
+
+
+@pytest.mark.slow
+def test_eval_and_posthoc_rebuild_the_splits_of_a_run_whose_dataset_seed_is_its_own(tmp_path):
+    """A run whose dataset.seed differs from its seed (an advisor trial: seed 42 on the user's
+    fixed split): src.eval scores its very validation images (the test images are fixed for
+    every seed anyway), and src.posthoc's source data (calibration, WiSE-FT's α, soups: all
+    chosen on validation) holds the run's train/val split, not one that mixes them."""
+    import numpy as np
+
+    from src.config import instantiate_node
+    from src.inference.trained import load_model, locate
+    from src.posthoc.sources import Source, source_data
+    from src.tracking.runs import best_metric
+
+    job = tiny("trainer.max_epochs=1", "seed=7", "dataset.seed=3", without=WHOLE_SPLITS)
+    cfg = compose_train(tmp_path, job)
+    train(cfg)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    scored = evaluate_run(
+        compose_entry("eval", tmp_path, [f"run_id={run.info.run_id}", "split=val"])
+    )
+    assert scored["eval/digits.val/acc"] == pytest.approx(best_metric(client, run.info.run_id))
+    trained = locate(run.info.run_id, None, uri)
+    assert trained.split_seed == 3 and trained.config["seed"] == 7
+    rebuilt = source_data(Source(trained, load_model(trained))).splits
+    trained_on = instantiate_node(cfg.dataset).splits
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(rebuilt, split), getattr(trained_on, split))
