@@ -53,6 +53,15 @@ def job_parts(run) -> list[str]:
     return Path(run.data.tags.get("output_dir", "")).name.split("-")
 
 
+def images_processed(client, run) -> int:
+    """Training images a run processed (machine-independent compute): its training split times
+    the epochs it ran (its val/acc points); fixed features pass the images once."""
+    trained = int(run.data.tags.get("train_images", 0))
+    if run.data.tags.get("strategy") == "feature_extract":
+        return trained
+    return trained * max(len(client.get_metric_history(run.info.run_id, "val/acc")), 1)
+
+
 def load_grid(client, target: str) -> Target:
     found = Target(target)
     experiment = client.get_experiment_by_name(plan.GRID)
@@ -67,10 +76,8 @@ def load_grid(client, target: str) -> Target:
     for run in sorted(runs, key=lambda r: r.info.start_time):  # the newest of a job wins
         parts = job_parts(run)
         seconds = spans[run.info.run_id]
-        epochs = len(client.get_metric_history(run.info.run_id, "val/acc"))
         strategy = parts[3] if len(parts) > 3 else ""
-        trained = int(run.data.tags.get("train_images", 0))
-        images = trained * (1 if strategy == "feature_extract" else max(epochs, 1))
+        images = images_processed(client, run)
         found.seconds += seconds
         found.images += images
         if parts[0] == "grid" and len(parts) == 5:
@@ -117,7 +124,15 @@ def find_oracle(client, target: Target) -> None:
         target.oracle_correct = correctness(client, target.seeds[target.oracle])
 
 
-def add(target: Target, budget: float, method: str, shipped, fraction: float, note: str = ""):
+def add(
+    target: Target,
+    budget: float,
+    method: str,
+    shipped,
+    fraction: float,
+    images: float,
+    note: str = "",
+):
     """A method's row: regret = oracle - shipped on the same test images, bootstrap over images
     and repetitions (the rows of `shipped`)."""
     if shipped is None or target.oracle_correct is None:
@@ -137,6 +152,7 @@ def add(target: Target, budget: float, method: str, shipped, fraction: float, no
             "low": 100 * interval.low,
             "high": 100 * interval.high,
             "compute_fraction": fraction,
+            "images_fraction": images / target.images if target.images else float("nan"),
             "repetitions": len(shipped),
             "note": note,
         }
@@ -156,20 +172,35 @@ def advisor_rows(client, target: Target) -> None:
         parents = [p for p in parents if p.data.tags.get("study_job")]
         shipped = [p.data.tags.get("winning_run") for p in parents]
         seconds = [(p.info.end_time - p.info.start_time) / 1000 for p in parents]
+        images = [advice_images(client, experiment.experiment_id, p) for p in parents]
         matrix = correctness(client, [s for s in shipped if s], target.name)
         if matrix is not None and target.seconds:
             note = f"{len(matrix)} of {len(parents)} advisor seeds shipped a model"
-            add(target, budget, "advisor", matrix, float(np.mean(seconds)) / target.seconds, note)
+            spent = float(np.mean(seconds)) / target.seconds
+            add(target, budget, "advisor", matrix, spent, float(np.mean(images)), note)
+
+
+def advice_images(client, experiment_id: str, parent) -> int:
+    """Training images every training run of an advice processed (its search trials and data
+    runs, found by the advice's key; interrupted ones too: they were paid for)."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.advise_key = '{parent.data.tags['advise_key']}' and tags.kind != 'advise'",
+        max_results=5000,
+    )
+    return sum(images_processed(client, r) for r in runs if r.data.tags.get("train_images"))
 
 
 def replayed_rows(client, target: Target) -> None:
     for budget in (float(b) for b in plan.BUDGETS.split(",")):
         replays = random_searches(target.cells, budget * target.seconds, REPLAYS)
-        ids = [cell.run_id for cell, _ in replays]
+        ids = [r.shipped.run_id for r in replays]
         known = {r: correctness(client, [r]) for r in set(ids)}
         rows = [known[r][0] for r in ids if known[r] is not None]
-        spent = np.mean([s for _, s in replays]) / target.seconds
-        add(target, budget, "random search", np.vstack(rows) if rows else None, float(spent))
+        spent = np.mean([r.seconds for r in replays]) / target.seconds
+        images = float(np.mean([r.images for r in replays]))
+        shipped = np.vstack(rows) if rows else None
+        add(target, budget, "random search", shipped, float(spent), images)
 
 
 def baseline_rows(client, target: Target, logme: dict[str, float]) -> None:
@@ -191,7 +222,8 @@ def baseline_rows(client, target: Target, logme: dict[str, float]) -> None:
             continue
         runs = target.seeds.get(config, [cell.run_id])
         for budget in (float(b) for b in plan.BUDGETS.split(",")):
-            add(target, budget, method, correctness(client, runs), cell.seconds / target.seconds)
+            spent = cell.seconds / target.seconds
+            add(target, budget, method, correctness(client, runs), spent, cell.images)
 
 
 def logme_scores(client, target: str) -> dict[str, float]:
@@ -228,14 +260,11 @@ def mean_over_targets(targets: list[Target]) -> list[dict]:
         estimate = float(np.mean([t.draws[(budget, method)][0] for t in targets]))
         draws = np.mean([t.draws[(budget, method)][1] for t in targets], axis=0)
         interval: Interval = percentile_interval(estimate, draws, 0.95)
-        fraction = np.mean(
-            [
-                r["compute_fraction"]
-                for t in targets
-                for r in t.rows
-                if (r["budget"], r["method"]) == (budget, method)
-            ]
-        )
+        mine = [
+            r for t in targets for r in t.rows if (r["budget"], r["method"]) == (budget, method)
+        ]
+        fraction = np.mean([r["compute_fraction"] for r in mine])
+        images = np.mean([r["images_fraction"] for r in mine])
         rows.append(
             {
                 "target": "mean",
@@ -245,6 +274,7 @@ def mean_over_targets(targets: list[Target]) -> list[dict]:
                 "low": 100 * interval.low,
                 "high": 100 * interval.high,
                 "compute_fraction": float(fraction),
+                "images_fraction": float(images),
                 "repetitions": len(targets),
                 "note": f"mean over {len(targets)} targets",
             }
@@ -333,6 +363,7 @@ def write(uri: str) -> Path:
             "low",
             "high",
             "compute_fraction",
+            "images_fraction",
             "repetitions",
             "note",
         ]
@@ -375,13 +406,20 @@ def page_lines(uri: str, targets: list[Target], rows: list[dict]) -> list[str]:
             f"(n={len(t.oracle_correct)}) |"
         )
     lines += ["", "## Regret (points) by target, budget and method", ""]
-    lines += ["| target | budget | method | regret [95 % CI] | compute used | n | note |"]
-    lines += ["|---|---|---|---|---|---|---|"]
+    lines += [
+        "Compute used: wall time, and training images processed (train images × epochs: the "
+        "same on any machine), each as a % of the whole grid's.",
+        "",
+        "| target | budget | method | regret [95 % CI] | compute used | images processed | n "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['target']} | {100 * r['budget']:.0f} % | {r['method']} | "
             f"{r['regret_points']:.1f} [{r['low']:.1f}, {r['high']:.1f}] | "
-            f"{100 * r['compute_fraction']:.0f} % | {r['repetitions']} | {r['note']} |"
+            f"{100 * r['compute_fraction']:.0f} % | {100 * r['images_fraction']:.0f} % | "
+            f"{r['repetitions']} | {r['note']} |"
         )
     lines += ["", "![regret against compute](regret_vs_compute.png)", "", "## Goals", ""]
     lines += verdict_lines(rows, targets) or ["- not measured yet."]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,9 +49,17 @@ def best_value(cells: Sequence[Cell], backbone: str, strategy: str) -> Cell:
     return max(mine, key=lambda c: (c.val_acc, -c.config[2]))
 
 
-def random_search(cells: Sequence[Cell], budget_seconds: float, seed: int) -> tuple[Cell, float]:
-    """One replayed random search: (the cell it ships, seconds it spent). The first draw always
-    runs (a search that cannot afford one trial ships it anyway, over budget: said by its cost)."""
+class Replay(NamedTuple):
+    """One replayed search: the cell it ships and what it spent (seconds, training images)."""
+
+    shipped: Cell
+    seconds: float
+    images: int
+
+
+def random_search(cells: Sequence[Cell], budget_seconds: float, seed: int) -> Replay:
+    """One replayed random search. The first draw always runs (a search that cannot afford one
+    trial ships it anyway, over budget: said by its cost)."""
     import optuna
     from optuna.distributions import CategoricalDistribution
 
@@ -83,12 +92,12 @@ def random_search(cells: Sequence[Cell], budget_seconds: float, seed: int) -> tu
             seen[config] = cell
         study.tell(trial, cell.val_acc)
     shipped = max(seen.values(), key=lambda c: (c.val_acc, -c.seconds))
-    return shipped, spent
+    return Replay(shipped, spent, sum(c.images for c in seen.values()))
 
 
 def random_searches(
     cells: Sequence[Cell], budget_seconds: float, repeats: int, seed: int = 0
-) -> list[tuple[Cell, float]]:
+) -> list[Replay]:
     """`repeats` replayed random searches with sampler seeds seed, seed + 1, ..."""
     return [random_search(cells, budget_seconds, seed + r) for r in range(repeats)]
 

@@ -17,7 +17,7 @@ def grid() -> list[Cell]:
             for value in range(3):
                 config = (backbone, strategy, value)
                 cells.append(
-                    Cell(config, base + bonus + 0.01 * value, 10.0, "-".join(map(str, config)))
+                    Cell(config, base + bonus + 0.01 * value, 10.0, "-".join(map(str, config)), 100)
                 )
     return cells
 
@@ -40,8 +40,9 @@ def test_best_value_is_chosen_on_validation():
 def test_random_search_with_the_whole_grid_s_compute_finds_the_best_cell():
     cells = grid()
     for seed in range(5):
-        shipped, spent = random_search(cells, budget_seconds=10.0 * len(cells), seed=seed)
-        assert shipped.config == ("b", "finetune", 2) and spent == 10.0 * len(cells)
+        replay = random_search(cells, budget_seconds=10.0 * len(cells), seed=seed)
+        assert replay.shipped.config == ("b", "finetune", 2)
+        assert replay.seconds == 10.0 * len(cells) and replay.images == 100 * len(cells)
 
 
 def test_random_search_with_one_trial_ships_a_uniform_draw():
@@ -51,12 +52,12 @@ def test_random_search_with_one_trial_ships_a_uniform_draw():
     best = max(c.val_acc for c in cells)
     expected = best - np.mean([c.val_acc for c in cells])
     replays = random_searches(cells, budget_seconds=10.0, repeats=600)
-    assert all(spent == 10.0 for _, spent in replays)
-    shortfall = best - np.mean([shipped.val_acc for shipped, _ in replays])
+    assert all(r.seconds == 10.0 and r.images == 100 for r in replays)
+    shortfall = best - np.mean([r.shipped.val_acc for r in replays])
     assert shortfall == pytest.approx(expected, abs=0.012)  # 600 draws: standard error ~0.003
 
 
 def test_random_search_skips_failed_runs_and_pays_once_per_configuration():
     cells = [c for c in grid() if c.config != ("b", "finetune", 2)]  # that run failed
-    shipped, spent = random_search(cells, budget_seconds=1e9, seed=3)
-    assert shipped.config == ("b", "finetune", 1) and spent == 10.0 * len(cells)
+    replay = random_search(cells, budget_seconds=1e9, seed=3)
+    assert replay.shipped.config == ("b", "finetune", 1) and replay.seconds == 10.0 * len(cells)
