@@ -72,6 +72,35 @@ class BudgetWorker(Worker):
         return super()._next_trial()
 
 
+def enqueued(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    """The first trials: each of search.enqueue at the configured defaults of the parameters it
+    searches (what `python -m src.train strategy=<s>` with these overrides trains: its
+    conf/strategy and optimizer values), so the search starts where a researcher would, not at
+    random values (a learning rate drawn log-uniform over two decades often wastes a 3-epoch
+    fine-tune). A default outside the searched range is left to the sampler."""
+    from src.advise.jobs import compose
+    from src.sweeps.space import SearchSpace
+
+    space = SearchSpace(OmegaConf.to_container(cfg.search.params, resolve=True))
+    trials = []
+    for strategy in cfg.search.enqueue:
+        train_cfg = compose("train", [*overrides, f"strategy={strategy}"])
+        params: dict[str, Any] = {"strategy": strategy}
+        for name, spec in space.params.items():
+            when = spec.get("when") or {}
+            if name in params or not all(params.get(k) in v for k, v in when.items()):
+                continue
+            value = OmegaConf.select(train_cfg, name)
+            if spec["type"] == "categorical":
+                inside = value in spec["choices"]
+            else:
+                inside = isinstance(value, int | float) and spec["low"] <= value <= spec["high"]
+            if inside:
+                params[name] = int(value) if spec["type"] == "int" else value
+        trials.append(params)
+    return trials
+
+
 def make_sweeper(cfg: DictConfig, job: SearchJob, mlflow: dict[str, Any]):
     """The sweeps' OptunaSweeper as a plain object: its checks, space, sampler and pruner."""
     from src.sweeps.sweeper import OptunaSweeper
@@ -88,7 +117,7 @@ def make_sweeper(cfg: DictConfig, job: SearchJob, mlflow: dict[str, Any]):
         pruner=search.pruner,
         max_failures=search.max_failures,
         seed=cfg.seed,
-        enqueue_trials=OmegaConf.create([{"strategy": s} for s in search.enqueue]),
+        enqueue_trials=OmegaConf.create(enqueued(cfg, job.overrides)),
         mlflow=OmegaConf.create(mlflow),
     )
 

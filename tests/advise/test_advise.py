@@ -265,3 +265,28 @@ def test_the_report_quotes_the_measured_regret_or_says_it_is_not_measured(tmp_pa
     line = regret_line(table)
     assert "2.0 [1.0, 3.0] points at 10 %; 0.8 [0.2, 1.4] points at 21 %" in line
     assert "measured on digits" in line and "1.5" not in line
+
+
+def test_the_first_trials_are_each_strategy_at_its_configured_defaults():
+    """search.enqueue's trials carry the defaults a plain `src.train strategy=<s>` trains with
+    (learning rate, C, backbone multiplier, probe epochs, layer decay), not random values; a
+    user's own override is the default it starts from."""
+    from src.advise.search import enqueued
+    from src.advise.stages import job_overrides
+
+    cfg = compose_config("advise", None, ["dataset=digits"])
+    trials = {t["strategy"]: t for t in enqueued(cfg, job_overrides(cfg, "mobilenetv2", False))}
+    assert list(trials) == list(cfg.search.enqueue)
+    assert trials["feature_extract"] == {"strategy": "feature_extract", "strategy.C": 1.0}
+    assert trials["linear_probe"] == {"strategy": "linear_probe", "optimizer.lr": 1e-3}
+    assert trials["finetune"] == {
+        "strategy": "finetune",
+        "strategy.backbone_lr_mult": 0.1,
+        "optimizer.lr": 1e-3,
+    }
+    assert trials["lp_ft"]["strategy.probe_epochs"] == 2
+    assert trials["layer_decay"]["strategy.decay"] == 0.75
+    mine = job_overrides(cfg, "mobilenetv2", False, ["optimizer.lr=0.003"])
+    assert enqueued(cfg, mine)[1]["optimizer.lr"] == 0.003
+    outside = job_overrides(cfg, "mobilenetv2", False, ["optimizer.lr=0.5"])  # beyond 1e-2
+    assert "optimizer.lr" not in enqueued(cfg, outside)[1]  # left to the sampler
