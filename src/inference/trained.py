@@ -109,7 +109,7 @@ def find_checkpoint(folder: Path, which: str) -> Path:
             return last
         raise InvalidInput(f"No {which} checkpoint in {folder}.")
     candidates = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
-    recorded = _recorded_best(last) if last.is_file() else None
+    recorded = _recorded_best(last)[1] if last.is_file() else _newest_record(candidates)
     if recorded is not None and recorded in candidates:
         return recorded
     if len(candidates) == 1:
@@ -124,19 +124,29 @@ def find_checkpoint(folder: Path, which: str) -> Path:
     )
 
 
-def _recorded_best(last: Path) -> Path | None:
-    """ModelCheckpoint's best_model_path as last.ckpt records it (memory-mapped: only the callback
-    state is read), when it lies in the same folder."""
+def _recorded_best(checkpoint: Path) -> tuple[int, Path | None]:
+    """(global step, ModelCheckpoint's best_model_path) as a checkpoint records them
+    (memory-mapped: only the callback state is read), the path taken in the same folder."""
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an unreadable last.ckpt says nothing about the best
-        return None
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable checkpoint says nothing about the best
+        return -1, None
+    step = state.get("global_step", -1)
     for key, value in (state.get("callbacks") or {}).items():
         if "ModelCheckpoint" in str(key) and isinstance(value, dict):
             path = value.get("best_model_path")
             if path:
-                return last.parent / Path(path).name
-    return None
+                return step, checkpoint.parent / Path(path).name
+    return step, None
+
+
+def _newest_record(candidates: list[Path]) -> Path | None:
+    """Without last.ckpt (save_last=false), the record of the checkpoint written last (the
+    highest global step): a resumed run leaves the checkpoint it resumed from beside its new best
+    (Lightning never deletes the file a run resumed from), and only the newer one knows."""
+    records = [_recorded_best(path) for path in candidates]
+    step, best = max(records, key=lambda record: record[0], default=(-1, None))
+    return best if step >= 0 else None
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -365,6 +365,26 @@ def test_best_is_the_checkpoint_modelcheckpoint_recorded_not_the_last_name(tmp_p
     assert find_checkpoint(tmp_path, "best") == tmp_path / "epoch09.ckpt"
 
 
+def test_best_after_a_resume_without_last_ckpt_is_what_the_newest_checkpoint_records(tmp_path):
+    """save_last=false (the studies), killed after epoch02 was the best, resumed from it:
+    Lightning keeps the file it resumed from beside the new best epoch03, and no last.ckpt
+    exists. The checkpoint written last (highest global step) records which is best."""
+    from src.inference.trained import find_checkpoint
+
+    key = "ModelCheckpoint{'monitor': 'val/acc', 'mode': 'max'}"
+
+    def save(name: str, step: int, best: str) -> None:
+        callbacks = {key: {"best_model_path": f"/elsewhere/{best}", "best_k_models": {}}}
+        state = {"state_dict": {}, "global_step": step, "callbacks": callbacks}
+        torch.save(state, tmp_path / name)
+
+    save("epoch02.ckpt", 468, "epoch02.ckpt")
+    save("epoch03.ckpt", 624, "epoch03.ckpt")
+    assert find_checkpoint(tmp_path, "best") == tmp_path / "epoch03.ckpt"
+    save("epoch03.ckpt", 624, "epoch02.ckpt")  # top-k 2: the newer one says the older is best
+    assert find_checkpoint(tmp_path, "best") == tmp_path / "epoch02.ckpt"
+
+
 def test_a_file_that_is_not_a_training_checkpoint_is_refused_in_one_line(tmp_path):
     from src.inference.trained import load_checkpoint
 
