@@ -197,8 +197,11 @@ def summary_lines(cells: dict) -> list[str]:
         said = [f"{how} it: {', '.join(rows)}" for how, rows in verdicts.items() if rows]
         lines.append(
             f"- {split} test, against plain fine-tuning (points, paired 95 % interval): "
-            + ("; ".join(said) if said else "no method differs by more than its interval")
-            + "; every other method is within its interval."
+            + (
+                "; ".join(said) + "; every other method is within its interval."
+                if said
+                else "no method differs from it by more than its interval."
+            )
         )
     return lines
 
