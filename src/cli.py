@@ -174,6 +174,8 @@ def check_value_types(config_name: str, cfg, overrides: list[str], groups) -> No
         if value in SWITCH_WORDS.get(key, ()):
             continue
         wrong = _wrong_kind(default, value)
+        if wrong and key in SWITCH_WORDS:  # a switch that also takes a word: name them all
+            wrong = f"true, false or {' or '.join(SWITCH_WORDS[key])}"
         if wrong:
             raise InvalidInput(f"{override}: {wrong} (its default is {default!r}).")
 

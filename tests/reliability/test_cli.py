@@ -96,6 +96,11 @@ def test_a_switchs_documented_word_passes_the_kind_check(override):
     check_value_types("train", cfg, [override], {})
     with pytest.raises(InvalidInput, match="true or false"):
         check_value_types("train", OmegaConf.merge(cfg, {"test": "maybe"}), ["test=maybe"], {})
+    # A wrong word names every valid one, the switch's own word included.
+    key = override.split("=")[0]
+    bad = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}=maybe"]))
+    with pytest.raises(InvalidInput, match=f"{key}=maybe: true, false or {override.split('=')[1]}"):
+        check_value_types("train", bad, [f"{key}=maybe"], {})
 
 
 def test_unknown_key_lists_the_keys_beside_it():
