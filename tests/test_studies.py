@@ -167,6 +167,11 @@ def test_the_advisor_regret_plan_trains_the_grid_as_the_advisor_trains(tmp_path)
     # Every grid before the first advice: no worker waits on an advice while grid runs are left.
     first_advice = min(i for i, j in enumerate(jobs) if j.config == "advise")
     assert all(j.config == "advise" for j in jobs[first_advice:])
+    # ... the smallest budget on every target first (an interrupted study has whole budgets).
+    assert [j.name for j in jobs[first_advice : first_advice + 3]] == [
+        f"advise-{t}-b0.1-s0" for t in ("digits", "textures", "fashion_mnist")
+    ]
+    assert jobs[-1].name == "advise-fashion_mnist-b0.5-s2"
     stubs = {"train": ("optimizer.lr=0.003",), "advise": ("budget=600s",)}
     kinds = {}
     for job in jobs:

@@ -216,27 +216,30 @@ def jobs() -> list[StudyJob]:
                     )
         plan += seeded
         grid = tuple(j.name for j in plan if j.config == "train" and f"-{target}-" in j.name)
-        for fraction in (float(f) for f in BUDGETS.split(",")):
-            for seed in ADVISOR_SEEDS.split(","):
-                advices.append(
-                    StudyJob(
-                        f"advise-{target}-b{fraction:g}-s{seed}",
-                        (
-                            f"dataset={target}",
-                            *data,
-                            f"seed={seed}",
-                            # Each budget its own advice: the advisor resumes an advice of the
-                            # same settings whatever the budget (conf/advise.yaml).
-                            f"experiment_name=advisor_regret_b{fraction:g}",
-                            f"search.storage=sqlite:///{OUT}/optuna_b{fraction:g}.db",
-                            *advisor_space(),
-                        ),
-                        "advise",
-                        after=grid,
-                        resolve=budget_of(target, fraction),
-                    )
+        for order, fraction in enumerate(float(f) for f in BUDGETS.split(",")):
+            for rank, seed in enumerate(ADVISOR_SEEDS.split(",")):
+                job = StudyJob(
+                    f"advise-{target}-b{fraction:g}-s{seed}",
+                    (
+                        f"dataset={target}",
+                        *data,
+                        f"seed={seed}",
+                        # Each budget its own advice: the advisor resumes an advice of the
+                        # same settings whatever the budget (conf/advise.yaml).
+                        f"experiment_name=advisor_regret_b{fraction:g}",
+                        f"search.storage=sqlite:///{OUT}/optuna_b{fraction:g}.db",
+                        *advisor_space(),
+                    ),
+                    "advise",
+                    after=grid,
+                    resolve=budget_of(target, fraction),
                 )
-    return plan + advices
+                advices.append((order, rank, job))
+    # Smallest budget first, each budget's seeds across every target (the sort is stable: targets
+    # stay in order): an interrupted study has whole budgets measured on every target (the 10
+    # and 20 % goals) before the costly 50 %.
+    advices.sort(key=lambda entry: entry[:2])
+    return plan + [job for *_, job in advices]
 
 
 if __name__ == "__main__":
