@@ -23,7 +23,9 @@ rm -rf "$OUT/claims" "$OUT/failed"
 echo "$(date -u '+%F %T') start, load average $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/logs/load.txt"
 pids=()
 for ((w = 0; w < WORKERS; w++)); do
-  $PY "experiments/$study/plan.py" --worker $w > "$OUT/logs/worker$w.log" 2>&1 &
+  # Appended: a resumed study keeps the logs of its earlier sittings (their job times).
+  echo "=== $(date -u '+%F %T') start" >> "$OUT/logs/worker$w.log"
+  $PY "experiments/$study/plan.py" --worker $w >> "$OUT/logs/worker$w.log" 2>&1 &
   pids+=($!)
 done
 status=0
