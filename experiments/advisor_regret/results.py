@@ -44,6 +44,7 @@ class Target:
     seeds: dict = field(default_factory=dict)  # config -> [run ids], seed 0 first
     seconds: float = 0.0  # the whole grid's compute (what the budgets are fractions of)
     images: int = 0
+    advices: int = 0  # finished advices of the study
     oracle: tuple | None = None
     oracle_correct: np.ndarray | None = None  # [seeds, images]
     rows: list[dict] = field(default_factory=list)  # one per (budget, method)
@@ -171,6 +172,7 @@ def advisor_rows(client, target: Target) -> None:
             "attributes.status = 'FINISHED'",
         )
         parents = [p for p in parents if p.data.tags.get("study_job")]
+        target.advices += len(parents)
         shipped = [p.data.tags.get("winning_run") for p in parents]
         seconds = [(p.info.end_time - p.info.start_time) / 1000 for p in parents]
         images = [advice_images(client, experiment.experiment_id, p) for p in parents]
@@ -316,17 +318,21 @@ def verdict_lines(rows: list[dict], targets: list[Target]) -> list[str]:
     advisor = [r for r in rows if r["method"] == "advisor" and r["target"] != "mean"]
     cheap = [r for r in advisor if r["compute_fraction"] <= GOAL_FRACTION + 0.02]
     for target in targets:
-        mine = [r for r in cheap if r["target"] == target.name]
-        best = min(mine, key=lambda r: r["regret_points"], default=None)
-        if best is None:
+        # Every budget that used ≤ 20 % of the grid, not the best of them (no choosing after
+        # the fact): the goal is met when each is within 1 point.
+        mine = sorted((r for r in cheap if r["target"] == target.name), key=lambda r: r["budget"])
+        if not mine:
             lines.append(f"- {target.name}: no advisor run at ≤ 20 % of the grid yet.")
             continue
-        met = "met" if best["regret_points"] <= GOAL_POINTS else "**missed**"
-        lines.append(
-            f"- {target.name}: regret {best['regret_points']:.1f} "
-            f"[{best['low']:.1f}, {best['high']:.1f}] points at "
-            f"{100 * best['compute_fraction']:.0f} % of the grid: goal (≤ 1 point) {met}."
+        met = all(r["regret_points"] <= GOAL_POINTS for r in mine)
+        said = "; ".join(
+            f"{r['regret_points']:.1f} [{r['low']:.1f}, {r['high']:.1f}] at "
+            f"{100 * r['compute_fraction']:.0f} % (budget {100 * r['budget']:.0f} %)"
+            for r in mine
         )
+        worst = max(r["regret_points"] for r in mine)
+        verdict = "met" if met else f"**missed** by {worst - GOAL_POINTS:.1f} point"
+        lines.append(f"- {target.name}: regret {said}: goal (≤ 1 point) {verdict}.")
     mean = {(r["budget"], r["method"]): r for r in rows if r["target"] == "mean"}
     for budget in sorted({b for b, _ in mean}):
         a, s = mean.get((budget, "advisor")), mean.get((budget, "random search"))
@@ -335,6 +341,10 @@ def verdict_lines(rows: list[dict], targets: list[Target]) -> list[str]:
             lines.append(
                 f"- budget {100 * budget:.0f} %: advisor {a['regret_points']:.1f} vs random "
                 f"search {s['regret_points']:.1f} points on average: {word}."
+            )
+        elif s:
+            lines.append(
+                f"- budget {100 * budget:.0f} %: the advisor is not measured on every target yet."
             )
     return lines
 
@@ -379,6 +389,14 @@ def write(uri: str) -> Path:
     return page
 
 
+def planned_advices() -> int:
+    return (
+        len(plan.TARGETS.split(","))
+        * len(plan.BUDGETS.split(","))
+        * len(plan.ADVISOR_SEEDS.split(","))
+    )
+
+
 def page_lines(uri: str, targets: list[Target], rows: list[dict]) -> list[str]:
     lines = [
         "# The advisor's regret: results",
@@ -387,6 +405,9 @@ def page_lines(uri: str, targets: list[Target], rows: list[dict]) -> list[str]:
         "README.md. Regret = the oracle's test accuracy − the shipped model's, in points, with a "
         "95 % bootstrap interval over test images and repetitions; compute = the method's wall "
         "time / the whole grid's (one job per core, one thread each). " + sr.load_sentence(OUT),
+        "",
+        f"**Advices finished: {sum(t.advices for t in targets)} of {planned_advices()}** "
+        "(targets × budgets × advisor seeds); an advisor row's n is the seeds it holds.",
         "",
         "## Grids and oracles",
         "",
