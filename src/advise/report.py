@@ -33,7 +33,7 @@ class Advice:
     elapsed: str
     skipped: list[str] = field(default_factory=list)
     # The shipped search trial's test accuracy, when no run on all the data fitted the budget
-    # (that trial is then the model to use, scored on the test split once: Stages.test_trial).
+    # (that trial is then the model to use, scored on the test split once: Stages.test).
     trial_test_acc: float | None = None
 
 

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 # Tags that describe one process or folder, not the model: never copied to a derived run.
 PROCESS_TAGS = {"config_fingerprint", "output_dir", "host", "pid", "error"}
-# The kinds of the runs src.posthoc makes (each method's `kind`).
 # Training state that means nothing for a derived model.
 TRAINING_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 
