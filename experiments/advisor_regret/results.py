@@ -21,6 +21,7 @@ sys.path.insert(0, str(HERE))
 import plan  # noqa: E402  (the study's space: targets, backbones, stepped values)
 import study_results as sr  # noqa: E402
 
+from src.advise.search import best_trial, one_se_trial, trial_rows  # noqa: E402
 from src.report.intervals import Interval, percentile_interval, resampled_accuracies  # noqa: E402
 from src.report.regret import Cell, oracle, random_searches, run_seconds  # noqa: E402
 from src.tracking.runs import best_metric  # noqa: E402
@@ -31,7 +32,8 @@ REPORT = Path(os.environ.get("REPORT_DIR", HERE))
 RESAMPLES = 1000
 REPLAYS = 200  # random searches replayed per target and budget (free: the grid's runs)
 FIXED = ("top-1 + fine-tune", "LogME-best + fine-tune")  # one model whatever the budget
-METHODS = ("advisor", "random search", *FIXED)
+ONE_SE = "advisor, one-SE rule (replayed)"
+METHODS = ("advisor", ONE_SE, "random search", *FIXED)
 GOAL_POINTS, GOAL_FRACTION = 1.0, 0.2  # issue #31: regret <= 1 point at <= 20 % of the grid
 
 
@@ -161,7 +163,8 @@ def add(
     )
 
 
-def advisor_rows(client, target: Target) -> None:
+def finished_advices(client, target: Target):
+    """(budget, experiment id, the study's finished advices) per budget that has an experiment."""
     for budget in (float(b) for b in plan.BUDGETS.split(",")):
         experiment = client.get_experiment_by_name(f"advisor_regret_b{budget:g}")
         if experiment is None:
@@ -171,16 +174,81 @@ def advisor_rows(client, target: Target) -> None:
             f"tags.kind = 'advise' and tags.dataset = '{target.name}' and "
             "attributes.status = 'FINISHED'",
         )
-        parents = [p for p in parents if p.data.tags.get("study_job")]
+        yield budget, experiment.experiment_id, [p for p in parents if p.data.tags.get("study_job")]
+
+
+def advisor_rows(client, target: Target) -> None:
+    for budget, experiment_id, parents in finished_advices(client, target):
         target.advices += len(parents)
         shipped = [p.data.tags.get("winning_run") for p in parents]
         seconds = [(p.info.end_time - p.info.start_time) / 1000 for p in parents]
-        images = [advice_images(client, experiment.experiment_id, p) for p in parents]
+        images = [advice_images(client, experiment_id, p) for p in parents]
         matrix = correctness(client, [s for s in shipped if s], target.name)
         if matrix is not None and target.seconds:
             note = f"{len(matrix)} of {len(parents)} advisor seeds shipped a model"
             spent = float(np.mean(seconds)) / target.seconds
             add(target, budget, "advisor", matrix, spent, float(np.mean(images)), note)
+
+
+def searched(parent, budget: float) -> list[dict]:
+    """The advice's search trials (every kept backbone's Optuna study), as the advisor saw them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{OUT}/optuna_b{budget:g}.db"
+    key, rows = parent.data.tags["advise_key"], []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        prefix = f"advise-{parent.data.tags['dataset']}-"
+        name = summary.study_name
+        if name.startswith(prefix) and name.endswith(f"-{key}"):
+            study = optuna.load_study(study_name=name, storage=storage)
+            backbone = name[len(prefix) : -len(key) - 1]
+            rows += trial_rows(backbone, study.get_trials(deepcopy=False))
+    return rows
+
+
+def choice(row: dict) -> tuple:
+    return (row["backbone"], row["strategy"], tuple(sorted(row["params"].items())))
+
+
+def one_se_rows(client, target: Target) -> None:
+    """The one standard error rule (src.advise.search.one_se_trial) replayed on the same
+    searches: where it picks what the advice picked, the advice's model; where it picks another
+    configuration, the model another advice of the target shipped for exactly that configuration
+    (a data stage of the same configuration trains the same model: identical test accuracy
+    across advices); an advice whose pick no advice shipped is left out (said in the note)."""
+    from omegaconf import OmegaConf
+
+    cost = OmegaConf.to_container(plan.advisor_config(target.name).search.cost)
+    advices = []
+    for budget, _, parents in finished_advices(client, target):
+        for parent in parents:
+            shipped = parent.data.tags.get("winning_run")
+            rows = searched(parent, budget)
+            if not shipped or not rows:
+                continue
+            val = client.get_run(shipped).data.tags.get("val_images")
+            picked = one_se_trial(rows, cost, int(val)) if val else best_trial(rows, cost)
+            advices.append((budget, parent, choice(best_trial(rows, cost)), choice(picked)))
+    model = {own: p.data.tags["winning_run"] for _, p, own, _ in advices}
+    for budget in sorted({b for b, *_ in advices}):
+        mine = [a for a in advices if a[0] == budget]
+        runs = [model.get(picked) for _, _, _, picked in mine]
+        changed = sum(own != picked for _, _, own, picked in mine)
+        matrix = correctness(client, [r for r in runs if r], target.name)
+        if matrix is None or not target.seconds:
+            continue
+        seconds = [(p.info.end_time - p.info.start_time) / 1000 for _, p, *_ in mine]
+        note = (
+            f"{changed} of {len(mine)} picks differ from the advice's; "
+            f"{sum(r is None for r in runs)} unmeasured"
+        )
+        # The same searches: the advice's compute (a data stage of another configuration of the
+        # same strategy costs about the same).
+        spent = float(np.mean(seconds)) / target.seconds
+        row = next(r for r in target.rows if (r["budget"], r["method"]) == (budget, "advisor"))
+        images = row["images_fraction"] * target.images
+        add(target, budget, ONE_SE, matrix, spent, images, note)
 
 
 def advice_images(client, experiment_id: str, parent) -> int:
@@ -203,7 +271,11 @@ def replayed_rows(client, target: Target) -> None:
         spent = np.mean([r.seconds for r in replays]) / target.seconds
         images = float(np.mean([r.images for r in replays]))
         shipped = np.vstack(rows) if rows else None
-        add(target, budget, "random search", shipped, float(spent), images)
+        # The grid's own cell and its own seed-0 run (which the oracle's mean includes): a
+        # replay that ships it has the oracle's luck on this test set too.
+        hits = np.mean([r.shipped.config == target.oracle for r in replays])
+        note = f"ships the oracle's own grid run in {100 * hits:.0f} % of replays"
+        add(target, budget, "random search", shipped, float(spent), images, note)
 
 
 def baseline_rows(client, target: Target, logme: dict[str, float]) -> None:
@@ -342,6 +414,13 @@ def verdict_lines(rows: list[dict], targets: list[Target]) -> list[str]:
                 f"- budget {100 * budget:.0f} %: advisor {a['regret_points']:.1f} vs random "
                 f"search {s['regret_points']:.1f} points on average: {word}."
             )
+            se = mean.get((budget, ONE_SE))
+            if se:
+                word = "lower" if se["regret_points"] < s["regret_points"] else "not lower"
+                lines.append(
+                    f"  - the one-SE rule replayed on the same searches: {se['regret_points']:.1f}"
+                    f" [{se['low']:.1f}, {se['high']:.1f}]: {word} than random search."
+                )
         elif s:
             lines.append(
                 f"- budget {100 * budget:.0f} %: the advisor is not measured on every target yet."
@@ -360,6 +439,7 @@ def write(uri: str) -> Path:
             continue
         find_oracle(client, target)
         advisor_rows(client, target)
+        one_se_rows(client, target)
         replayed_rows(client, target)
         baseline_rows(client, target, logme_scores(client, name))
         targets.append(target)

@@ -6,6 +6,7 @@ same name resumes; no trial starts whose estimated cost would end past the stage
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,9 +172,16 @@ def trial_rows(backbone: str, trials: list) -> list[dict]:
                 "val_acc": trial.value,
                 "seconds": seconds,
                 "run_id": trial.user_attrs.get(RUN_ATTR, ""),
+                # Enqueued at the configured defaults (enqueued()), not sampled.
+                "default": "fixed_params" in trial.system_attrs,
             }
         )
     return rows
+
+
+def standard_error(acc: float, n: int) -> float:
+    """The binomial standard error of an accuracy measured on n images."""
+    return math.sqrt(max(acc * (1 - acc), 0.0) / n)
 
 
 def best_trial(rows: list[dict], cost: dict[str, float]) -> dict | None:
@@ -182,3 +190,26 @@ def best_trial(rows: list[dict], cost: dict[str, float]) -> dict | None:
     if not complete:
         return None
     return max(complete, key=lambda r: (r["val_acc"], -cost.get(r["strategy"], 1.0)))
+
+
+def one_se_trial(rows: list[dict], cost: dict[str, float], n_val: int) -> dict | None:
+    """Breiman's one standard error rule, as an alternative to best_trial: of the trials within
+    one binomial standard error (on the n_val validation images) of the highest val/acc, the
+    cheapest strategy run at its configured defaults (enqueued(): `default` in trial_rows), then
+    the highest val/acc of those; best_trial when no default is that close. A tuned value or a
+    costlier strategy must beat the defaults by more than the validation noise: the best of
+    dozens of sampled trials on a small validation split is biased upwards (the winner's curse).
+    experiments/advisor_regret replays it on the advisor's searches."""
+    best = best_trial(rows, cost)
+    if best is None:
+        return None
+    acc = best["val_acc"]
+    se = math.sqrt(acc * (1 - acc) / n_val)
+    close = [
+        r
+        for r in rows
+        if r["state"] == "COMPLETE" and r.get("default") and r["val_acc"] >= acc - se
+    ]
+    if not close:
+        return best
+    return max(close, key=lambda r: (-cost.get(r["strategy"], 1.0), r["val_acc"]))

@@ -290,3 +290,48 @@ def test_the_first_trials_are_each_strategy_at_its_configured_defaults():
     assert enqueued(cfg, mine)[1]["optimizer.lr"] == 0.003
     outside = job_overrides(cfg, "mobilenetv2", False, ["optimizer.lr=0.5"])  # beyond 1e-2
     assert "optimizer.lr" not in enqueued(cfg, outside)[1]  # left to the sampler
+
+
+def _trial(number, strategy, val, default, backbone="b0"):
+    return {
+        "backbone": backbone,
+        "trial": number,
+        "state": "COMPLETE",
+        "strategy": strategy,
+        "params": {},
+        "val_acc": val,
+        "default": default,
+    }
+
+
+def test_one_se_rule_keeps_the_cheapest_default_within_the_noise_of_the_best():
+    from src.advise.search import best_trial, one_se_trial
+
+    cost = {"feature_extract": 0.4, "finetune": 3.0}
+    rows = [
+        _trial(0, "feature_extract", 0.960, True),
+        _trial(1, "finetune", 0.955, True),
+        _trial(12, "feature_extract", 0.965, False),  # tuned: one image in 200 better
+    ]
+    assert best_trial(rows, cost)["trial"] == 12
+    # SE at 0.965 on 200 images: 0.013; the default at 0.960 is within it.
+    assert one_se_trial(rows, cost, 200)["trial"] == 0
+    # On 20,000 images the SE is 0.0013: 0.005 is more than the noise, the tuned trial wins.
+    assert one_se_trial(rows, cost, 20_000)["trial"] == 12
+    # Of two defaults within the noise, the cheaper strategy, even at a lower val accuracy.
+    rows[1]["val_acc"] = 0.965
+    assert one_se_trial(rows, cost, 200)["trial"] == 0
+    # A pruned or failed default is no candidate; with none close, the plain best.
+    rows[0]["state"] = "PRUNED"
+    assert one_se_trial(rows, cost, 200)["trial"] == 1
+    assert one_se_trial([rows[2]], cost, 200)["trial"] == 12
+    assert one_se_trial([], cost, 200) is None
+
+
+def test_trial_rows_mark_the_enqueued_defaults():
+    from src.advise.search import trial_rows
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    study.enqueue_trial({"x": 0.5})
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
+    assert [r["default"] for r in trial_rows("b0", study.trials)] == [True, False, False]
