@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from src.advise.budget import Budget, scaled_estimate
-from src.advise.jobs import compose, run_train
+from src.advise.jobs import compose, fatal, run_train
 from src.advise.tracking import PARENT, find_runs
 from src.tracking.runs import best_metric
 
@@ -116,6 +116,8 @@ def run_fractions(
         try:
             row = run_one(job, fraction, seed, budget.time_limit(until))
         except Exception as error:  # one failed run must not cost the report
+            if fatal(error):
+                raise
             log.warning("Data run fraction %s seed %s failed", fraction, seed, exc_info=error)
             budget.skip(f"data: fraction {fraction} seed {seed} failed ({type(error).__name__})")
             continue

@@ -60,6 +60,16 @@ def as_job(
         yield cfg, choices
 
 
+def fatal(error: BaseException) -> bool:
+    """An error no other job of the advice would escape: refused input (a path, a key) or the
+    tracking store failing (locked, full, an I/O error). The advice then fails, resumable, rather
+    than count it as a trial's failure or a skipped data run and end FINISHED on what is left."""
+    from src.cli import store_fault_line
+    from src.errors import InvalidInput
+
+    return isinstance(error, InvalidInput) or store_fault_line(error) is not None
+
+
 def run_train(
     overrides: list[str], output_dir: Path, tags: dict[str, str]
 ) -> tuple[JobReturn, dict[str, float], float]:
@@ -78,6 +88,8 @@ def run_train(
             metrics = train(cfg, choices)
             result.return_value = metrics.get(cfg.monitor.metric)
         except Exception as error:  # a failed or pruned trial is the Worker's to judge
+            if fatal(error):
+                raise
             result.status, result.return_value = JobStatus.FAILED, error
         finally:
             release_devices()

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.advise import data as data_stage
 from src.advise import search as search_stage
 from src.advise.budget import Budget
-from src.advise.jobs import as_job, backbone_overrides, command, minimal
+from src.advise.jobs import as_job, backbone_overrides, command, fatal, minimal
 from src.advise.rank import RankJob, rank
 from src.advise.render import write
 from src.advise.report import Advice, accuracy, kendall, projections
@@ -180,6 +180,8 @@ class Stages:
             with as_job("eval", [f"run_id={run_id}", *paths], self.out / "tested") as (cfg, _):
                 metrics = evaluate_run(cfg)
         except Exception as error:  # the report must not be lost to it
+            if fatal(error):
+                raise
             log.warning("Testing the shipped trial %s failed", run_id, exc_info=error)
             self.budget.skip(f"testing the shipped trial {run_id} ({type(error).__name__})")
             return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -335,3 +336,47 @@ def test_trial_rows_mark_the_enqueued_defaults():
     study.enqueue_trial({"x": 0.5})
     study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
     assert [r["default"] for r in trial_rows("b0", study.trials)] == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidInput("dataset.source.root: no such folder"),
+        sqlite3.OperationalError("disk I/O error"),
+    ],
+)
+def test_an_error_every_job_would_meet_fails_the_advice_not_the_trial(tmp_path, monkeypatch, error):
+    """Refused input or a failing store is not one trial's failure or one skipped data run: the
+    advice must fail (resumable), not end FINISHED shipping what is left."""
+    from src.advise import data as data_stage
+    from src.advise.jobs import run_train
+
+    def broken(*_, **__):
+        raise error
+
+    monkeypatch.setattr("src.training.train", broken)
+    with pytest.raises(type(error)):
+        run_train(["dataset=digits", *TRAIN], tmp_path, {})
+    monkeypatch.setattr(data_stage, "run_one", broken)
+    job = data_stage.DataJob(None, "parent", "key", "advise", [], tmp_path, 1.0)
+    with pytest.raises(type(error)):
+        data_stage.run_fractions(job, [(1.0, 0)], Budget.parse("1h"), float("inf"), None)
+
+
+def test_one_trial_s_own_error_is_the_worker_s_to_judge(tmp_path, monkeypatch):
+    from hydra.core.utils import JobStatus
+
+    from src.advise import data as data_stage
+    from src.advise.jobs import run_train
+
+    def diverged(*_, **__):
+        raise ValueError("loss is nan at step 3")
+
+    monkeypatch.setattr("src.training.train", diverged)
+    result, _, _ = run_train(["dataset=digits", *TRAIN], tmp_path, {})
+    assert result.status == JobStatus.FAILED
+    monkeypatch.setattr(data_stage, "run_one", diverged)
+    job = data_stage.DataJob(None, "parent", "key", "advise", [], tmp_path, 1.0)
+    budget = Budget.parse("1h")
+    assert data_stage.run_fractions(job, [(1.0, 0)], budget, float("inf"), None) == []
+    assert budget.skipped == ["data: fraction 1.0 seed 0 failed (ValueError)"]
