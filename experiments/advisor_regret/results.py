@@ -246,8 +246,10 @@ def one_se_rows(client, target: Target) -> None:
         # The same searches: the advice's compute (a data stage of another configuration of the
         # same strategy costs about the same).
         spent = float(np.mean(seconds)) / target.seconds
-        row = next(r for r in target.rows if (r["budget"], r["method"]) == (budget, "advisor"))
-        images = row["images_fraction"] * target.images
+        row = next(
+            (r for r in target.rows if (r["budget"], r["method"]) == (budget, "advisor")), None
+        )
+        images = row["images_fraction"] * target.images if row else float("nan")
         add(target, budget, ONE_SE, matrix, spent, images, note)
 
 
