@@ -386,6 +386,20 @@ def plot(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def per_target(rows: list[dict], budget: float) -> str:
+    """'digits 0.6 vs 0.1 (the oracle's own run in 70 % of replays), ...' at one budget."""
+    said = []
+    for name in dict.fromkeys(r["target"] for r in rows if r["target"] != "mean"):
+        mine = {r["method"]: r for r in rows if (r["target"], r["budget"]) == (name, budget)}
+        if "advisor" in mine and "random search" in mine:
+            share = mine["random search"]["note"].replace("ships the oracle's own grid run in ", "")
+            said.append(
+                f"{name} {mine['advisor']['regret_points']:.1f} vs "
+                f"{mine['random search']['regret_points']:.1f} (the oracle's own run in {share})"
+            )
+    return "; ".join(said) + "."
+
+
 def verdict_lines(rows: list[dict], targets: list[Target]) -> list[str]:
     """The issue's two goals, measured."""
     lines = []
@@ -411,11 +425,18 @@ def verdict_lines(rows: list[dict], targets: list[Target]) -> list[str]:
     for budget in sorted({b for b, _ in mean}):
         a, s = mean.get((budget, "advisor")), mean.get((budget, "random search"))
         if a and s:
-            word = "lower" if a["regret_points"] < s["regret_points"] else "**not lower**"
+            gap = a["regret_points"] - s["regret_points"]
+            word = "lower" if gap < 0 else f"**not lower**, by {gap:.1f} points"
             lines.append(
-                f"- budget {100 * budget:.0f} %: advisor {a['regret_points']:.1f} vs random "
-                f"search {s['regret_points']:.1f} points on average: {word}."
+                f"- budget {100 * budget:.0f} %: advisor {a['regret_points']:.1f} "
+                f"[{a['low']:.1f}, {a['high']:.1f}] vs random search {s['regret_points']:.1f} "
+                f"[{s['low']:.1f}, {s['high']:.1f}] points on average: {word}."
             )
+            if gap >= 0:
+                lines.append(
+                    "  - per target (advisor vs random search; README.md says why): "
+                    + per_target(rows, budget)
+                )
             se = mean.get((budget, ONE_SE))
             if se:
                 word = "lower" if se["regret_points"] < s["regret_points"] else "not lower"
