@@ -115,6 +115,7 @@ def advise_run(cfg: DictConfig) -> tuple[Path, str]:
     from src.advise.budget import Budget
     from src.advise.jobs import compose, dataset_overrides
     from src.advise.tracking import advice_key, parent_run
+    from src.config import instantiate_node
     from src.errors import refuse_bad_input
     from src.tracking.runs import log_params
 
@@ -125,7 +126,10 @@ def advise_run(cfg: DictConfig) -> tuple[Path, str]:
         budget = Budget.parse(cfg.budget, started=STARTED if __name__ == "__main__" else None)
         check(cfg)
         data = dataset_overrides(cfg.dataset_name, given)
-        compose("train", [f"dataset={cfg.dataset_name}", *data])  # a bad key is refused now
+        train_cfg = compose("train", [f"dataset={cfg.dataset_name}", *data])  # a bad key: now
+        # A missing folder, too few classes, a class emptied by the sizes: refused now too, not
+        # by the first job, once the advice's MLflow run exists.
+        instantiate_node(train_cfg.dataset).splits  # noqa: B018
     if data:
         log.info("Every job gets the data set's overrides: %s", " ".join(data))
     key = advice_key(settings(cfg, data))

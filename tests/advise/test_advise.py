@@ -380,3 +380,20 @@ def test_one_trial_s_own_error_is_the_worker_s_to_judge(tmp_path, monkeypatch):
     budget = Budget.parse("1h")
     assert data_stage.run_fractions(job, [(1.0, 0)], budget, float("inf"), None) == []
     assert budget.skipped == ["data: fraction 1.0 seed 0 failed (ValueError)"]
+
+
+def test_a_bad_image_folder_is_refused_before_any_run(tmp_path):
+    from PIL import Image
+
+    one_class = tmp_path / "one_class" / "leaf"
+    one_class.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(one_class / f"{i}.png")
+    for root, message in (
+        (tmp_path / "missing", "no such folder"),
+        (tmp_path / "one_class", "at least 2"),
+    ):
+        overrides = [o for o in advice(tmp_path, "1t") if not o.startswith("dataset=")]
+        with pytest.raises(InvalidInput, match=message):
+            advise_in_process([*overrides, "dataset=imagefolder", f"dataset.source.root={root}"])
+        assert not (tmp_path / "mlflow.db").exists()
