@@ -203,12 +203,9 @@ def one_se_trial(rows: list[dict], cost: dict[str, float], n_val: int) -> dict |
     best = best_trial(rows, cost)
     if best is None:
         return None
-    acc = best["val_acc"]
-    se = math.sqrt(acc * (1 - acc) / n_val)
+    floor = best["val_acc"] - standard_error(best["val_acc"], n_val)
     close = [
-        r
-        for r in rows
-        if r["state"] == "COMPLETE" and r.get("default") and r["val_acc"] >= acc - se
+        r for r in rows if r["state"] == "COMPLETE" and r.get("default") and r["val_acc"] >= floor
     ]
     if not close:
         return best
