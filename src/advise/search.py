@@ -181,7 +181,7 @@ def trial_rows(backbone: str, trials: list) -> list[dict]:
 
 def standard_error(acc: float, n: int) -> float:
     """The binomial standard error of an accuracy measured on n images."""
-    return math.sqrt(max(acc * (1 - acc), 0.0) / n)
+    return math.sqrt(acc * (1 - acc) / n)
 
 
 def best_trial(rows: list[dict], cost: dict[str, float]) -> dict | None:
